@@ -1,0 +1,32 @@
+"""hf_finetune: fine-tune classifiers on the Hugging Face stack from small YAML recipes.
+
+    import hf_finetune as hff
+    result = hff.finetune("quickstart", training={"num_train_epochs": 3})
+    print(result.metrics["test"]["accuracy"], result.output_dir)
+
+Attributes are imported on first use so that `hf-finetune --help` starts instantly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["Recipe", "Result", "evaluate", "finetune", "load_recipe", "predict"]
+
+_LAZY = {
+    "finetune": "api",
+    "evaluate": "api",
+    "predict": "api",
+    "Result": "api",
+    "load_recipe": "recipe",
+    "Recipe": "recipe",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hf_finetune' has no attribute {name!r}")

@@ -1,0 +1,177 @@
+"""`hf-finetune` and `python -m hf_finetune`: train | eval | predict | validate | recipes ls/show/cp.
+
+Heavy libraries are imported inside the commands so `--help` answers at once. Bad input ends with one
+`error:` message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import HFFinetuneError
+
+EXAMPLES = """examples:
+  hf-finetune train quickstart                      # offline: simple CNN on scikit-learn's digits
+  hf-finetune train recipes/image/resnet50.yaml data.source=./pets training.num_train_epochs=3
+  accelerate launch -m hf_finetune train quickstart
+  hf-finetune eval outputs/quickstart
+  hf-finetune predict outputs/quickstart cat.jpg dog.png --top-k 3
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-finetune",
+        description="Fine-tune classifiers on the Hugging Face stack from YAML recipes.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune as a recipe says",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("recipe", help="recipe file or shipped recipe name (see `hf-finetune recipes ls`)")
+    train.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. training.learning_rate=1e-4"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in output_dir")
+    train.add_argument("--output-dir", help="same as training.output_dir=…")
+
+    check = sub.add_parser("validate", help="check a recipe and print it fully resolved, without training")
+    check.add_argument("recipe")
+    check.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    ev = sub.add_parser("eval", help="metrics of a trained model (nothing is written)")
+    ev.add_argument("output_dir", help="a folder written by `hf-finetune train`")
+    ev.add_argument("--data", help="another data source (any data.source a recipe takes); default: the recipe's")
+    ev.add_argument("--split", help="split to evaluate; default: test, else validation")
+    ev.add_argument("--batch-size", type=int, default=32)
+
+    pr = sub.add_parser("predict", help="top-k labels for image files, as JSON lines")
+    pr.add_argument("output_dir")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--top-k", type=int, default=5)
+
+    rec = sub.add_parser("recipes", help="list, show or copy the shipped recipes")
+    rsub = rec.add_subparsers(dest="recipes_command", required=True, metavar="ACTION")
+    rsub.add_parser("ls", help="list the shipped recipes")
+    show = rsub.add_parser("show", help="print a shipped recipe")
+    show.add_argument("name")
+    cp = rsub.add_parser("cp", help="copy a shipped recipe to edit it")
+    cp.add_argument("name")
+    cp.add_argument("path", help="destination file or folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except HFFinetuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if getattr(args, "output_dir", None):
+        overrides.append(f"training.output_dir={args.output_dir}")
+    if getattr(args, "overwrite", False):
+        overrides.append("overwrite=true")
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import finetune
+    from .metrics import per_class_table
+
+    result = finetune(args.recipe, _overrides(args))
+    for split in ("eval", "test"):
+        if split in result.metrics:
+            m = result.metrics[split]
+            name = "validation" if split == "eval" else "test"
+            print(
+                f"\n{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['f1_macro']:.4f}  ({m.get('num_samples')} images)"
+            )
+            if split == "test" or "test" not in result.metrics:
+                print(per_class_table(m))
+    print(f"\noutputs: {result.output_dir.resolve()}")
+    print(f"  try:   hf-finetune predict {result.output_dir} IMAGE.png")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    print(load_recipe(args.recipe, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .api import evaluate
+    from .metrics import per_class_table
+
+    result = evaluate(args.output_dir, data=args.data, split=args.split, batch_size=args.batch_size)
+    print(per_class_table(result), file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .api import predict
+
+    for row in predict(args.output_dir, args.images, top_k=args.top_k):
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .recipe import find_recipe, list_recipes, shipped_dir
+
+    if args.recipes_command == "ls":
+        rows = []
+        for name, path in list_recipes().items():
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            model = (raw.get("model") or {}).get("name", "?")
+            rows.append(
+                (name, raw.get("task", "image-classification"), model, str(path.relative_to(shipped_dir("recipes"))))
+            )
+        widths = [max(len(r[i]) for r in [("NAME", "TASK", "MODEL", "FILE"), *rows]) for i in range(4)]
+        for row in [("NAME", "TASK", "MODEL", "FILE"), *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        return 0
+    path = find_recipe(args.name)
+    if args.recipes_command == "show":
+        print(path.read_text(encoding="utf-8"), end="")
+        return 0
+    dest = Path(args.path)
+    if dest.is_dir():
+        dest = dest / path.name
+    if dest.exists():
+        raise HFFinetuneError(f"{dest} already exists; nothing was copied. Choose another path or remove it first.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dest)
+    print(f"copied {path.name} to {dest}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "validate": cmd_validate,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "recipes": cmd_recipes,
+}

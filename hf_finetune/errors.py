@@ -1,0 +1,30 @@
+"""Errors a user can fix. The CLI prints their message (no traceback) and exits with status 2."""
+
+from __future__ import annotations
+
+
+class HFFinetuneError(Exception):
+    """Base class: bad input, described well enough to fix without reading a traceback."""
+
+
+class RecipeError(HFFinetuneError):
+    """One or more problems in a recipe, collected so the user sees all of them at once."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        head = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''} in the recipe{where}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+class DataError(HFFinetuneError):
+    """The data cannot be used as given (missing column, unreadable image, unknown label, empty split…)."""
+
+
+class ModelError(HFFinetuneError):
+    """The model cannot be built or loaded as asked."""
+
+
+class OutputDirError(HFFinetuneError):
+    """The output folder holds another run's results and no overwrite or resume was asked for."""

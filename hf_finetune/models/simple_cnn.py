@@ -1,0 +1,277 @@
+"""The classic small CNN, trained from scratch: conv → pool (→ conv → pool …) → flatten → dense → dropout → classifier.
+
+`SimpleCNNConfig` / `SimpleCNNForImageClassification` are an ordinary transformers config/model pair, so the network
+saves with `save_pretrained` (safetensors) and, once `hf_finetune.models` is imported (which registers it with the
+Auto classes), loads with `AutoModelForImageClassification.from_pretrained` and runs in the image-classification
+pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+
+POOLINGS = ("max", "avg")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
+
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+_POOLING_MODULES: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+# torch has no Kaiming gain for GELU; it is close enough to ReLU (zero for negatives, identity for large inputs).
+_KAIMING_NONLINEARITY = {"relu": "relu", "gelu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but `filters=[True]` is a mistake, not one filter.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int_list(name: str, value: Any, *, allow_int: bool, allow_empty: bool) -> list[int]:
+    items = [value] if allow_int and _is_int(value) else value
+    if not isinstance(items, (list, tuple)) or not all(_is_int(v) and v >= 1 for v in items):
+        what = "a positive int or a list of positive ints" if allow_int else "a list of positive ints"
+        raise ValueError(f"{name}={value!r} is not allowed: expected {what}")
+    if not items and not allow_empty:
+        raise ValueError(f"{name}={value!r} is not allowed: expected at least one entry")
+    return list(items)
+
+
+def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+
+
+class SimpleCNNConfig(PretrainedConfig):
+    """Configuration of `SimpleCNNForImageClassification`.
+
+    One conv block (Conv2d "same" → [BatchNorm2d] → activation → 2x2 pooling) per entry of `filters`, then flatten,
+    one Linear → activation → Dropout per entry of `dense_units`, then the Linear classifier over `num_labels`.
+    `kernel_sizes` is one int for every block or a list with one per block. Invalid values raise `ValueError`.
+    """
+
+    # In transformers 5 configs are keyword-only dataclasses: these annotated attributes are the fields, and
+    # `num_labels` / `id2label` / `label2id` / … go to the base class.
+    model_type = "simple_cnn"
+
+    num_channels: int = 3
+    image_size: int = 32
+    filters: list[int] | tuple[int, ...] = (32, 64)
+    kernel_sizes: int | list[int] | tuple[int, ...] = 3
+    pooling: str = "max"
+    activation: str = "relu"
+    dense_units: int | list[int] | tuple[int, ...] = (128,)
+    dropout: float = 0.5
+    batch_norm: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        # Runs inside the generated `__init__`, so a bad config never exists; the checks are ours rather than
+        # `@strict`'s because strict raises its own (non-ValueError) exception type.
+        if not _is_int(self.num_channels) or self.num_channels < 1:
+            raise ValueError(f"num_channels={self.num_channels!r} is not allowed: expected a positive int")
+        if not _is_int(self.image_size) or self.image_size < 1:
+            raise ValueError(f"image_size={self.image_size!r} is not allowed: expected a positive int (square side)")
+        self.filters = _positive_int_list("filters", self.filters, allow_int=False, allow_empty=False)
+        if isinstance(self.kernel_sizes, (list, tuple)):
+            self.kernel_sizes = _positive_int_list(
+                "kernel_sizes", self.kernel_sizes, allow_int=False, allow_empty=False
+            )
+            if len(self.kernel_sizes) != len(self.filters):
+                raise ValueError(
+                    f"kernel_sizes={self.kernel_sizes!r} has {len(self.kernel_sizes)} entries but filters="
+                    f"{self.filters!r} has {len(self.filters)}: give one kernel size per conv block, or a single int"
+                )
+        elif not _is_int(self.kernel_sizes) or self.kernel_sizes < 1:
+            raise ValueError(
+                f"kernel_sizes={self.kernel_sizes!r} is not allowed: expected a positive int or a list of them"
+            )
+        if self.image_size // 2 ** len(self.filters) < 1:
+            raise ValueError(
+                f"image_size={self.image_size!r} is too small for {len(self.filters)} conv blocks (filters="
+                f"{self.filters!r}): each block halves the side, so image_size // 2**{len(self.filters)} must be >= 1 "
+                f"(use image_size >= {2 ** len(self.filters)} or fewer filters)"
+            )
+        _one_of("pooling", self.pooling, POOLINGS)
+        _one_of("activation", self.activation, ACTIVATIONS)
+        self.dense_units = _positive_int_list("dense_units", self.dense_units, allow_int=True, allow_empty=True)
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout!r} is not allowed: expected a float in [0, 1)")
+        self.dropout = float(self.dropout)
+        if not isinstance(self.batch_norm, bool):
+            raise ValueError(f"batch_norm={self.batch_norm!r} is not allowed: expected true or false")
+        super().__post_init__(**kwargs)
+
+    @property
+    def block_kernel_sizes(self) -> list[int]:
+        """Kernel size of each conv block (`kernel_sizes` expanded when it is a single int)."""
+        if isinstance(self.kernel_sizes, int):
+            return [self.kernel_sizes] * len(self.filters)
+        return list(self.kernel_sizes)
+
+    @property
+    def flat_features(self) -> int:
+        """Number of features after flatten: last block's channels x the pooled side squared."""
+        side = self.image_size // 2 ** len(self.filters)
+        return self.filters[-1] * side * side
+
+
+class SimpleCNNConvBlock(nn.Module):
+    """Conv2d (padding "same") → BatchNorm2d or identity → activation → 2x2 pooling."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, config: SimpleCNNConfig) -> None:
+        super().__init__()
+        # BN's shift makes the conv bias redundant.
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding="same", bias=not config.batch_norm)
+        self.norm = nn.BatchNorm2d(out_channels) if config.batch_norm else nn.Identity()
+        self.act = _ACTIVATION_MODULES[config.activation]()
+        self.pool = _POOLING_MODULES[config.pooling](kernel_size=2, stride=2)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.norm(self.conv(hidden_states))))
+
+
+class SimpleCNNDenseBlock(nn.Module):
+    """Linear → activation → Dropout."""
+
+    def __init__(self, in_features: int, out_features: int, config: SimpleCNNConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.act = _ACTIVATION_MODULES[config.activation]()
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.act(self.linear(hidden_states)))
+
+
+class SimpleCNNForImageClassification(PreTrainedModel):
+    """The small CNN with its classification head; loss is cross entropy on class ids or on soft targets."""
+
+    config_class = SimpleCNNConfig
+    config: SimpleCNNConfig
+    main_input_name = "pixel_values"
+    base_model_prefix = "simple_cnn"
+    input_modalities = ("image",)
+    # With `**kwargs` in `forward` the Trainer would otherwise assume the loss is already normalised by
+    # `num_items_in_batch` and stop dividing it by the gradient-accumulation steps; ours is a plain batch mean.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: SimpleCNNConfig) -> None:
+        super().__init__(config)
+        channels = [config.num_channels, *config.filters]
+        self.blocks = nn.ModuleList(
+            SimpleCNNConvBlock(channels[i], channels[i + 1], kernel, config)
+            for i, kernel in enumerate(config.block_kernel_sizes)
+        )
+        self.flatten = nn.Flatten()
+        features = [config.flat_features, *config.dense_units]
+        self.dense = nn.ModuleList(
+            SimpleCNNDenseBlock(features[i], features[i + 1], config) for i in range(len(config.dense_units))
+        )
+        self.classifier = nn.Linear(features[-1], config.num_labels)
+        # transformers 5: post_init() runs `_init_weights` on every module not flagged as already initialised, which
+        # is what lets from_pretrained skip the re-init of weights it has loaded.
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # `transformers.initialization` functions are no-ops on tensors loaded from a checkpoint; plain
+        # `torch.nn.init` calls would overwrite them.
+        if isinstance(module, nn.Conv2d):
+            nonlinearity = _KAIMING_NONLINEARITY[self.config.activation]
+            init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=nonlinearity)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            if module.num_batches_tracked is not None:
+                init.zeros_(module.num_batches_tracked)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None) -> None:
+        cfg = self.config
+        expected = f"[batch, {cfg.num_channels}, {cfg.image_size}, {cfg.image_size}]"
+        if pixel_values is None:
+            raise ValueError(f"pixel_values is required: a float tensor of shape {expected}")
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must have shape {expected}, got {list(pixel_values.shape)}")
+        if pixel_values.shape[1] != cfg.num_channels:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but the model expects num_channels="
+                f"{cfg.num_channels} (shape {expected}, got {list(pixel_values.shape)}); convert the images "
+                f"(e.g. to RGB) or build the model with num_channels={pixel_values.shape[1]}"
+            )
+        if tuple(pixel_values.shape[2:]) != (cfg.image_size, cfg.image_size):
+            # The flatten → Linear size is fixed by image_size; other sizes would fail with a shape-mismatch matmul.
+            raise ValueError(
+                f"pixel_values is {pixel_values.shape[2]}x{pixel_values.shape[3]} but the model expects image_size="
+                f"{cfg.image_size} (shape {expected}); resize the images to {cfg.image_size}x{cfg.image_size}"
+            )
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type not in (None, "single_label_classification"):
+            raise ValueError(
+                f"problem_type={self.config.problem_type!r} is not supported by SimpleCNN: only single-label "
+                "classification (cross entropy)"
+            )
+        if labels.is_floating_point() and labels.shape == logits.shape:
+            # Soft targets (mixup / cutmix / label smoothing done by the collator): class probabilities per row.
+            return F.cross_entropy(logits, labels.to(logits.dtype))
+        if not labels.is_floating_point() and not labels.is_complex() and labels.ndim == 1:
+            return F.cross_entropy(logits, labels.long())
+        raise ValueError(
+            f"labels must be class ids (integer tensor of shape [{logits.shape[0]}]) or class probabilities "
+            f"(float tensor of shape {list(logits.shape)}), got {labels.dtype} of shape {list(labels.shape)}"
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifierOutput | tuple[torch.Tensor, ...]:
+        """Classify `pixel_values` ([batch, num_channels, image_size, image_size]).
+
+        `labels` are class ids ([batch] integers) or class probabilities ([batch, num_labels] floats). With
+        `output_hidden_states`, `hidden_states` holds the output of each conv block.
+        """
+        self._check_pixel_values(pixel_values)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if return_dict is None:
+            return_dict = self.config.return_dict
+
+        hidden_states: tuple[torch.Tensor, ...] = ()
+        x = pixel_values
+        for block in self.blocks:
+            x = block(x)
+            hidden_states += (x,)
+        x = self.flatten(x)
+        for block in self.dense:
+            x = block(x)
+        logits = self.classifier(x)
+
+        loss = self._loss(logits, labels) if labels is not None else None
+        all_hidden = hidden_states if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, all_hidden) if v is not None)
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=all_hidden)
+
+
+__all__ = ["SimpleCNNConfig", "SimpleCNNForImageClassification"]

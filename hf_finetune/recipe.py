@@ -1,0 +1,417 @@
+"""Recipes: YAML file + dotted overrides → a frozen, validated `Recipe`.
+
+Every problem (unknown key, wrong type, impossible value) is collected and reported at once, each naming the key,
+what was given and how to fix it. The `training:` section keeps transformers' own `TrainingArguments` names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RecipeError
+
+TASKS = ("image-classification",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network to fine-tune.
+
+    `name` is `simple_cnn`, `timm/<hub id>` (e.g. `timm/resnet50.a1_in1k`), `timm:<architecture>` (e.g.
+    `timm:resnet18`), or any transformers image-classification model id or local folder.
+    """
+
+    name: str = ""
+    pretrained: bool = True
+    # Overrides for the model's config (simple_cnn options, timm `model_args`, or transformers config fields).
+    config: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None  # input size override; default: the model's own preprocessing config
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the labelled images come from and how the splits are formed."""
+
+    source: str = ""  # builtin:digits | image folder | csv/json/jsonl/parquet file | Hub dataset id
+    config: str | None = None  # Hub dataset configuration name
+    files: dict[str, str] = field(default_factory=dict)  # split name -> file, e.g. {train: a.csv, test: b.csv}
+    image_column: str = "image"
+    label_column: str = "label"
+    train_split: str = "train"
+    validation_split: str | None = None  # None: use "validation"/"valid"/"val"/"dev" if present, else split train
+    test_split: str | None = None  # None: use "test" if present
+    validation_size: float = 0.1
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    check_images: bool = True  # open every image before training so a corrupt file fails fast, by name
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """Train-time augmentation, added on top of the model's own preprocessing."""
+
+    random_resized_crop: bool = False
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 4 / 3)
+    horizontal_flip: float = 0.0  # probability
+    vertical_flip: float = 0.0  # probability
+    rotation: float = 0.0  # max degrees, either way
+    brightness: float = 0.0  # jitter strength, as torchvision's ColorJitter
+    contrast: float = 0.0
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Accuracy, precision/recall/F1 (macro, weighted, per class) and the confusion matrix are always computed."""
+
+    top_k: list[int] = field(default_factory=list)  # e.g. [5] adds top5_accuracy
+    extra: list[str] = field(default_factory=list)  # more `evaluate` metrics by name or path (Hub ones need network)
+    metric_for_best_model: str = "accuracy"  # only used as the default when training keeps the best model
+
+
+@dataclass(frozen=True)
+class Recipe:
+    task: str = "image-classification"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    augmentation: AugmentationSpec = field(default_factory=AugmentationSpec)
+    # Passed to transformers.TrainingArguments unchanged (same names as transformers).
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: MetricsSpec = field(default_factory=MetricsSpec)
+    overwrite: bool = False  # allow replacing another run's results in training.output_dir
+    name: str | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def shipped_dir(name: str) -> Path:
+    """`recipes` or `model_cards`: inside the installed package, or at the repo root in a source checkout."""
+    pkg = Path(__file__).resolve().parent
+    installed = pkg / "_shipped" / name
+    return installed if installed.is_dir() else pkg.parent / name
+
+
+def list_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (the file stem, e.g. `quickstart`, `resnet50`)."""
+    root = shipped_dir("recipes")
+    return {p.stem: p for p in sorted(root.rglob("*.yaml"))} if root.is_dir() else {}
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file path from a path or a shipped recipe's name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = list_recipes()
+    key = str(name_or_path).removesuffix(".yaml").removesuffix(".yml")
+    key = key.split("/")[-1]
+    if key in shipped:
+        return shipped[key]
+    hint = _did_you_mean(key, shipped)
+    raise RecipeError(
+        [f"no recipe file or shipped recipe named {str(name_or_path)!r}{hint}; `hf-finetune recipes ls` lists them"]
+    )
+
+
+def load_recipe(
+    recipe: str | Path | dict[str, Any] | Recipe,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Recipe:
+    """Read a recipe (path, shipped name, dict or Recipe), apply overrides, validate everything at once."""
+    source = None
+    if isinstance(recipe, Recipe):
+        raw = recipe.to_dict()
+    elif isinstance(recipe, dict):
+        raw = _plain(recipe)
+    else:
+        path = find_recipe(recipe)
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError([f"not valid YAML: {err}"], source) from None
+        if not isinstance(raw, dict):
+            raise RecipeError([f"a recipe is a mapping of sections, got {type(raw).__name__}"], source)
+        raw.setdefault("name", path.stem)
+    problems: list[str] = []
+    for key, value in _override_items(overrides, problems):
+        _set_dotted(raw, key, value, problems)
+    recipe_obj = _build(Recipe, raw, "", problems)
+    # keys and types everywhere first; the checks that combine values only make sense once those are right
+    recipe_obj = dataclasses.replace(recipe_obj, training=_check_training(recipe_obj.training, problems))
+    if not problems:
+        recipe_obj = _finish(recipe_obj, problems)
+    if problems:
+        raise RecipeError(problems, source)
+    return recipe_obj
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training.learning_rate=1e-4` -> ("training.learning_rate", 0.0001); values are read as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not KEY=VALUE (e.g. training.learning_rate=1e-4)")
+    key, _, value = text.partition("=")
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def _override_items(overrides: list[str] | dict[str, Any] | None, problems: list[str]) -> list[tuple[str, Any]]:
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        items: list[tuple[str, Any]] = []
+        for key, value in overrides.items():
+            # finetune(recipe, training={"num_train_epochs": 1}) merges into the section, key by key
+            if isinstance(value, dict) and "." not in key and key in {f.name for f in dataclasses.fields(Recipe)}:
+                items.extend((f"{key}.{k}", v) for k, v in _flatten(value))
+            else:
+                items.append((key, value))
+        return items
+    out = []
+    for text in overrides:
+        try:
+            out.append(parse_override(text))
+        except (ValueError, yaml.YAMLError) as err:
+            problems.append(str(err))
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.extend(_flatten(v, f"{prefix}{k}."))
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            problems.append(f"override {key}: {'.'.join(parts[: i + 1])} is {child!r}, not a section")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    """Dataclass from a dict, appending a problem for every unknown key and wrong type instead of raising."""
+    where = prefix.rstrip(".") or "recipe"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a section (mapping), got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            problems.append(f"{prefix}{key}: unknown key{_did_you_mean(str(key), names)}; {where} takes {names}")
+            continue
+        expected = hints[key]
+        if dataclasses.is_dataclass(expected):
+            kwargs[key] = _build(expected, value, f"{prefix}{key}.", problems)
+            continue
+        ok, converted = _coerce(value, expected)
+        if ok:
+            kwargs[key] = converted
+        else:
+            problems.append(f"{prefix}{key}: expected {_type_name(expected)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
+    """(ok, value) for a value against a type hint; YAML strings like '1e-4' count as floats."""
+    origin = typing.get_origin(expected)
+    args = typing.get_args(expected)
+    if expected is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, converted = _coerce(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if expected is bool:
+        return isinstance(value, bool), value
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if expected is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if expected is str:
+        return isinstance(value, str), value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        out = []
+        for item in value:
+            ok, converted = _coerce(item, args[0] if args else Any)
+            if not ok:
+                return False, value
+            out.append(converted)
+        return True, out
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return False, value
+        out = []
+        for item, arg in zip(value, args, strict=True):
+            ok, converted = _coerce(item, arg)
+            if not ok:
+                return False, value
+            out.append(converted)
+        return True, tuple(out)
+    if origin is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(hint))} numbers"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if hint is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# Renamed or removed in transformers 5: say what to write instead of a bare "unknown key".
+_TRAINING_RENAMED = {
+    "evaluation_strategy": "use eval_strategy (renamed in transformers 5)",
+    "overwrite_output_dir": "removed in transformers 5; set the top-level `overwrite: true` or pass --overwrite",
+    "no_cuda": "use use_cpu: true (renamed in transformers 5)",
+    "warmup_ratio": "use warmup_steps with a float below 1, e.g. 0.1 (transformers 5)",
+    "logging_dir": "removed in transformers 5; logs go under output_dir",
+}
+
+
+def _training_fields() -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _check_training(training: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    fields = _training_fields()
+    out = {}
+    for key, value in training.items():
+        if key in _TRAINING_RENAMED:
+            problems.append(f"training.{key}: {_TRAINING_RENAMED[key]}")
+            continue
+        if key not in fields:
+            problems.append(f"training.{key}: not a transformers.TrainingArguments field{_did_you_mean(key, fields)}")
+            continue
+        hint = fields[key]
+        # Only plain scalar fields are type-checked here; TrainingArguments itself checks enums and the rest.
+        scalar = {bool, int, float, str}
+        base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if value is not None and all(b in scalar for b in base):
+            ok, converted = _coerce(value, hint)
+            if not ok:
+                problems.append(f"training.{key}: expected {_type_name(hint)}, got {value!r}")
+                continue
+            value = converted
+        out[key] = value
+    return out
+
+
+def _finish(recipe: Recipe, problems: list[str]) -> Recipe:
+    """Checks that need more than one key, plus the defaults that depend on the recipe (logged by the trainer)."""
+    if recipe.task not in TASKS:
+        problems.append(f"task: {recipe.task!r} is not one of {list(TASKS)}{_did_you_mean(recipe.task, TASKS)}")
+    if not recipe.model.name:
+        problems.append("model.name: missing; e.g. simple_cnn, timm:resnet18, timm/resnet50.a1_in1k, google/vit-base…")
+    if not recipe.data.source and not recipe.data.files:
+        problems.append("data.source: missing; e.g. builtin:digits, ./my_images, train.csv or a Hub dataset id")
+    d, a = recipe.data, recipe.augmentation
+    if not 0 < d.validation_size < 1:
+        problems.append(f"data.validation_size: must be between 0 and 1 (a fraction of train), got {d.validation_size}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = getattr(d, key)
+        if value is not None and value < 1:
+            problems.append(f"data.{key}: must be at least 1 (or null for all), got {value}")
+    for key in ("horizontal_flip", "vertical_flip"):
+        if not 0 <= getattr(a, key) <= 1:
+            problems.append(f"augmentation.{key}: a probability between 0 and 1, got {getattr(a, key)}")
+    for key in ("brightness", "contrast", "rotation"):
+        if getattr(a, key) < 0:
+            problems.append(f"augmentation.{key}: must be >= 0, got {getattr(a, key)}")
+    if not 0 < a.scale[0] <= a.scale[1] <= 1:
+        problems.append(f"augmentation.scale: need 0 < min <= max <= 1, got {list(a.scale)}")
+    if not 0 < a.ratio[0] <= a.ratio[1]:
+        problems.append(f"augmentation.ratio: need 0 < min <= max, got {list(a.ratio)}")
+    if recipe.model.image_size is not None and recipe.model.image_size < 8:
+        problems.append(f"model.image_size: must be at least 8 pixels, got {recipe.model.image_size}")
+    for k in recipe.metrics.top_k:
+        if k < 1:
+            problems.append(f"metrics.top_k: each k must be >= 1, got {k}")
+    training = dict(recipe.training)
+    if "output_dir" not in training:
+        training["output_dir"] = str(Path("outputs") / (recipe.name or "run"))
+    return dataclasses.replace(recipe, training=training)
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples → lists and Paths → str so the recipe dumps as plain YAML."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,376 @@
+"""Image classification: build the model and its image processor, and the train/eval transforms.
+
+Model names:
+  simple_cnn               the classic conv → pool → flatten → dense → dropout net, trained from scratch
+  timm:<architecture>      a timm architecture (e.g. timm:resnet18) inside transformers' TimmWrapper
+  timm/<hub id>            a timm checkpoint on the Hub (e.g. timm/resnet50.a1_in1k), through TimmWrapper
+  <model id or folder>     any transformers image-classification model (ViT, ResNet, ConvNeXt…)
+
+Eval preprocessing is the model's own image processor — the same one `pipeline()` uses on the saved model — so the
+metrics measure what users will get. Train preprocessing resizes/normalises the same way and adds the recipe's
+augmentation with torchvision transforms.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from ..recipe import AugmentationSpec, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_TASK = "image-classification"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the model expects, read from its image processor (never copy-pasted numbers)."""
+
+    size: tuple[int, int]  # (height, width) fed to the network
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str  # torchvision InterpolationMode name: bilinear, bicubic, nearest…
+    channels: int = 3
+
+
+@dataclass
+class BuiltModel:
+    model: Any  # transformers.PreTrainedModel
+    processor: Any  # image processor saved next to the model (None only for 1-channel simple_cnn)
+    preprocess: Preprocess
+    description: str
+
+
+Builder = Callable[[ModelSpec, list[str]], BuiltModel]
+_BUILDERS: list[tuple[Callable[[str], bool], Builder]] = []
+
+
+def register_builder(matches: Callable[[str], bool]) -> Callable[[Builder], Builder]:
+    """Register a model builder; the first one whose `matches(model.name)` is true builds the model."""
+
+    def wrap(fn: Builder) -> Builder:
+        _BUILDERS.append((matches, fn))
+        return fn
+
+    return wrap
+
+
+def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+    """The model with a head sized for `label_names` (id2label/label2id set) and its processor."""
+    for matches, builder in _BUILDERS:
+        if matches(spec.name):
+            built = builder(spec, label_names)
+            logger.info("model: %s, %d labels", built.description, len(label_names))
+            return built
+    raise ModelError(f"model.name {spec.name!r}: no builder matches")  # unreachable: the last builder matches all
+
+
+def _label_maps(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {n: i for i, n in enumerate(label_names)},
+    }
+
+
+@register_builder(lambda name: name == "simple_cnn")
+def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+    from ..models import SimpleCNNConfig, SimpleCNNForImageClassification
+
+    options = dict(spec.config)
+    if spec.image_size:
+        options["image_size"] = spec.image_size
+    try:
+        config = SimpleCNNConfig(**options, **_label_maps(label_names))
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"model.config for simple_cnn: {err}") from None
+    model = SimpleCNNForImageClassification(config)
+    processor = _simple_cnn_processor(config)
+    return BuiltModel(model, processor, preprocess_from_model(model, processor), "simple_cnn (from scratch)")
+
+
+def _simple_cnn_processor(config: Any) -> Any:
+    if config.num_channels != 3:
+        return None  # image processors and pipeline() feed RGB; a 1-channel net uses the toolkit's own transforms
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(
+        size={"height": config.image_size, "width": config.image_size},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+
+
+@register_builder(lambda name: name.startswith("timm:"))
+def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+    import timm
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    arch = spec.name.removeprefix("timm:")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models('*name*')` lists them"
+        raise ModelError(f"model.name {spec.name!r}: timm has no architecture {arch!r}{hint}")
+    model_args = dict(spec.config)
+    try:
+        # timm's own init (e.g. zero-init of the last BN per residual block) or its pretrained weights; the wrapper
+        # built from a config alone would re-initialise every layer with N(0, 0.02).
+        source = timm.create_model(arch, pretrained=spec.pretrained, num_classes=len(label_names), **model_args)
+    except Exception as err:  # network, missing weights or bad model_args: all end the run the same way
+        raise ModelError(
+            f"model.name {spec.name!r}: timm.create_model failed ({type(err).__name__}: {err}). "
+            + ("Pretrained weights come from the Hub; offline, set model.pretrained: false." if spec.pretrained else "")
+        ) from None
+    pretrained_cfg = _plain_cfg(source.pretrained_cfg)
+    if spec.image_size:
+        pretrained_cfg["input_size"] = [3, spec.image_size, spec.image_size]
+    config = TimmWrapperConfig(architecture=arch, model_args=model_args or None, **_label_maps(label_names))
+    config.pretrained_cfg = pretrained_cfg
+    model = TimmWrapperForImageClassification(config)
+    model.timm_model.load_state_dict(source.state_dict())
+    processor = _timm_processor(pretrained_cfg, arch)
+    kind = "pretrained" if spec.pretrained else "random init"
+    return BuiltModel(model, processor, preprocess_from_model(model, processor), f"timm {arch} ({kind})")
+
+
+def _plain_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(cfg).items()}
+
+
+def _timm_processor(pretrained_cfg: dict[str, Any], arch: str) -> Any:
+    from transformers import TimmWrapperImageProcessor
+
+    return TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg, architecture=arch)
+
+
+@register_builder(lambda name: True)
+def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    from .. import models  # noqa: F401  (registers simple_cnn with the Auto classes: a saved one loads here)
+
+    common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        original = AutoConfig.from_pretrained(spec.name, **common)
+    except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
+        raise ModelError(_not_found(spec.name, err)) from None
+    try:
+        # num_labels follows from id2label; passing both makes transformers warn about the old label map
+        labels = {k: v for k, v in _label_maps(label_names).items() if k != "num_labels"}
+        config = AutoConfig.from_pretrained(spec.name, **common, **labels, **spec.config)
+        if spec.pretrained:
+            model = AutoModelForImageClassification.from_pretrained(
+                spec.name, config=config, ignore_mismatched_sizes=True, **common
+            )
+        else:
+            model = AutoModelForImageClassification.from_config(config, trust_remote_code=spec.trust_remote_code)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise ModelError(
+                f"model.name {spec.name!r} is a {type(original).__name__.removesuffix('Config')} model, "
+                "which transformers cannot use for image classification; pick an image model"
+            ) from None
+        raise ModelError(f"model {spec.name!r}: {err}") from None
+    except OSError as err:
+        raise ModelError(_not_found(spec.name, err)) from None
+    if type(model).__name__ == "TimmWrapperForImageClassification" and not spec.pretrained:
+        _timm_init(model)
+    if spec.pretrained and original.num_labels == len(label_names) and _names(original) != label_names:
+        # Same head size but other classes: the old head's weights mean nothing for the new labels.
+        _reset_head(model)
+    try:
+        processor = AutoImageProcessor.from_pretrained(spec.name, **common)
+    except Exception as err:
+        raise ModelError(
+            f"model {spec.name!r} has no image processor config ({type(err).__name__}: {err}); "
+            "save one next to the model (preprocessor_config.json)"
+        ) from None
+    if spec.image_size:
+        processor = _resized_processor(processor, spec.image_size)
+    kind = "pretrained" if spec.pretrained else "random init"
+    description = f"{spec.name} ({type(model).__name__}, {kind})"
+    return BuiltModel(model, processor, preprocess_from_model(model, processor), description)
+
+
+def _not_found(name: str, err: Exception) -> str:
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
+    where = "local folder" if looks_local else "Hub model id or local folder"
+    return (
+        f"model.name {name!r}: cannot load it as a {where} ({type(err).__name__}: {str(err).splitlines()[0]}). "
+        "Expected simple_cnn, timm:<architecture>, timm/<hub id>, a transformers model id, or a folder with "
+        "config.json. Offline, only local folders and `pretrained: false` timm architectures work."
+    )
+
+
+def _names(config: Any) -> list[str]:
+    return [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+
+
+def _timm_init(model: Any) -> None:
+    import timm
+
+    cfg = model.config
+    source = timm.create_model(cfg.architecture, num_classes=cfg.num_labels, **(cfg.model_args or {}))
+    model.timm_model.load_state_dict(source.state_dict())
+
+
+def _reset_head(model: Any) -> None:
+    import torch
+
+    if hasattr(model, "timm_model"):
+        model.timm_model.reset_classifier(model.config.num_labels)
+        return
+    head = getattr(model, "classifier", None)
+    if head is None:
+        logger.warning("model: could not find the classification head to re-initialise; it keeps its old weights")
+        return
+    for module in head.modules() if isinstance(head, torch.nn.Module) else []:
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    logger.info("model: re-initialised the classification head for the new labels")
+
+
+def _resized_processor(processor: Any, size: int) -> Any:
+    if type(processor).__name__ == "TimmWrapperImageProcessor":
+        cfg = dict(processor.data_config)
+        cfg["input_size"] = [3, size, size]
+        return _timm_processor(cfg, getattr(processor, "architecture", None) or "")
+    if "height" in processor.size:
+        processor.size = {"height": size, "width": size}
+    else:
+        processor.size = {"shortest_edge": size}
+    if getattr(processor, "crop_size", None):
+        processor.crop_size = {"height": size, "width": size}
+    return processor
+
+
+def load_trained(path: str | Path) -> BuiltModel:
+    """A model saved by `finetune` (or any image-classification folder), with its processor."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from .. import models  # noqa: F401  (registers simple_cnn)
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(str(path))
+    except Exception as err:
+        raise ModelError(
+            f"{path}: not a saved image-classification model ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(str(path))
+    except Exception:
+        processor = None
+    if processor is None and getattr(model.config, "model_type", "") != "simple_cnn":
+        raise ModelError(f"{path}: has a model but no image processor (preprocessor_config.json)")
+    return BuiltModel(model, processor, preprocess_from_model(model, processor), str(path))
+
+
+# --------------------------------------------------------------------------------------------- preprocessing
+
+
+def preprocess_from_model(model: Any, processor: Any) -> Preprocess:
+    """Input size, normalisation and interpolation as the model's processor defines them."""
+    config = model.config
+    channels = int(getattr(config, "num_channels", 3) or 3)
+    if processor is None:  # 1-channel simple_cnn
+        return Preprocess((config.image_size, config.image_size), (0.5,) * channels, (0.5,) * channels, "bilinear", 1)
+    if type(processor).__name__ == "TimmWrapperImageProcessor":
+        cfg = processor.data_config
+        _, h, w = cfg["input_size"]
+        return Preprocess((h, w), tuple(cfg["mean"]), tuple(cfg["std"]), str(cfg["interpolation"]), 3)
+    size = processor.size or {}
+    crop = getattr(processor, "crop_size", None) or {}
+    if getattr(processor, "do_center_crop", False) and "height" in crop:
+        hw = (crop["height"], crop["width"])
+    elif "height" in size:
+        hw = (size["height"], size["width"])
+    elif "shortest_edge" in size:
+        hw = (size["shortest_edge"], size["shortest_edge"])
+    else:
+        raise ModelError(f"cannot read the input size from the image processor's size {size!r}")
+    mean = tuple(processor.image_mean or (0.5,) * channels)
+    std = tuple(processor.image_std or (0.5,) * channels)
+    return Preprocess(hw, mean, std, _interpolation_name(getattr(processor, "resample", None)), channels)
+
+
+def _interpolation_name(resample: Any) -> str:
+    if resample is None:
+        return "bilinear"
+    name = getattr(resample, "name", None) or str(resample)
+    if isinstance(resample, int) and not hasattr(resample, "name"):
+        name = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}.get(resample, "")
+    name = name.lower().split(".")[-1]
+    return name if name in {"nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"} else "bilinear"
+
+
+def to_model_mode(image: Any, channels: int) -> Any:
+    """Grayscale, palette, CMYK and transparent images become what the model takes (RGB, or L for 1 channel)."""
+    from PIL import Image
+
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        # transparent pixels become white, not black (what a viewer shows)
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    target = "L" if channels == 1 else "RGB"
+    return image if image.mode == target else image.convert(target)
+
+
+def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[Any], Any]:
+    """PIL image → normalised tensor with augmentation (torchvision transforms, listed in application order)."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    interp = InterpolationMode(pre.interpolation)
+    stages: list[Any] = [T.ToImage()]
+    if aug.random_resized_crop:
+        stages.append(T.RandomResizedCrop(pre.size, scale=aug.scale, ratio=aug.ratio, interpolation=interp))
+    else:
+        stages.append(T.Resize(pre.size, interpolation=interp))
+    if aug.horizontal_flip:
+        stages.append(T.RandomHorizontalFlip(aug.horizontal_flip))
+    if aug.vertical_flip:
+        stages.append(T.RandomVerticalFlip(aug.vertical_flip))
+    if aug.rotation:
+        stages.append(T.RandomRotation(aug.rotation, interpolation=interp))
+    if aug.brightness or aug.contrast:
+        stages.append(T.ColorJitter(brightness=aug.brightness or None, contrast=aug.contrast or None))
+    stages += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    return T.Compose(stages)
+
+
+def build_eval_transform(built: BuiltModel) -> Callable[[Any], Any]:
+    """PIL image → tensor exactly as the saved image processor (and so `pipeline()`) prepares it."""
+    processor, pre = built.processor, built.preprocess
+    if processor is None:
+        return build_train_transform(pre, AugmentationSpec())  # no augmentation: deterministic resize + normalise
+    return lambda image: processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+
+def make_batch_transform(image_fn: Callable[[Any], Any], channels: int) -> Callable[[dict], dict]:
+    """For `datasets.Dataset.with_transform`: rows of PIL images → `pixel_values` / `labels`."""
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out = {"pixel_values": [image_fn(to_model_mode(img, channels)) for img in batch["image"]]}
+        if "label" in batch:
+            out["labels"] = batch["label"]
+        return out
+
+    return transform
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
+    if "labels" in rows[0]:
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+    return batch

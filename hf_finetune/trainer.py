@@ -1,0 +1,149 @@
+"""TrainingArguments straight from the recipe's `training:` section, and the Trainer around them.
+
+The toolkit only fills in values the user did not write (and logs each one); it never overrides a user's setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import HFFinetuneError, RecipeError
+
+logger = logging.getLogger(__name__)
+
+
+def vision_defaults(training: dict[str, Any], metric_for_best_model: str) -> dict[str, Any]:
+    """Defaults for image classification, for keys the recipe leaves unset."""
+    import torch
+
+    cpus = os.cpu_count() or 1
+    defaults: dict[str, Any] = {
+        # the image column must reach the transform; Trainer would drop it as "unused" by the model
+        "remove_unused_columns": False,
+        # decoding + augmenting images is CPU work that overlaps with the step in worker processes
+        "dataloader_num_workers": min(4, max(0, cpus - 1)),
+        # pinned memory only helps copies to a GPU; without one torch warns on every loader
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "logging_strategy": "epoch",
+        "save_total_limit": 2,
+        # one loss term per image: averaging "tokens" across devices only rescales the loss under DDP
+        "average_tokens_across_devices": False,
+        "report_to": "none",
+    }
+    if training.get("load_best_model_at_end"):
+        defaults["metric_for_best_model"] = metric_for_best_model
+    return {k: v for k, v in defaults.items() if k not in training}
+
+
+def build_training_args(training: dict[str, Any], defaults: dict[str, Any]) -> Any:
+    """`transformers.TrainingArguments(**training, **defaults)`; its complaints become recipe errors."""
+    from transformers import TrainingArguments
+
+    for key, value in defaults.items():
+        logger.info("training: %s = %r (toolkit default; set training.%s to change it)", key, value, key)
+    try:
+        return TrainingArguments(**training, **defaults)
+    except (ValueError, TypeError) as err:
+        raise RecipeError([f"training: transformers.TrainingArguments rejected the values: {err}"]) from None
+
+
+def build_trainer(
+    *,
+    model: Any,
+    args: Any,
+    train_dataset: Any,
+    eval_dataset: Any,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    processor: Any,
+    compute_metrics: Callable[[Any], dict[str, float]],
+    preprocess_logits: Callable[[Any, Any], Any],
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    from transformers import Trainer
+
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits,
+        callbacks=list(callbacks),
+    )
+
+
+def verify_best_model(trainer: Any) -> str | None:
+    """After `load_best_model_at_end`, make sure the model in memory really holds the best checkpoint's weights.
+
+    Trainer loads the best checkpoint non-strictly; when a model's parameter names changed between versions (ViT in
+    transformers 5) most tensors are silently left as they were at the last step. `from_pretrained` knows the
+    renames, so it is the reference: mismatching weights are copied from it, then checked again.
+    Returns the checkpoint that was verified, or None when the run did not keep a best model.
+    """
+    import torch
+
+    best = trainer.state.best_model_checkpoint
+    if not trainer.args.load_best_model_at_end or not best:
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    reference = type(model).from_pretrained(best).state_dict()
+    current = model.state_dict()
+
+    def mismatched() -> list[str]:
+        return [
+            k
+            for k, v in reference.items()
+            if k not in current or current[k].shape != v.shape or not torch.equal(current[k].cpu(), v.cpu())
+        ]
+
+    wrong = mismatched()
+    if wrong:
+        logger.warning(
+            "best model: Trainer left %d of %d tensors different from %s (e.g. %s); loading them with from_pretrained",
+            len(wrong),
+            len(reference),
+            best,
+            wrong[0],
+        )
+        with torch.no_grad():
+            for key in wrong:
+                current[key].copy_(reference[key].to(current[key].device, current[key].dtype))
+        wrong = mismatched()
+        if wrong:
+            raise HFFinetuneError(f"best model: {len(wrong)} tensors still differ from {best} after reloading")
+    logger.info("best model: weights verified against %s", Path(best).name)
+    return best
+
+
+def avoid_single_sample_last_batch(train_dataset: Any, args: Any, model: Any) -> Any:
+    """Drop one training row when each epoch would end on a batch of one and the model has BatchNorm.
+
+    BatchNorm cannot normalise a single sample in training mode and the run would crash at the end of the first
+    epoch. `dataloader_drop_last` is no fix: Trainer applies it to evaluation too, which would skip eval samples.
+    """
+    import math
+
+    import torch
+
+    if args.dataloader_drop_last or not any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        return train_dataset
+    per_rank = math.ceil(len(train_dataset) / max(1, args.world_size))
+    if per_rank % args.per_device_train_batch_size != 1 or per_rank == 1:
+        return train_dataset
+    drop = max(1, args.world_size)
+    logger.info(
+        "data: dropped %d of %d training rows so no epoch ends on a batch of one (BatchNorm cannot train on it)",
+        drop,
+        len(train_dataset),
+    )
+    return train_dataset.select(range(len(train_dataset) - drop))
