@@ -124,6 +124,7 @@ def evaluate(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Metrics of a saved model on its recipe's data (or `data`, any source a recipe takes) — nothing is written."""
+    import torch
     from transformers import Trainer, TrainingArguments
 
     from . import metrics as metrics_lib
@@ -151,7 +152,11 @@ def evaluate(
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_eval_batch_size=batch_size, remove_unused_columns=False, report_to="none"
+            output_dir=tmp,
+            per_device_eval_batch_size=batch_size,
+            remove_unused_columns=False,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            report_to="none",
         )
         trainer = Trainer(
             model=built.model,

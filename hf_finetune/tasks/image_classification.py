@@ -330,7 +330,8 @@ def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[A
     from torchvision.transforms import v2 as T
 
     interp = InterpolationMode(pre.interpolation)
-    stages: list[Any] = [T.ToImage()]
+    # geometry and colour work on the PIL image: tensors lack bicubic/lanczos for rotation and some resizes
+    stages: list[Any] = []
     if aug.random_resized_crop:
         stages.append(T.RandomResizedCrop(pre.size, scale=aug.scale, ratio=aug.ratio, interpolation=interp))
     else:
@@ -343,7 +344,7 @@ def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[A
         stages.append(T.RandomRotation(aug.rotation, interpolation=interp))
     if aug.brightness or aug.contrast:
         stages.append(T.ColorJitter(brightness=aug.brightness or None, contrast=aug.contrast or None))
-    stages += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    stages += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
     return T.Compose(stages)
 
 

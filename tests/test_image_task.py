@@ -1,0 +1,141 @@
+"""The image task: model builders, preprocessing read from the model, transforms, colour modes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from hf_finetune.errors import ModelError
+from hf_finetune.recipe import AugmentationSpec, ModelSpec
+from hf_finetune.tasks import image_classification as task
+
+LABELS = ["cat", "dog", "fox"]
+
+
+def test_simple_cnn_builder_sets_labels_and_processor():
+    built = task.build_model(ModelSpec(name="simple_cnn", image_size=24, config={"filters": [4]}), LABELS)
+    config = built.model.config
+    assert config.id2label == {0: "cat", 1: "dog", 2: "fox"} and config.label2id["fox"] == 2
+    assert built.processor.size == {"height": 24, "width": 24}
+    assert built.preprocess == task.Preprocess((24, 24), (0.5,) * 3, (0.5,) * 3, "bilinear", 3)
+
+
+def test_simple_cnn_bad_option_is_a_model_error():
+    with pytest.raises(ModelError, match="pooling"):
+        task.build_model(ModelSpec(name="simple_cnn", config={"pooling": "mean"}), LABELS)
+
+
+def test_timm_architecture_keeps_timm_init_and_data_config():
+    import timm
+
+    built = task.build_model(ModelSpec(name="timm:test_resnet", pretrained=False), LABELS)
+    model = built.model
+    assert model.config.num_labels == 3 and model.timm_model.get_classifier().out_features == 3
+    # timm zero-inits the last BatchNorm of each residual block; the wrapper's own init would not
+    last_bn = model.timm_model.layer1[0].bn2.weight
+    assert torch.count_nonzero(last_bn) == 0
+    cfg = timm.create_model("test_resnet").pretrained_cfg
+    assert built.preprocess.size == tuple(cfg["input_size"][1:])
+    assert built.preprocess.mean == tuple(cfg["mean"]) and built.preprocess.interpolation == cfg["interpolation"]
+
+
+def test_timm_image_size_override_reaches_the_saved_config(tmp_path: Path):
+    built = task.build_model(ModelSpec(name="timm:test_resnet", pretrained=False, image_size=48), LABELS)
+    assert built.preprocess.size == (48, 48)
+    built.model.save_pretrained(tmp_path)
+    loaded = task.load_trained(tmp_path)
+    assert loaded.preprocess.size == (48, 48)
+
+
+def test_unknown_timm_architecture_suggests_names():
+    with pytest.raises(ModelError, match=r"timm has no architecture 'resnet181'.*did you mean"):
+        task.build_model(ModelSpec(name="timm:resnet181", pretrained=False), LABELS)
+
+
+def test_transformers_folder_replaces_head_even_when_sizes_match(tiny_vit_dir: Path):
+    from transformers import ViTForImageClassification
+
+    five = ["a", "b", "c", "d", "e"]  # same size as the saved head, other classes
+    original = ViTForImageClassification.from_pretrained(tiny_vit_dir)
+    built = task.build_model(ModelSpec(name=str(tiny_vit_dir)), five)
+    assert built.model.config.id2label[4] == "e"
+    assert not torch.equal(built.model.classifier.weight, original.classifier.weight)
+    # the backbone is the pretrained one
+    assert torch.equal(
+        built.model.vit.embeddings.patch_embeddings.projection.weight,
+        original.vit.embeddings.patch_embeddings.projection.weight,
+    )
+
+
+def test_non_image_model_is_refused(tmp_path: Path):
+    from transformers import BertConfig
+
+    BertConfig(
+        vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="Bert model, which transformers cannot use for image classification"):
+        task.build_model(ModelSpec(name=str(tmp_path)), LABELS)
+
+
+def test_train_transform_lists_the_recipe_augmentations():
+    from torchvision.transforms import v2 as T
+
+    pre = task.Preprocess((32, 32), (0.5,) * 3, (0.2,) * 3, "bicubic", 3)
+    aug = AugmentationSpec(
+        random_resized_crop=True, horizontal_flip=0.5, vertical_flip=0.1, rotation=10, brightness=0.2, contrast=0.3
+    )
+    stages = task.build_train_transform(pre, aug).transforms
+    kinds = [type(s) for s in stages]
+    assert kinds == [
+        T.RandomResizedCrop,
+        T.RandomHorizontalFlip,
+        T.RandomVerticalFlip,
+        T.RandomRotation,
+        T.ColorJitter,
+        T.ToImage,
+        T.ToDtype,
+        T.Normalize,
+    ]
+    assert stages[0].interpolation.value == "bicubic" and stages[0].scale == aug.scale
+    plain = [type(s) for s in task.build_train_transform(pre, AugmentationSpec()).transforms]
+    assert plain == [T.Resize, T.ToImage, T.ToDtype, T.Normalize]
+    out = task.build_train_transform(pre, aug)(Image.new("RGB", (50, 40), (255, 0, 0)))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+def test_eval_transform_is_the_processor(tiny_vit_dir: Path):
+    built = task.build_model(ModelSpec(name=str(tiny_vit_dir)), LABELS)
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    expected = built.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    assert torch.equal(task.build_eval_transform(built)(image), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16"])
+def test_colour_modes_become_rgb(mode: str):
+    image = Image.new("RGB", (5, 5), (200, 10, 10)).convert(mode)
+    converted = task.to_model_mode(image, 3)
+    assert converted.mode == "RGB" and converted.size == (5, 5)
+    assert task.to_model_mode(image, 1).mode == "L"
+
+
+def test_transparent_pixels_become_white():
+    image = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert task.to_model_mode(image, 3).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_one_channel_simple_cnn_trains_and_predicts(tmp_path: Path):
+    built = task.build_model(
+        ModelSpec(name="simple_cnn", image_size=16, config={"num_channels": 1, "filters": [4]}), LABELS
+    )
+    assert built.processor is None and built.preprocess.channels == 1
+    batch = task.make_batch_transform(task.build_eval_transform(built), 1)(
+        {"image": [Image.new("RGB", (9, 9))], "label": [1]}
+    )
+    assert batch["pixel_values"][0].shape == (1, 16, 16)
+    built.model.save_pretrained(tmp_path)
+    from hf_finetune.api import predict
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (9, 9)).save(image)
+    assert predict(tmp_path, [image], top_k=2)[0]["predictions"][0]["label"] in LABELS
