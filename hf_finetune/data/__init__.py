@@ -1,0 +1,1 @@
+"""Data stage: load labelled data (sources) and check it before training (checks)."""
