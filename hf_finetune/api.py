@@ -86,6 +86,7 @@ def finetune(
     compute_metrics = metrics_lib.ClassificationMetrics(
         data.label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra
     )
+    compute_metrics.load()  # an unavailable extra metric fails now, not after the first epoch
     if recipe.overwrite and not resume and args.process_index == 0:
         # only now, after every check passed, is the earlier run's folder emptied
         clear_output_dir(out)

@@ -25,6 +25,13 @@ def _write(recipe: dict, path: Path) -> Path:
     return path
 
 
+def _train_one_epoch(tiny_recipe, tmp_path: Path) -> Path:
+    out = tmp_path / "o"
+    recipe = _write(tiny_recipe(training={"num_train_epochs": 1}), tmp_path / "r.yaml")
+    assert main(["train", str(recipe), "--output-dir", str(out)]) == 0
+    return out
+
+
 def test_help_does_not_import_heavy_libraries():
     heavy = "{'torch', 'transformers', 'datasets'}"
     code = f"import sys, hf_finetune.cli as c; c.build_parser(); print(sorted({heavy} & set(sys.modules)))"
@@ -79,18 +86,7 @@ def test_train_predict_eval_round_trip(tiny_recipe, digits_folder: Path, tmp_pat
 
 
 def test_eval_on_other_data_maps_labels_by_name(tiny_recipe, digits_folder: Path, tmp_path: Path, capsys):
-    out = tmp_path / "o"
-    assert (
-        main(
-            [
-                "train",
-                str(_write(tiny_recipe(training={"num_train_epochs": 1}), tmp_path / "r.yaml")),
-                "--output-dir",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    out = _train_one_epoch(tiny_recipe, tmp_path)
     capsys.readouterr()
     # a folder holding only two of the three classes: evaluated as a whole, ids follow the model's labels
     subset = tmp_path / "subset"
@@ -105,19 +101,23 @@ def test_eval_on_other_data_maps_labels_by_name(tiny_recipe, digits_folder: Path
     assert support == {"one": 0, "two": 3, "zero": 3}
 
 
+def test_corrupt_image_is_named_and_nothing_is_written(tiny_recipe, digits_folder: Path, tmp_path: Path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    broken = data / "train" / "one" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    recipe = tiny_recipe(data={"source": str(data)})
+    assert main(["train", str(_write(recipe, tmp_path / "r.yaml"))]) == 2
+    err = capsys.readouterr().err
+    message = err[err.index("error:") :]
+    assert message.startswith("error: 1 of 121 images cannot be decoded") and str(broken) in message
+    assert not Path(recipe["training"]["output_dir"]).exists()
+
+
 def test_predict_unreadable_image_exit_2(tiny_recipe, tmp_path: Path, capsys):
-    out = tmp_path / "o"
-    assert (
-        main(
-            [
-                "train",
-                str(_write(tiny_recipe(training={"num_train_epochs": 1}), tmp_path / "r.yaml")),
-                "--output-dir",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    out = _train_one_epoch(tiny_recipe, tmp_path)
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
     capsys.readouterr()
