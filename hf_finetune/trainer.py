@@ -5,9 +5,10 @@ The toolkit only fills in values the user did not write (and logs each one); it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,7 @@ def build_trainer(
     preprocess_logits: Callable[[Any, Any], Any],
     callbacks: Sequence[Any] = (),
 ) -> Any:
-    from transformers import Trainer
-
-    return Trainer(
+    return _classification_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -78,6 +77,35 @@ def build_trainer(
         preprocess_logits_for_metrics=preprocess_logits,
         callbacks=list(callbacks),
     )
+
+
+@contextlib.contextmanager
+def _keep_every_eval_sample(args: Any) -> Iterator[None]:
+    """`dataloader_drop_last` is meant for training batches; Trainer also applies it to evaluation, which would
+    silently leave the last partial batch out of the metrics (or evaluate nothing on a small split)."""
+    saved = args.dataloader_drop_last
+    args.dataloader_drop_last = False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = saved
+
+
+def _classification_trainer_class() -> type:
+    from transformers import Trainer
+
+    class ClassificationTrainer(Trainer):
+        """transformers.Trainer whose evaluation always counts every sample."""
+
+        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+            with _keep_every_eval_sample(self.args):
+                return super().get_eval_dataloader(eval_dataset)
+
+        def get_test_dataloader(self, test_dataset: Any) -> Any:
+            with _keep_every_eval_sample(self.args):
+                return super().get_test_dataloader(test_dataset)
+
+    return ClassificationTrainer
 
 
 def verify_best_model(trainer: Any) -> str | None:

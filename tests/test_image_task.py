@@ -139,3 +139,14 @@ def test_one_channel_simple_cnn_trains_and_predicts(tmp_path: Path):
     image = tmp_path / "x.png"
     Image.new("RGB", (9, 9)).save(image)
     assert predict(tmp_path, [image], top_k=2)[0]["predictions"][0]["label"] in LABELS
+
+
+def test_train_geometry_without_random_crop_matches_eval():
+    # timm's test_resnet: 160 px with crop_pct 0.95 → resize the shorter side to 168, centre-crop 160
+    built = task.build_model(ModelSpec(name="timm:test_resnet", pretrained=False), LABELS)
+    assert built.preprocess.resize_shorter == 168
+    image = Image.effect_mandelbrot((220, 180), (-2, -1.2, 1, 1.2), 100).convert("RGB")
+    train = task.build_train_transform(built.preprocess, AugmentationSpec())(image)
+    evaluated = task.build_eval_transform(built)(image)
+    assert train.shape == evaluated.shape == (3, 160, 160)
+    assert torch.allclose(train, evaluated, atol=1e-5)

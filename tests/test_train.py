@@ -167,3 +167,19 @@ def test_transformers_model_folder_gets_a_new_head(tiny_recipe, tiny_vit_dir: Pa
 
     weights = load_file(result.output_dir / "model.safetensors")
     assert weights["classifier.weight"].shape == (3, 32)
+
+
+def test_drop_last_applies_to_training_batches_only(tiny_recipe):
+    # 81 training rows, batch 16: drop_last trains on 80; 9 validation and 30 test rows are all evaluated
+    recipe = tiny_recipe(
+        training={
+            "num_train_epochs": 1,
+            "dataloader_drop_last": True,
+            "per_device_eval_batch_size": 16,
+        }
+    )
+    result = finetune(recipe)
+    assert result.metrics["eval"]["num_samples"] == 9
+    assert result.metrics["test"]["num_samples"] == 30
+    assert sum(map(sum, result.metrics["test"]["confusion_matrix"])) == 30
+    assert result.metrics["train"]["train_samples_per_second"] > 0

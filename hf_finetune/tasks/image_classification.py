@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ class Preprocess:
     std: tuple[float, ...]
     interpolation: str  # torchvision InterpolationMode name: bilinear, bicubic, nearest…
     channels: int = 3
+    # Shorter side to resize to before a centre crop to `size` (timm's crop_pct, a processor's crop_size);
+    # None: resize straight to `size`. Training without random-resized-crop uses the same geometry as evaluation.
+    resize_shorter: int | None = None
 
 
 @dataclass
@@ -283,20 +287,29 @@ def preprocess_from_model(model: Any, processor: Any) -> Preprocess:
     if type(processor).__name__ == "TimmWrapperImageProcessor":
         cfg = processor.data_config
         _, h, w = cfg["input_size"]
-        return Preprocess((h, w), tuple(cfg["mean"]), tuple(cfg["std"]), str(cfg["interpolation"]), 3)
+        crop_pct = cfg.get("crop_pct") or 1.0
+        # as timm's eval transform: shorter side to floor(size / crop_pct), then a centre crop
+        shorter = math.floor(min(h, w) / crop_pct) if crop_pct < 1 else None
+        return Preprocess((h, w), tuple(cfg["mean"]), tuple(cfg["std"]), str(cfg["interpolation"]), 3, shorter)
     size = processor.size or {}
     crop = getattr(processor, "crop_size", None) or {}
+    shorter = None
     if getattr(processor, "do_center_crop", False) and "height" in crop:
         hw = (crop["height"], crop["width"])
+        shorter = size.get("shortest_edge") or min(size.get("height", hw[0]), size.get("width", hw[1]))
     elif "height" in size:
         hw = (size["height"], size["width"])
     elif "shortest_edge" in size:
         hw = (size["shortest_edge"], size["shortest_edge"])
+        crop_pct = getattr(processor, "crop_pct", None)
+        if crop_pct and crop_pct < 1:
+            shorter = math.floor(size["shortest_edge"] / crop_pct)
     else:
         raise ModelError(f"cannot read the input size from the image processor's size {size!r}")
     mean = tuple(processor.image_mean or (0.5,) * channels)
     std = tuple(processor.image_std or (0.5,) * channels)
-    return Preprocess(hw, mean, std, _interpolation_name(getattr(processor, "resample", None)), channels)
+    interpolation = _interpolation_name(getattr(processor, "resample", None))
+    return Preprocess(hw, mean, std, interpolation, channels, shorter if shorter != min(hw) else None)
 
 
 def _interpolation_name(resample: Any) -> str:
@@ -334,6 +347,8 @@ def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[A
     stages: list[Any] = []
     if aug.random_resized_crop:
         stages.append(T.RandomResizedCrop(pre.size, scale=aug.scale, ratio=aug.ratio, interpolation=interp))
+    elif pre.resize_shorter:
+        stages += [T.Resize(pre.resize_shorter, interpolation=interp), T.CenterCrop(pre.size)]
     else:
         stages.append(T.Resize(pre.size, interpolation=interp))
     if aug.horizontal_flip:
