@@ -150,3 +150,17 @@ def test_train_geometry_without_random_crop_matches_eval():
     evaluated = task.build_eval_transform(built)(image)
     assert train.shape == evaluated.shape == (3, 160, 160)
     assert torch.allclose(train, evaluated, atol=1e-5)
+
+
+def test_timm_wrapper_folder_from_config_keeps_timm_init(tmp_path: Path):
+    # the `timm/<hub id>` path with pretrained: false, exercised on a local TimmWrapper folder
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    config = TimmWrapperConfig(architecture="test_resnet", num_labels=3)
+    model = TimmWrapperForImageClassification(config)
+    model.config.pretrained_cfg = dict(model.timm_model.pretrained_cfg)
+    model.save_pretrained(tmp_path)
+    built = task.build_model(ModelSpec(name=str(tmp_path), pretrained=False), LABELS)
+    assert type(built.model).__name__ == "TimmWrapperForImageClassification"
+    assert torch.count_nonzero(built.model.timm_model.layer1[0].bn2.weight) == 0
+    assert built.model.config.id2label == {0: "cat", 1: "dog", 2: "fox"}
