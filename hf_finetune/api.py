@@ -54,35 +54,33 @@ def finetune(
     from . import metrics as metrics_lib
     from .data import checks, sources
     from .outputs import check_output_dir, clear_output_dir
-    from .tasks import image_classification as task
+    from .tasks import get_task
     from .trainer import (
         avoid_single_sample_last_batch,
         build_trainer,
         build_training_args,
+        training_defaults,
         verify_best_model,
-        vision_defaults,
     )
 
     setup_logging()
     started = time.time()
     recipe = load_recipe(recipe, _merge_overrides(overrides, kwargs))
+    task = get_task(recipe.task)
     out = recipe.output_dir
     resume = recipe.training.get("resume_from_checkpoint")
     check_output_dir(out, overwrite=recipe.overwrite, resume=bool(resume))
 
-    data = sources.load_image_data(recipe.data)
-    if recipe.data.check_images:
+    data = sources.load_data(recipe.data, task.INPUTS)
+    if "image" in task.INPUTS and recipe.data.check_images:
         checks.check_images(data.splits)
+    if "text" in task.INPUTS:
+        data.splits = checks.check_texts(data.splits, policy=recipe.data.empty_text)
     built = task.build_model(recipe.model, data.label_names)
+    prepared = task.prepare(built, data.splits, recipe)
 
-    channels = built.preprocess.channels
-    train_ds = data.splits["train"].with_transform(
-        task.make_batch_transform(task.build_train_transform(built.preprocess, recipe.augmentation), channels)
-    )
-    eval_transform = task.make_batch_transform(task.build_eval_transform(built), channels)
-    eval_splits = {name: ds.with_transform(eval_transform) for name, ds in data.splits.items() if name != "train"}
-
-    args = build_training_args(recipe.training, vision_defaults(recipe.training, recipe.metrics.metric_for_best_model))
+    defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
+    args = build_training_args(recipe.training, defaults)
     compute_metrics = metrics_lib.ClassificationMetrics(
         data.label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra
     )
@@ -93,9 +91,9 @@ def finetune(
     trainer = build_trainer(
         model=built.model,
         args=args,
-        train_dataset=avoid_single_sample_last_batch(train_ds, args, built.model),
-        eval_dataset=eval_splits["validation"],
-        collate=task.collate,
+        train_dataset=avoid_single_sample_last_batch(prepared.splits["train"], args, built.model),
+        eval_dataset=prepared.splits["validation"],
+        collate=prepared.collate,
         processor=built.processor,
         compute_metrics=compute_metrics,
         preprocess_logits=metrics_lib.make_preprocess_logits(max([1, *recipe.metrics.top_k])),
@@ -105,10 +103,16 @@ def finetune(
     best = verify_best_model(trainer)
 
     results: dict[str, Any] = {"train": dict(train_output.metrics)}
-    for split, ds in eval_splits.items():
+    train_labels = data.splits["train"]["label"]
+    for split, ds in prepared.splits.items():
+        if split == "train":
+            continue
         prefix = SPLIT_PREFIX[split]
         scalars = trainer.evaluate(ds, metric_key_prefix=prefix)
         results[prefix] = _split_metrics(scalars, prefix, compute_metrics.last_report)
+        results[prefix]["baseline"] = metrics_lib.majority_baseline(
+            train_labels, data.splits[split]["label"], data.label_names
+        )
 
     files: list[str] = []
     if trainer.is_world_process_zero():
@@ -125,87 +129,63 @@ def evaluate(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Metrics of a saved model on its recipe's data (or `data`, any source a recipe takes) — nothing is written."""
+    import tempfile
+
     import torch
     from transformers import Trainer, TrainingArguments
 
     from . import metrics as metrics_lib
-    from .data import sources
-    from .tasks import image_classification as task
+    from .data import checks, sources
+    from .tasks import get_task, task_of_saved
 
     setup_logging()
     output_dir = Path(output_dir)
+    task = get_task(task_of_saved(output_dir))
     built = task.load_trained(output_dir)
     labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
-    spec = _saved_data_spec(output_dir)
+    recipe = _saved_recipe(output_dir, task.NAME)
+    spec = recipe.data
     if data is not None:
         spec = replace(spec, source=data, files={}, validation_split=None, test_split=None, train_split="train")
-    loaded = sources.load_image_data(spec, label_names=labels, carve_validation=data is None)
-    available = list(loaded.splits)
+    loaded = sources.load_data(spec, task.INPUTS, label_names=labels, carve_validation=data is None)
     if split is None:
         split = next(s for s in ("test", "validation", "train") if s in loaded.splits)
     if split not in loaded.splits:
-        raise DataError(f"--split {split!r}: the data has splits {available}")
-    ds = loaded.splits[split].with_transform(
-        task.make_batch_transform(task.build_eval_transform(built), built.preprocess.channels)
-    )
+        raise DataError(f"--split {split!r}: the data has splits {list(loaded.splits)}")
+    chosen = {split: loaded.splits[split]}
+    if "text" in task.INPUTS:
+        chosen = checks.check_texts(chosen, policy=spec.empty_text)
+    prepared = task.prepare(built, chosen, recipe)
     compute_metrics = metrics_lib.ClassificationMetrics(labels)
-    import tempfile
-
+    prefix = SPLIT_PREFIX.get(split, split)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp,
             per_device_eval_batch_size=batch_size,
-            remove_unused_columns=False,
             dataloader_pin_memory=torch.cuda.is_available(),
             report_to="none",
+            **task.training_defaults(),
         )
         trainer = Trainer(
             model=built.model,
             args=args,
-            data_collator=task.collate,
+            data_collator=prepared.collate,
             compute_metrics=compute_metrics,
             preprocess_logits_for_metrics=metrics_lib.make_preprocess_logits(1),
         )
-        scalars = trainer.evaluate(ds, metric_key_prefix=SPLIT_PREFIX.get(split, split))
-    result = _split_metrics(scalars, SPLIT_PREFIX.get(split, split), compute_metrics.last_report)
+        scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
+    result = _split_metrics(scalars, prefix, compute_metrics.last_report)
     result["split"] = split
     result["data"] = loaded.description
     return result
 
 
-def predict(output_dir: str | Path, images: Sequence[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k labels and scores for each image file, with the saved model's own preprocessing."""
-    import torch
-    from PIL import Image
+def predict(output_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
+    """Top-k labels and scores for each input — image files or texts, as the saved model's task takes."""
+    from .tasks import get_task, task_of_saved
 
-    from .tasks import image_classification as task
-
-    built = task.load_trained(output_dir)
-    transform = task.build_eval_transform(built)
-    config = built.model.config
-    k = max(1, min(top_k, config.num_labels))
-    built.model.eval()
-    rows = []
-    for path in images:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                pixels = transform(task.to_model_mode(img, built.preprocess.channels))
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from None
-        with torch.no_grad():
-            probs = built.model(pixel_values=pixels.unsqueeze(0)).logits.softmax(-1)[0]
-        scores, ids = probs.topk(k)
-        rows.append(
-            {
-                "image": str(path),
-                "predictions": [
-                    {"label": config.id2label[int(i)], "score": round(float(s), 6)}
-                    for s, i in zip(scores, ids, strict=True)
-                ],
-            }
-        )
-    return rows
+    task = get_task(task_of_saved(output_dir))
+    return task.predict(task.load_trained(output_dir), list(inputs), top_k)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -241,14 +221,12 @@ def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any
     return out
 
 
-def _saved_data_spec(output_dir: Path) -> Any:
+def _saved_recipe(output_dir: Path, task: str) -> Recipe:
+    """The run's resolved recipe (data section, tokenization), or defaults for a folder that has none."""
     from .outputs import RECIPE_FILE
-    from .recipe import DataSpec
 
     saved = output_dir / RECIPE_FILE
-    if not saved.is_file():
-        return DataSpec()
-    return load_recipe(saved).data
+    return load_recipe(saved) if saved.is_file() else Recipe(task=task)
 
 
 def _write_results(

@@ -8,7 +8,7 @@ from typing import Any
 from .outputs import write_text_atomic
 from .recipe import Recipe, shipped_dir
 
-TEMPLATES = {"image-classification": "image_classification.md"}
+TEMPLATES = {"image-classification": "image_classification.md", "text-classification": "text_classification.md"}
 
 
 def write_model_card(
@@ -24,7 +24,8 @@ def write_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     split_results = {k: v for k, v in results.items() if k in ("eval", "test")}
-    base_model = recipe.model.name if recipe.model.pretrained and recipe.model.name != "simple_cnn" else None
+    name = recipe.model.name
+    base_model = name if recipe.model.pretrained and name != "simple_cnn" and ":" not in name else None
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag=recipe.task,
@@ -44,6 +45,8 @@ def write_model_card(
         seconds=seconds,
         model_path=str(out),
         needs_import=recipe.model.name == "simple_cnn",
+        pairs=bool(recipe.data.text_pair_column),
+        example_text="I would happily ride in a self-driving car." if recipe.task == "text-classification" else "",
     )
     path = out / "README.md"
     write_text_atomic(path, str(card))

@@ -55,9 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="split to evaluate; default: test, else validation")
     ev.add_argument("--batch-size", type=int, default=32)
 
-    pr = sub.add_parser("predict", help="top-k labels for image files, as JSON lines")
+    pr = sub.add_parser("predict", help="top-k labels for image files or texts, as JSON lines")
     pr.add_argument("output_dir")
-    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("images", nargs="*", help="image files (image models)")
+    pr.add_argument("--text", action="append", default=[], help="a text to classify (text models; repeatable)")
+    pr.add_argument(
+        "--file", help="inputs, one per line (.txt: texts or image paths), or a .csv with the recipe's text column"
+    )
     pr.add_argument("--top-k", type=int, default=5)
 
     rec = sub.add_parser("recipes", help="list, show or copy the shipped recipes")
@@ -102,12 +106,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             m = result.metrics[split]
             name = "validation" if split == "eval" else "test"
             print(
-                f"\n{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['f1_macro']:.4f}  ({m.get('num_samples')} images)"
+                f"\n{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['f1_macro']:.4f}  ({m.get('num_samples')} rows)"
             )
+            if "baseline" in m:
+                b = m["baseline"]
+                print(
+                    f"  majority-class baseline (always {b['majority_class']!r}): "
+                    f"accuracy {b['accuracy']:.4f}  macro-F1 {b['f1_macro']:.4f}"
+                )
             if split == "test" or "test" not in result.metrics:
                 print(per_class_table(m))
     print(f"\noutputs: {result.output_dir.resolve()}")
-    print(f"  try:   hf-finetune predict {result.output_dir} IMAGE.png")
+    example = '--text "some text"' if result.recipe.task == "text-classification" else "IMAGE.png"
+    print(f"  try:   hf-finetune predict {result.output_dir} {example}")
     return 0
 
 
@@ -130,10 +141,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict
+    from .tasks import task_of_saved
 
-    for row in predict(args.output_dir, args.images, top_k=args.top_k):
-        print(json.dumps(row))
+    task = task_of_saved(args.output_dir)
+    inputs = [*args.images, *args.text]
+    if args.file:
+        inputs += _read_inputs(Path(args.file), Path(args.output_dir))
+    if not inputs:
+        what = "--text TEXT or --file FILE" if task == "text-classification" else "IMAGE files or --file FILE"
+        raise HFFinetuneError(f"nothing to predict: give {what}")
+    if task == "text-classification" and args.images:
+        raise HFFinetuneError(f"{args.output_dir} is a text model: pass texts with --text (or --file), not positionals")
+    if task != "text-classification" and args.text:
+        raise HFFinetuneError(f"{args.output_dir} is an image model: --text does not apply; pass image files")
+    for row in predict(args.output_dir, inputs, top_k=args.top_k):
+        print(json.dumps(row, ensure_ascii=False))
     return 0
+
+
+def _read_inputs(path: Path, output_dir: Path) -> list[str]:
+    """Lines of a .txt file, or the text column of a .csv (the column the model was trained on, else `text`)."""
+    if not path.is_file():
+        raise HFFinetuneError(f"--file {path}: no such file")
+    if path.suffix.lower() != ".csv":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    import csv
+
+    import yaml
+
+    saved = output_dir / "recipe.yaml"
+    recipe = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+    column = ((recipe or {}).get("data") or {}).get("text_column") or "text"
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if column not in (reader.fieldnames or []):
+            raise HFFinetuneError(f"--file {path}: no column {column!r}; its columns are {reader.fieldnames}")
+        return [row[column] for row in reader]
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:

@@ -484,3 +484,20 @@ def write_confusion_matrix(
 
     with _atomic_output(Path(png_path), "wb") as handle:
         fig.savefig(handle, format="png")
+
+
+def majority_baseline(train_labels: Sequence[int], labels: Sequence[int], label_names: Sequence[str]) -> dict[str, Any]:
+    """What always answering train's most frequent class scores on `labels`: the bar a model has to clear."""
+    from collections import Counter
+
+    counts = Counter(int(v) for v in train_labels)
+    # most frequent; ties go to the lower class id so the baseline is deterministic
+    majority = min(counts, key=lambda c: (-counts[c], c))
+    report = load_classification_report().compute(
+        predictions=[majority] * len(labels), references=[int(v) for v in labels], num_labels=len(label_names)
+    )
+    return {
+        "majority_class": label_names[majority],
+        "accuracy": float(report["accuracy"]),
+        "f1_macro": float(report["f1_macro"]),
+    }

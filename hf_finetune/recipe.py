@@ -18,7 +18,7 @@ import yaml
 
 from .errors import RecipeError
 
-TASKS = ("image-classification",)
+TASKS = ("image-classification", "text-classification")
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,15 @@ class ModelSpec:
 class DataSpec:
     """Where the labelled images come from and how the splits are formed."""
 
-    source: str = ""  # builtin:digits | image folder | csv/json/jsonl/parquet file | Hub dataset id
+    source: str = ""  # builtin:digits|tweets | image folder | csv/json/jsonl/parquet file | Hub dataset id
     config: str | None = None  # Hub dataset configuration name
     files: dict[str, str] = field(default_factory=dict)  # split name -> file, e.g. {train: a.csv, test: b.csv}
-    image_column: str = "image"
+    image_column: str = "image"  # image tasks
+    text_column: str = "text"  # text tasks
+    text_pair_column: str | None = None  # text tasks: second sentence of a pair (NLI, paraphrase…)
     label_column: str = "label"
+    encoding: str | None = None  # CSV/JSON text encoding, e.g. latin-1; default UTF-8
+    empty_text: str = "error"  # rows with an empty or null text: "error" (stop, counted) or "skip" (warn, drop)
     train_split: str = "train"
     validation_split: str | None = None  # None: use "validation"/"valid"/"val"/"dev" if present, else split train
     test_split: str | None = None  # None: use "test" if present
@@ -72,6 +76,14 @@ class AugmentationSpec:
 
 
 @dataclass(frozen=True)
+class TokenizationSpec:
+    """Text tasks: the model's own fast tokenizer, truncation, and padding per batch (dynamic) by default."""
+
+    max_length: int | None = None  # default: the model's limit, at most 512
+    padding: str = "dynamic"  # "dynamic" (pad each batch to its longest) or "max_length" (every row to max_length)
+
+
+@dataclass(frozen=True)
 class MetricsSpec:
     """Accuracy, precision/recall/F1 (macro, weighted, per class) and the confusion matrix are always computed."""
 
@@ -86,6 +98,7 @@ class Recipe:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     augmentation: AugmentationSpec = field(default_factory=AugmentationSpec)
+    tokenization: TokenizationSpec = field(default_factory=TokenizationSpec)
     # Passed to transformers.TrainingArguments unchanged (same names as transformers).
     training: dict[str, Any] = field(default_factory=dict)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
@@ -336,6 +349,7 @@ _TRAINING_RENAMED = {
     "no_cuda": "use use_cpu: true (renamed in transformers 5)",
     "warmup_ratio": "use warmup_steps with a float below 1, e.g. 0.1 (transformers 5)",
     "logging_dir": "removed in transformers 5; logs go under output_dir",
+    "group_by_length": "use train_sampling_strategy: group_by_length (transformers 5)",
 }
 
 
@@ -395,6 +409,17 @@ def _finish(recipe: Recipe, problems: list[str]) -> Recipe:
         problems.append(f"augmentation.scale: need 0 < min <= max <= 1, got {list(a.scale)}")
     if not 0 < a.ratio[0] <= a.ratio[1]:
         problems.append(f"augmentation.ratio: need 0 < min <= max, got {list(a.ratio)}")
+    if d.empty_text not in ("error", "skip"):
+        problems.append(f"data.empty_text: 'error' or 'skip', got {d.empty_text!r}")
+    t = recipe.tokenization
+    if t.padding not in ("dynamic", "max_length"):
+        problems.append(f"tokenization.padding: 'dynamic' or 'max_length', got {t.padding!r}")
+    if t.max_length is not None and t.max_length < 2:
+        problems.append(
+            f"tokenization.max_length: at least 2 tokens (or null for the model's limit), got {t.max_length}"
+        )
+    if recipe.task == "text-classification" and recipe.augmentation != AugmentationSpec():
+        problems.append("augmentation: image augmentation does not apply to text-classification; remove the section")
     if recipe.model.image_size is not None and recipe.model.image_size < 8:
         problems.append(f"model.image_size: must be at least 8 pixels, got {recipe.model.image_size}")
     for k in recipe.metrics.top_k:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,25 +16,23 @@ from .errors import HFFinetuneError, RecipeError
 logger = logging.getLogger(__name__)
 
 
-def vision_defaults(training: dict[str, Any], metric_for_best_model: str) -> dict[str, Any]:
-    """Defaults for image classification, for keys the recipe leaves unset."""
+def training_defaults(
+    training: dict[str, Any], task_defaults: dict[str, Any], metric_for_best_model: str
+) -> dict[str, Any]:
+    """Defaults for classification (plus the task's own), for the keys the recipe leaves unset."""
     import torch
 
-    cpus = os.cpu_count() or 1
     defaults: dict[str, Any] = {
-        # the image column must reach the transform; Trainer would drop it as "unused" by the model
-        "remove_unused_columns": False,
-        # decoding + augmenting images is CPU work that overlaps with the step in worker processes
-        "dataloader_num_workers": min(4, max(0, cpus - 1)),
-        # pinned memory only helps copies to a GPU; without one torch warns on every loader
-        "dataloader_pin_memory": torch.cuda.is_available(),
         "eval_strategy": "epoch",
         "save_strategy": "epoch",
         "logging_strategy": "epoch",
         "save_total_limit": 2,
-        # one loss term per image: averaging "tokens" across devices only rescales the loss under DDP
+        # pinned memory only helps copies to a GPU; without one torch warns on every loader
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        # one loss term per example: averaging "tokens" across devices only rescales the loss under DDP
         "average_tokens_across_devices": False,
         "report_to": "none",
+        **task_defaults,
     }
     if training.get("load_best_model_at_end"):
         defaults["metric_for_best_model"] = metric_for_best_model

@@ -88,3 +88,111 @@ def tiny_recipe(digits_folder: Path, tmp_path: Path):
         return recipe
 
     return make
+
+
+POSITIVE = ["good", "great", "lovely", "happy", "fine", "nice", "superb", "calm"]
+NEGATIVE = ["bad", "awful", "sad", "angry", "poor", "ugly", "broken", "slow"]
+FILLER = ["the", "car", "ride", "was", "very", "today", "and", "a", "trip", "it", "felt", "really"]
+
+
+def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(text, label) rows whose label is readable from the words, with varied lengths (3–40 words)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ["positive", "negative", "neutral"][i % 3]
+        words = rng.choices(FILLER, k=rng.randint(3, 40))
+        if label != "neutral":
+            cue = POSITIVE if label == "positive" else NEGATIVE
+            for _ in range(2):
+                words.insert(rng.randrange(len(words) + 1), rng.choice(cue))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def text_csv(tmp_path_factory) -> Path:
+    """train.csv (120 rows) and test.csv (30 rows) with columns review,sentiment in one folder."""
+    import csv
+
+    folder = tmp_path_factory.mktemp("texts")
+    for name, n, seed in (("train.csv", 120, 0), ("test.csv", 30, 1)):
+        with (folder / name).open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["review", "sentiment"])
+            writer.writerows(make_texts(n, seed))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny BERT with a WordPiece tokenizer trained here (tokenizers), saved as a 'pretrained' model folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    corpus = [t for t, _ in make_texts(300, 7)] + POSITIVE + NEGATIVE + FILLER
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_recipe(text_csv: Path, tiny_bert_dir: Path, tmp_path: Path):
+    """A text-classification recipe over the CSVs with the tiny BERT; trains in a few seconds."""
+
+    def make(**sections):
+        recipe = {
+            "name": "tiny-text",
+            "task": "text-classification",
+            "model": {"name": str(tiny_bert_dir)},
+            "data": {
+                "files": {"train": str(text_csv / "train.csv"), "test": str(text_csv / "test.csv")},
+                "text_column": "review",
+                "label_column": "sentiment",
+            },
+            "training": {
+                "output_dir": str(tmp_path / "text-out"),
+                "num_train_epochs": 2,
+                "per_device_train_batch_size": 16,
+                "learning_rate": 1e-3,
+                "disable_tqdm": True,
+            },
+        }
+        for key, value in sections.items():
+            recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+        return recipe
+
+    return make

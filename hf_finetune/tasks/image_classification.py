@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
-from ..recipe import AugmentationSpec, ModelSpec
+from ..errors import DataError, ModelError
+from ..recipe import AugmentationSpec, ModelSpec, Recipe
+from ._common import BuiltModel, Prepared, hub_kwargs, label_maps, load_classifier, scores_to_rows
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_TASK = "image-classification"
+NAME = "image-classification"
+INPUTS = {"image": "image_column"}  # canonical column -> DataSpec key
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,6 @@ class Preprocess:
     # Shorter side to resize to before a centre crop to `size` (timm's crop_pct, a processor's crop_size);
     # None: resize straight to `size`. Training without random-resized-crop uses the same geometry as evaluation.
     resize_shorter: int | None = None
-
-
-@dataclass
-class BuiltModel:
-    model: Any  # transformers.PreTrainedModel
-    processor: Any  # image processor saved next to the model (None only for 1-channel simple_cnn)
-    preprocess: Preprocess
-    description: str
 
 
 Builder = Callable[[ModelSpec, list[str]], BuiltModel]
@@ -75,14 +69,6 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     raise ModelError(f"model.name {spec.name!r}: no builder matches")  # unreachable: the last builder matches all
 
 
-def _label_maps(label_names: list[str]) -> dict[str, Any]:
-    return {
-        "num_labels": len(label_names),
-        "id2label": dict(enumerate(label_names)),
-        "label2id": {n: i for i, n in enumerate(label_names)},
-    }
-
-
 @register_builder(lambda name: name == "simple_cnn")
 def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     from ..models import SimpleCNNConfig, SimpleCNNForImageClassification
@@ -91,12 +77,12 @@ def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     if spec.image_size:
         options["image_size"] = spec.image_size
     try:
-        config = SimpleCNNConfig(**options, **_label_maps(label_names))
+        config = SimpleCNNConfig(**options, **label_maps(label_names))
     except (TypeError, ValueError) as err:
         raise ModelError(f"model.config for simple_cnn: {err}") from None
     model = SimpleCNNForImageClassification(config)
     processor = _simple_cnn_processor(config)
-    return BuiltModel(model, processor, preprocess_from_model(model, processor), "simple_cnn (from scratch)")
+    return BuiltModel(model, processor, "simple_cnn (from scratch)", preprocess_from_model(model, processor))
 
 
 def _simple_cnn_processor(config: Any) -> Any:
@@ -134,13 +120,13 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
     pretrained_cfg = _plain_cfg(source.pretrained_cfg)
     if spec.image_size:
         pretrained_cfg["input_size"] = [3, spec.image_size, spec.image_size]
-    config = TimmWrapperConfig(architecture=arch, model_args=model_args or None, **_label_maps(label_names))
+    config = TimmWrapperConfig(architecture=arch, model_args=model_args or None, **label_maps(label_names))
     config.pretrained_cfg = pretrained_cfg
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(source.state_dict())
     processor = _timm_processor(pretrained_cfg, arch)
     kind = "pretrained" if spec.pretrained else "random init"
-    return BuiltModel(model, processor, preprocess_from_model(model, processor), f"timm {arch} ({kind})")
+    return BuiltModel(model, processor, f"timm {arch} ({kind})", preprocess_from_model(model, processor))
 
 
 def _plain_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -155,41 +141,15 @@ def _timm_processor(pretrained_cfg: dict[str, Any], arch: str) -> Any:
 
 @register_builder(lambda name: True)
 def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from .. import models  # noqa: F401  (registers simple_cnn with the Auto classes: a saved one loads here)
 
-    common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    try:
-        original = AutoConfig.from_pretrained(spec.name, **common)
-    except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
-        raise ModelError(_not_found(spec.name, err)) from None
-    try:
-        # num_labels follows from id2label; passing both makes transformers warn about the old label map
-        labels = {k: v for k, v in _label_maps(label_names).items() if k != "num_labels"}
-        config = AutoConfig.from_pretrained(spec.name, **common, **labels, **spec.config)
-        if spec.pretrained:
-            model = AutoModelForImageClassification.from_pretrained(
-                spec.name, config=config, ignore_mismatched_sizes=True, **common
-            )
-        else:
-            model = AutoModelForImageClassification.from_config(config, trust_remote_code=spec.trust_remote_code)
-    except ValueError as err:
-        if "Unrecognized configuration class" in str(err):
-            raise ModelError(
-                f"model.name {spec.name!r} is a {type(original).__name__.removesuffix('Config')} model, "
-                "which transformers cannot use for image classification; pick an image model"
-            ) from None
-        raise ModelError(f"model {spec.name!r}: {err}") from None
-    except OSError as err:
-        raise ModelError(_not_found(spec.name, err)) from None
+    model = load_classifier(spec, spec.name, label_names, AutoModelForImageClassification, "image classification")
     if type(model).__name__ == "TimmWrapperForImageClassification" and not spec.pretrained:
         _timm_init(model)
-    if spec.pretrained and original.num_labels == len(label_names) and _names(original) != label_names:
-        # Same head size but other classes: the old head's weights mean nothing for the new labels.
-        _reset_head(model)
     try:
-        processor = AutoImageProcessor.from_pretrained(spec.name, **common)
+        processor = AutoImageProcessor.from_pretrained(spec.name, **hub_kwargs(spec))
     except Exception as err:
         raise ModelError(
             f"model {spec.name!r} has no image processor config ({type(err).__name__}: {err}); "
@@ -199,21 +159,7 @@ def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltMo
         processor = _resized_processor(processor, spec.image_size)
     kind = "pretrained" if spec.pretrained else "random init"
     description = f"{spec.name} ({type(model).__name__}, {kind})"
-    return BuiltModel(model, processor, preprocess_from_model(model, processor), description)
-
-
-def _not_found(name: str, err: Exception) -> str:
-    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
-    where = "local folder" if looks_local else "Hub model id or local folder"
-    return (
-        f"model.name {name!r}: cannot load it as a {where} ({type(err).__name__}: {str(err).splitlines()[0]}). "
-        "Expected simple_cnn, timm:<architecture>, timm/<hub id>, a transformers model id, or a folder with "
-        "config.json. Offline, only local folders and `pretrained: false` timm architectures work."
-    )
-
-
-def _names(config: Any) -> list[str]:
-    return [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    return BuiltModel(model, processor, description, preprocess_from_model(model, processor))
 
 
 def _timm_init(model: Any) -> None:
@@ -222,22 +168,6 @@ def _timm_init(model: Any) -> None:
     cfg = model.config
     source = timm.create_model(cfg.architecture, num_classes=cfg.num_labels, **(cfg.model_args or {}))
     model.timm_model.load_state_dict(source.state_dict())
-
-
-def _reset_head(model: Any) -> None:
-    import torch
-
-    if hasattr(model, "timm_model"):
-        model.timm_model.reset_classifier(model.config.num_labels)
-        return
-    head = getattr(model, "classifier", None)
-    if head is None:
-        logger.warning("model: could not find the classification head to re-initialise; it keeps its old weights")
-        return
-    for module in head.modules() if isinstance(head, torch.nn.Module) else []:
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    logger.info("model: re-initialised the classification head for the new labels")
 
 
 def _resized_processor(processor: Any, size: int) -> Any:
@@ -272,7 +202,7 @@ def load_trained(path: str | Path) -> BuiltModel:
         processor = None
     if processor is None and getattr(model.config, "model_type", "") != "simple_cnn":
         raise ModelError(f"{path}: has a model but no image processor (preprocessor_config.json)")
-    return BuiltModel(model, processor, preprocess_from_model(model, processor), str(path))
+    return BuiltModel(model, processor, str(path), preprocess_from_model(model, processor))
 
 
 # --------------------------------------------------------------------------------------------- preprocessing
@@ -390,3 +320,50 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if "labels" in rows[0]:
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
     return batch
+
+
+# --------------------------------------------------------------------------------------------- the task interface
+
+
+def training_defaults() -> dict[str, Any]:
+    import os
+
+    return {
+        # the image column must reach the transform; Trainer would drop it as "unused" by the model
+        "remove_unused_columns": False,
+        # decoding + augmenting images is CPU work that overlaps with the step in worker processes
+        "dataloader_num_workers": min(4, max(0, (os.cpu_count() or 1) - 1)),
+    }
+
+
+def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepared:
+    """Decode + transform on the fly (`with_transform`): train with the recipe's augmentation, the rest as eval."""
+    channels = built.preprocess.channels
+    train_fn = make_batch_transform(build_train_transform(built.preprocess, recipe.augmentation), channels)
+    eval_fn = make_batch_transform(build_eval_transform(built), channels)
+    ready = {name: ds.with_transform(train_fn if name == "train" else eval_fn) for name, ds in splits.items()}
+    return Prepared(ready, collate)
+
+
+def predict(built: BuiltModel, images: list[str], top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
+    """Top-k labels per image file, with the saved model's own preprocessing."""
+    import torch
+    from PIL import Image
+
+    transform = build_eval_transform(built)
+    built.model.eval()
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = [str(p) for p in images[start : start + batch_size]]
+        pixels = []
+        for path in chunk:
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    pixels.append(transform(to_model_mode(img, built.preprocess.channels)))
+            except (OSError, SyntaxError, ValueError) as err:
+                raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from None
+        with torch.no_grad():
+            probs = built.model(pixel_values=torch.stack(pixels)).logits.softmax(-1)
+        rows += scores_to_rows(chunk, "image", probs, built.model.config.id2label, top_k)
+    return rows

