@@ -52,6 +52,7 @@ def finetune(
     `**{"data.source": "./pets"}`. `callbacks` are extra `transformers.TrainerCallback`s.
     """
     from . import metrics as metrics_lib
+    from . import transfer
     from .data import checks, sources
     from .outputs import check_output_dir, clear_output_dir
     from .tasks import get_task
@@ -59,6 +60,7 @@ def finetune(
         avoid_single_sample_last_batch,
         build_trainer,
         build_training_args,
+        cross_entropy_loss,
         training_defaults,
         verify_best_model,
     )
@@ -77,10 +79,19 @@ def finetune(
     if "text" in task.INPUTS:
         data.splits = checks.check_texts(data.splits, policy=recipe.data.empty_text)
     built = task.build_model(recipe.model, data.label_names)
+    plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
     prepared = task.prepare(built, data.splits, recipe)
 
     defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
     args = build_training_args(recipe.training, defaults)
+    train_labels = data.splits["train"]["label"]
+    weights = class_weights(recipe.loss.class_weights, train_labels, data.label_names)
+    mixup = (
+        task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
+        if hasattr(task, "batch_mixer")
+        else None
+    )
+    custom_groups = recipe.transfer != type(recipe.transfer)()  # anything but plain full fine-tuning
     compute_metrics = metrics_lib.ClassificationMetrics(
         data.label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra
     )
@@ -97,13 +108,19 @@ def finetune(
         processor=built.processor,
         compute_metrics=compute_metrics,
         preprocess_logits=metrics_lib.make_preprocess_logits(max([1, *recipe.metrics.top_k])),
-        callbacks=callbacks,
+        callbacks=[*transfer_callbacks, *callbacks],
+        param_groups=(
+            (lambda model, decay: transfer.param_groups(model, plan, args.learning_rate, args.weight_decay, decay))
+            if custom_groups
+            else None
+        ),
+        loss=cross_entropy_loss(weights, args.label_smoothing_factor) if weights or mixup else None,
+        mixup=mixup,
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
     best = verify_best_model(trainer)
 
     results: dict[str, Any] = {"train": dict(train_output.metrics)}
-    train_labels = data.splits["train"]["label"]
     for split, ds in prepared.splits.items():
         if split == "train":
             continue
@@ -219,6 +236,29 @@ def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any
         if report and key in report:
             out[key] = report[key]
     return out
+
+
+def class_weights(
+    setting: str | list[float] | None, train_labels: Sequence[int], names: list[str]
+) -> list[float] | None:
+    """`balanced`: n / (classes × count) per class, as scikit-learn's compute_class_weight; a list: checked."""
+    from collections import Counter
+
+    from .errors import RecipeError
+
+    if setting is None:
+        return None
+    if isinstance(setting, list):
+        if len(setting) != len(names):
+            raise RecipeError(
+                [f"loss.class_weights: {len(setting)} weights given, the data has {len(names)} classes {names[:20]}"]
+            )
+        return [float(w) for w in setting]
+    counts = Counter(int(v) for v in train_labels)
+    n = len(train_labels)
+    weights = [n / (len(names) * max(counts.get(i, 0), 1)) for i in range(len(names))]
+    logger.info("loss: balanced class weights %s", {k: round(w, 3) for k, w in zip(names, weights, strict=True)})
+    return weights
 
 
 def _saved_recipe(output_dir: Path, task: str) -> Recipe:

@@ -19,6 +19,31 @@ import yaml
 from .errors import RecipeError
 
 TASKS = ("image-classification", "text-classification")
+TRANSFER_STRATEGIES = ("full", "linear_probe", "partial", "lp_ft")
+
+# Augmentation presets fill in the options a recipe does not set itself.
+AUGMENTATION_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {"random_resized_crop": True, "scale": [0.5, 1.0], "horizontal_flip": 0.5},
+    "standard": {
+        "random_resized_crop": True,
+        "scale": [0.08, 1.0],
+        "horizontal_flip": 0.5,
+        "brightness": 0.2,
+        "contrast": 0.2,
+        "saturation": 0.2,
+    },
+    "strong": {
+        "random_resized_crop": True,
+        "scale": [0.08, 1.0],
+        "horizontal_flip": 0.5,
+        "rand_augment": True,
+        "rand_augment_magnitude": 9,
+        "random_erasing": 0.25,
+        "mixup_alpha": 0.2,
+        "cutmix_alpha": 1.0,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,7 @@ class ModelSpec:
     # Overrides for the model's config (simple_cnn options, timm `model_args`, or transformers config fields).
     config: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None  # input size override; default: the model's own preprocessing config
+    weights: str | None = None  # a local checkpoint (safetensors or a state dict) loaded before the head is replaced
     revision: str | None = None
     trust_remote_code: bool = False
 
@@ -73,6 +99,36 @@ class AugmentationSpec:
     rotation: float = 0.0  # max degrees, either way
     brightness: float = 0.0  # jitter strength, as torchvision's ColorJitter
     contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # at most 0.5
+    rand_augment: bool = False  # torchvision RandAugment (2 ops)
+    rand_augment_magnitude: int = 9  # 0..30
+    trivial_augment: bool = False  # torchvision TrivialAugmentWide
+    random_erasing: float = 0.0  # probability, on the normalised tensor
+    mixup_alpha: float = 0.0  # batch-level mixup (timm's Mixup), soft-target loss
+    cutmix_alpha: float = 0.0  # batch-level CutMix
+    mixup_prob: float = 1.0  # probability a batch is mixed at all
+    mixup_switch_prob: float = 0.5  # with both on: chance of CutMix instead of mixup
+    preset: str | None = None  # none | light | standard | strong: fills the options not set explicitly
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """Which parameters train, and at which learning rate (see hf_finetune/transfer.py)."""
+
+    strategy: str = "full"  # full | linear_probe | partial | lp_ft
+    unfreeze_last: int | None = None  # partial, and lp_ft's fine-tuning stage: how many of the last blocks train
+    probe_epochs: float = 1.0  # lp_ft: epochs with only the head training
+    fine_tune_lr_scale: float = 0.1  # lp_ft: backbone learning rate = learning_rate × this
+    layer_decay: float | None = None  # layer-wise learning-rate decay, e.g. 0.75
+    head_lr: float | None = None  # the head's learning rate (default: training.learning_rate)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Cross-entropy options beyond TrainingArguments' own `label_smoothing_factor`."""
+
+    class_weights: str | list[float] | None = None  # "balanced" (inverse class frequency in train) or one per class
 
 
 @dataclass(frozen=True)
@@ -99,6 +155,8 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     augmentation: AugmentationSpec = field(default_factory=AugmentationSpec)
     tokenization: TokenizationSpec = field(default_factory=TokenizationSpec)
+    transfer: TransferSpec = field(default_factory=TransferSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
     # Passed to transformers.TrainingArguments unchanged (same names as transformers).
     training: dict[str, Any] = field(default_factory=dict)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
@@ -171,6 +229,7 @@ def load_recipe(
     problems: list[str] = []
     for key, value in _override_items(overrides, problems):
         _set_dotted(raw, key, value, problems)
+    _expand_preset(raw, problems)
     recipe_obj = _build(Recipe, raw, "", problems)
     # keys and types everywhere first; the checks that combine values only make sense once those are right
     recipe_obj = dataclasses.replace(recipe_obj, training=_check_training(recipe_obj.training, problems))
@@ -179,6 +238,20 @@ def load_recipe(
     if problems:
         raise RecipeError(problems, source)
     return recipe_obj
+
+
+def _expand_preset(raw: dict[str, Any], problems: list[str]) -> None:
+    """`augmentation.preset` fills the augmentation keys the recipe leaves unset (explicit keys win)."""
+    aug = raw.get("augmentation")
+    if not isinstance(aug, dict) or aug.get("preset") is None:
+        return
+    preset = aug["preset"]
+    if preset not in AUGMENTATION_PRESETS:
+        hint = _did_you_mean(str(preset), AUGMENTATION_PRESETS)
+        problems.append(f"augmentation.preset: {preset!r} is not one of {list(AUGMENTATION_PRESETS)}{hint}")
+        return
+    for key, value in AUGMENTATION_PRESETS[preset].items():
+        aug.setdefault(key, value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -402,9 +475,37 @@ def _finish(recipe: Recipe, problems: list[str]) -> Recipe:
     for key in ("horizontal_flip", "vertical_flip"):
         if not 0 <= getattr(a, key) <= 1:
             problems.append(f"augmentation.{key}: a probability between 0 and 1, got {getattr(a, key)}")
-    for key in ("brightness", "contrast", "rotation"):
+    for key in ("brightness", "contrast", "saturation", "rotation", "mixup_alpha", "cutmix_alpha"):
         if getattr(a, key) < 0:
             problems.append(f"augmentation.{key}: must be >= 0, got {getattr(a, key)}")
+    for key in ("random_erasing", "mixup_prob", "mixup_switch_prob"):
+        if not 0 <= getattr(a, key) <= 1:
+            problems.append(f"augmentation.{key}: a probability between 0 and 1, got {getattr(a, key)}")
+    if not 0 <= a.hue <= 0.5:
+        problems.append(f"augmentation.hue: between 0 and 0.5, got {a.hue}")
+    if not 0 <= a.rand_augment_magnitude <= 30:
+        problems.append(f"augmentation.rand_augment_magnitude: 0..30, got {a.rand_augment_magnitude}")
+    if a.rand_augment and a.trivial_augment:
+        problems.append("augmentation: rand_augment and trivial_augment are alternatives; keep one")
+    tr = recipe.transfer
+    if tr.strategy not in TRANSFER_STRATEGIES:
+        hint = _did_you_mean(tr.strategy, TRANSFER_STRATEGIES)
+        problems.append(f"transfer.strategy: {tr.strategy!r} is not one of {list(TRANSFER_STRATEGIES)}{hint}")
+    if tr.layer_decay is not None and not 0 < tr.layer_decay <= 1:
+        problems.append(f"transfer.layer_decay: between 0 (exclusive) and 1, got {tr.layer_decay}")
+    if tr.probe_epochs <= 0:
+        problems.append(f"transfer.probe_epochs: must be > 0, got {tr.probe_epochs}")
+    if not 0 < tr.fine_tune_lr_scale <= 1:
+        problems.append(f"transfer.fine_tune_lr_scale: between 0 (exclusive) and 1, got {tr.fine_tune_lr_scale}")
+    if tr.head_lr is not None and tr.head_lr <= 0:
+        problems.append(f"transfer.head_lr: must be > 0, got {tr.head_lr}")
+    cw = recipe.loss.class_weights
+    if isinstance(cw, str) and cw != "balanced":
+        problems.append(f"loss.class_weights: 'balanced' or a list with one weight per class, got {cw!r}")
+    if isinstance(cw, list) and any(w < 0 for w in cw):
+        problems.append(f"loss.class_weights: weights must be >= 0, got {cw}")
+    if recipe.task == "text-classification" and (a.mixup_alpha or a.cutmix_alpha):
+        problems.append("augmentation.mixup_alpha/cutmix_alpha: mixing applies to images only")
     if not 0 < a.scale[0] <= a.scale[1] <= 1:
         problems.append(f"augmentation.scale: need 0 < min <= max <= 1, got {list(a.scale)}")
     if not 0 < a.ratio[0] <= a.ratio[1]:

@@ -62,8 +62,17 @@ def build_trainer(
     compute_metrics: Callable[[Any], dict[str, float]],
     preprocess_logits: Callable[[Any, Any], Any],
     callbacks: Sequence[Any] = (),
+    param_groups: Callable[[Any, set[str]], list[dict[str, Any]]] | None = None,
+    loss: Callable[..., Any] | None = None,
+    mixup: Callable[[Any, Any], tuple[Any, Any]] | None = None,
 ) -> Any:
-    return _classification_trainer_class()(
+    """transformers.Trainer (a small subclass, see `_classification_trainer_class`) for one classification run.
+
+    `param_groups(model, decay_names)` builds the optimizer's groups (transfer strategies, layer-wise learning
+    rates); `loss(outputs, labels)` replaces the model's loss (class weights, soft targets); `mixup(x, y)` mixes
+    training batches.
+    """
+    trainer = _classification_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -73,7 +82,14 @@ def build_trainer(
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
         callbacks=list(callbacks),
+        compute_loss_func=loss,
     )
+    trainer.param_groups_fn = param_groups
+    trainer.mixup_fn = mixup
+    if loss is not None:
+        # our loss is a per-batch mean: Trainer must still divide it by the gradient-accumulation steps
+        trainer.loss_is_scaled_for_ga = False
+    return trainer
 
 
 @contextlib.contextmanager
@@ -92,7 +108,37 @@ def _classification_trainer_class() -> type:
     from transformers import Trainer
 
     class ClassificationTrainer(Trainer):
-        """transformers.Trainer whose evaluation always counts every sample."""
+        """transformers.Trainer whose evaluation always counts every sample, with optional optimizer parameter
+        groups and batch mixing (both through public methods: `create_optimizer`, `compute_loss`)."""
+
+        param_groups_fn: Callable[[Any, set[str]], list[dict[str, Any]]] | None = None
+        mixup_fn: Callable[[Any, Any], tuple[Any, Any]] | None = None
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            if self.optimizer is None and self.param_groups_fn is not None:
+                opt_model = self.model if model is None else model
+                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+                groups = self.param_groups_fn(opt_model, set(self.get_decay_parameter_names(opt_model)))
+                self.optimizer = cls(groups, **kwargs)
+                for group in self.optimizer.param_groups:
+                    logger.info(
+                        "optimizer: %-10s lr %.3g  weight decay %g  (%d tensors)",
+                        group.get("name", "?"),
+                        group["lr"],
+                        group["weight_decay"],
+                        len(group["params"]),
+                    )
+            return super().create_optimizer(model)
+
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            labels = inputs.get("labels")
+            # timm's Mixup pairs each sample with its mirror in the batch, so it needs an even batch
+            if self.mixup_fn is not None and model.training and labels is not None and len(labels) % 2 == 0:
+                pixels, soft = self.mixup_fn(inputs["pixel_values"], labels)
+                inputs = {**inputs, "pixel_values": pixels, "labels": soft}
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
             with _keep_every_eval_sample(self.args):
@@ -172,3 +218,26 @@ def avoid_single_sample_last_batch(train_dataset: Any, args: Any, model: Any) ->
         len(train_dataset),
     )
     return train_dataset.select(range(len(train_dataset) - drop))
+
+
+def cross_entropy_loss(
+    class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0
+) -> Callable[..., Any]:
+    """Cross entropy for Trainer's `compute_loss_func`: hard labels (with class weights and label smoothing) or soft
+    targets from mixup/CutMix (already smoothed by the mixer). Returns the batch mean."""
+    import torch
+    import torch.nn.functional as F
+
+    weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
+        w = weights.to(logits.device) if weights is not None else None
+        if labels.is_floating_point():
+            per_class = -labels * F.log_softmax(logits, dim=-1)
+            if w is not None:
+                per_class = per_class * w
+            return per_class.sum(-1).mean()
+        return F.cross_entropy(logits, labels, weight=w, label_smoothing=label_smoothing)
+
+    return loss

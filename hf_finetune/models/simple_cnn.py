@@ -238,6 +238,10 @@ class SimpleCNNForImageClassification(PreTrainedModel):
             f"(float tensor of shape {list(logits.shape)}), got {labels.dtype} of shape {list(labels.shape)}"
         )
 
+    def transfer_blocks(self) -> list[nn.Module]:
+        """The blocks transfer strategies freeze and unfreeze, input side first: conv blocks, then dense layers."""
+        return [*self.blocks, *self.dense]
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,

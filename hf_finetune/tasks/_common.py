@@ -120,3 +120,53 @@ def scores_to_rows(keys: list[str], key_name: str, probs: Any, id2label: dict[in
         }
         for key, row_s, row_i in zip(keys, scores, ids, strict=True)
     ]
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file as a state dict: safetensors, or a pickled one read with `weights_only=True`."""
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"model.weights {str(path)!r}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or a pickle that is more than tensors
+        raise ModelError(f"model.weights {str(path)!r}: cannot be read ({type(err).__name__}: {err})") from None
+    for key in ("state_dict", "model"):  # training checkpoints often nest the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelError(f"model.weights {str(path)!r}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def load_weights_file(model: Any, path: str | Path, head: set[str]) -> None:
+    """Load `path` into `model`; the head's tensors may be missing or of another size (it is replaced anyway)."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    wrong_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and k not in head and v.shape != own[k].shape
+    ]
+    state = {k: v for k, v in state.items() if (k in own and v.shape == own[k].shape) or k not in own}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in head]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected or wrong_shape:
+        raise ModelError(
+            f"model.weights {str(path)!r} does not fit {type(model).__name__}: "
+            f"{len(missing)} missing keys {_few(missing)}, {len(unexpected)} unexpected keys {_few(unexpected)}, "
+            f"{len(wrong_shape)} shape mismatches {_few(wrong_shape)}. "
+            "Check that the checkpoint is for this architecture (and convert its key names if it is not)."
+        )
+    logger.info("model: loaded %d tensors from %s", len(state), path)
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    return f"{items[:n]}{'…' if len(items) > n else ''}"

@@ -23,7 +23,15 @@ from typing import Any
 
 from ..errors import DataError, ModelError
 from ..recipe import AugmentationSpec, ModelSpec, Recipe
-from ._common import BuiltModel, Prepared, hub_kwargs, label_maps, load_classifier, scores_to_rows
+from ._common import (
+    BuiltModel,
+    Prepared,
+    hub_kwargs,
+    label_maps,
+    load_classifier,
+    load_weights_file,
+    scores_to_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,8 @@ def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     except (TypeError, ValueError) as err:
         raise ModelError(f"model.config for simple_cnn: {err}") from None
     model = SimpleCNNForImageClassification(config)
+    if spec.weights:
+        load_weights_file(model, spec.weights, _head_names(model))
     processor = _simple_cnn_processor(config)
     return BuiltModel(model, processor, "simple_cnn (from scratch)", preprocess_from_model(model, processor))
 
@@ -111,8 +121,23 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
     try:
         # timm's own init (e.g. zero-init of the last BN per residual block) or its pretrained weights; the wrapper
         # built from a config alone would re-initialise every layer with N(0, 0.02).
-        source = timm.create_model(arch, pretrained=spec.pretrained, num_classes=len(label_names), **model_args)
+        if spec.weights:
+            # timm loads the file strictly, dropping the old classifier when the class count differs
+            source = timm.create_model(
+                arch,
+                pretrained=True,
+                pretrained_cfg_overlay={"file": str(Path(spec.weights).expanduser())},
+                num_classes=len(label_names),
+                **model_args,
+            )
+        else:
+            source = timm.create_model(arch, pretrained=spec.pretrained, num_classes=len(label_names), **model_args)
     except Exception as err:  # network, missing weights or bad model_args: all end the run the same way
+        if spec.weights:
+            raise ModelError(
+                f"model.weights {spec.weights!r} does not fit timm {arch} ({type(err).__name__}: {err}). Check that "
+                "the checkpoint is for this architecture (and convert its key names if it is not)."
+            ) from None
         raise ModelError(
             f"model.name {spec.name!r}: timm.create_model failed ({type(err).__name__}: {err}). "
             + ("Pretrained weights come from the Hub; offline, set model.pretrained: false." if spec.pretrained else "")
@@ -127,6 +152,13 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
     processor = _timm_processor(pretrained_cfg, arch)
     kind = "pretrained" if spec.pretrained else "random init"
     return BuiltModel(model, processor, f"timm {arch} ({kind})", preprocess_from_model(model, processor))
+
+
+def _head_names(model: Any) -> set[str]:
+    """State-dict keys of the classification head (replaced for the new labels, so a checkpoint's may differ)."""
+    from ..models.structure import head_parameter_names
+
+    return set(head_parameter_names(model))
 
 
 def _plain_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +180,8 @@ def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltMo
     model = load_classifier(spec, spec.name, label_names, AutoModelForImageClassification, "image classification")
     if type(model).__name__ == "TimmWrapperForImageClassification" and not spec.pretrained:
         _timm_init(model)
+    if spec.weights:
+        load_weights_file(model, spec.weights, _head_names(model))
     try:
         processor = AutoImageProcessor.from_pretrained(spec.name, **hub_kwargs(spec))
     except Exception as err:
@@ -287,10 +321,49 @@ def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[A
         stages.append(T.RandomVerticalFlip(aug.vertical_flip))
     if aug.rotation:
         stages.append(T.RandomRotation(aug.rotation, interpolation=interp))
-    if aug.brightness or aug.contrast:
-        stages.append(T.ColorJitter(brightness=aug.brightness or None, contrast=aug.contrast or None))
+    if aug.brightness or aug.contrast or aug.saturation or aug.hue:
+        stages.append(
+            T.ColorJitter(
+                brightness=aug.brightness or None,
+                contrast=aug.contrast or None,
+                saturation=aug.saturation or None,
+                hue=aug.hue or None,
+            )
+        )
+    if aug.rand_augment:
+        stages.append(
+            T.RandAugment(num_ops=2, magnitude=aug.rand_augment_magnitude, interpolation=_tensor_safe(interp))
+        )
+    if aug.trivial_augment:
+        stages.append(T.TrivialAugmentWide(interpolation=_tensor_safe(interp)))
     stages += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    if aug.random_erasing:
+        # on the normalised tensor, as timm does: erased patches are noise around the mean, not black
+        stages.append(T.RandomErasing(p=aug.random_erasing, value="random"))
     return T.Compose(stages)
+
+
+def _tensor_safe(interp: Any) -> Any:
+    """RandAugment/TrivialAugment geometry takes nearest or bilinear only."""
+    from torchvision.transforms import InterpolationMode
+
+    return interp if interp in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR) else InterpolationMode.BILINEAR
+
+
+def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> Any:
+    """timm's Mixup/CutMix for training batches (soft targets), or None when the recipe asks for neither."""
+    if not (aug.mixup_alpha or aug.cutmix_alpha):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        label_smoothing=label_smoothing,
+        num_classes=num_labels,
+    )
 
 
 def build_eval_transform(built: BuiltModel) -> Callable[[Any], Any]:

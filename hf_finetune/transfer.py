@@ -1,0 +1,231 @@
+"""Transfer learning: which parameters train, with which learning rate, and frozen BatchNorm that stays frozen.
+
+Strategies (recipe section `transfer:`):
+  full           every parameter trains
+  linear_probe   only the new head trains; the backbone is frozen
+  partial        the head, the layers after the last block, and the last `unfreeze_last` blocks train
+  lp_ft          probe (head only) for `probe_epochs`, then unfreeze (all, or the last `unfreeze_last` blocks) and
+                 fine-tune the backbone at `learning_rate × fine_tune_lr_scale` — one run, one output
+Options: `layer_decay` (layer-wise learning-rate decay: each block down from the head gets `× layer_decay`) and
+`head_lr` (the head's own learning rate).
+
+"Blocks" come from the model's structure, not from per-architecture tables: timm's `group_matcher` for timm models
+(through TimmWrapper), the encoder's largest `nn.ModuleList` for transformers models (BERT `encoder.layer`, ViT
+`layers`, ResNet `encoder.stages`…), and `transfer_blocks()` where a model defines it (simple_cnn).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ModelError
+from .recipe import TransferSpec
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("full", "linear_probe", "partial", "lp_ft")
+
+
+@dataclass
+class LayerMap:
+    """Each parameter's position: 0 = stem/embeddings, 1..num_blocks = blocks, num_blocks + 1 = neck, head apart."""
+
+    layer: dict[str, int]  # parameter name -> layer index (head parameters excluded)
+    head: list[str]  # parameter names of the classification head
+    num_blocks: int
+
+    @property
+    def neck(self) -> int:
+        return self.num_blocks + 1
+
+
+@dataclass
+class TransferPlan:
+    spec: TransferSpec
+    layers: LayerMap
+    trainable_now: set[str]  # trainable from the first step
+    trainable_later: set[str] = field(default_factory=set)  # lp_ft: unfrozen after the probe
+
+
+def map_layers(model: Any) -> LayerMap:
+    """Find the stem, the blocks, the neck and the head of a classifier from its structure."""
+    import torch
+
+    from .models.structure import head_parameter_names
+
+    head = head_parameter_names(model)
+    if not head:
+        raise ModelError(
+            f"{type(model).__name__}: cannot find the classification head, so transfer strategies cannot tell it "
+            "from the backbone; use transfer.strategy: full"
+        )
+    if hasattr(model, "timm_model"):
+        return _map_timm(model, head)
+    if hasattr(model, "transfer_blocks"):
+        blocks = list(model.transfer_blocks())
+    else:
+        base = model.base_model if model.base_model is not model else model
+        lists = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+        if not lists:
+            raise ModelError(f"{type(model).__name__}: no repeated blocks (nn.ModuleList) found for transfer")
+        blocks = list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
+    block_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
+    head_set = set(head)
+    layer: dict[str, int] = {}
+    seen_block = 0
+    for name, p in model.named_parameters():
+        if name in head_set:
+            continue
+        if id(p) in block_of:
+            seen_block = block_of[id(p)]
+            layer[name] = seen_block
+        else:
+            # before the first block: stem/embeddings; after the last one: pooler, final norm (the neck)
+            layer[name] = 0 if seen_block == 0 else len(blocks) + 1
+    return LayerMap(layer, head, len(blocks))
+
+
+def _map_timm(model: Any, head: list[str]) -> LayerMap:
+    from timm.models import group_parameters
+
+    timm_model = model.timm_model
+    prefix = "timm_model."
+    groups = group_parameters(timm_model, timm_model.group_matcher(coarse=False))
+    order = sorted(groups)
+    # timm's matcher: the first group is the stem, unmatched parameters (head, final norm) form the last group
+    num_blocks = max(0, len(order) - 2)
+    layer: dict[str, int] = {}
+    for rank, gid in enumerate(order):
+        for name in groups[gid]:
+            full = prefix + name
+            if full not in head:
+                layer[full] = min(rank, num_blocks + 1)
+    return LayerMap(layer, head, num_blocks)
+
+
+def plan_transfer(model: Any, spec: TransferSpec) -> TransferPlan:
+    """Decide which parameters train now and which after the probe; errors for impossible requests."""
+    layers = map_layers(model)
+    head = set(layers.head)
+    everything = set(layers.layer) | head
+    k = spec.unfreeze_last
+    if k is not None and not 1 <= k <= layers.num_blocks:
+        raise ModelError(
+            f"transfer.unfreeze_last {k}: {type(model).__name__} has {layers.num_blocks} blocks; "
+            f"use 1..{layers.num_blocks} (or strategy full to train everything)"
+        )
+    if spec.strategy == "partial" and k is None:
+        raise ModelError(f"transfer.strategy partial needs transfer.unfreeze_last (1..{layers.num_blocks})")
+    top = {n for n, i in layers.layer.items() if k is not None and i > layers.num_blocks - k}
+    if spec.strategy == "full":
+        plan = TransferPlan(spec, layers, everything)
+    elif spec.strategy == "linear_probe":
+        plan = TransferPlan(spec, layers, head)
+    elif spec.strategy == "partial":
+        plan = TransferPlan(spec, layers, head | top)
+    else:  # lp_ft
+        later = (top if k is not None else everything) - head
+        plan = TransferPlan(spec, layers, head, later)
+    if not plan.trainable_now:
+        raise ModelError(f"transfer.strategy {spec.strategy}: nothing is left to train in {type(model).__name__}")
+    return plan
+
+
+def apply_plan(model: Any, plan: TransferPlan) -> list[Any]:
+    """Freeze what must not train now and keep frozen BatchNorm in eval mode; returns the hook handles."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in plan.trainable_now)
+    handles = freeze_batchnorm(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "transfer: %s — %s of %s parameters train (%d blocks found)%s",
+        plan.spec.strategy,
+        f"{trainable:,}",
+        f"{total:,}",
+        plan.layers.num_blocks,
+        f"; {len(handles)} frozen BatchNorm layers keep their statistics" if handles else "",
+    )
+    return handles
+
+
+def _keep_eval(module: Any, _args: Any) -> None:
+    # Trainer calls model.train() every step; a frozen BatchNorm must still normalise with (and not update) its
+    # running statistics, or the "frozen" backbone drifts.
+    module.training = False
+
+
+def freeze_batchnorm(model: Any) -> list[Any]:
+    """A forward pre-hook on every BatchNorm whose parameters are all frozen keeps it in eval mode."""
+    import torch
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                handles.append(module.register_forward_pre_hook(_keep_eval))
+    return handles
+
+
+def param_groups(
+    model: Any, plan: TransferPlan, learning_rate: float, weight_decay: float, decay_names: set[str]
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with per-layer learning rates; frozen parameters are included (lp_ft unfreezes
+    them later and the optimizer must already know them; without a gradient they are not updated)."""
+    spec, layers = plan.spec, plan.layers
+    trains = plan.trainable_now | plan.trainable_later
+    grouped: dict[tuple[str, float, float], list[Any]] = {}
+    for name, p in model.named_parameters():
+        if name not in trains:
+            continue
+        if name in layers.head:
+            kind, lr = "head", spec.head_lr if spec.head_lr is not None else learning_rate
+        else:
+            depth = layers.neck - layers.layer[name]  # 0 for the neck, num_blocks + 1 for the stem
+            lr = learning_rate * (spec.layer_decay**depth if spec.layer_decay else 1.0)
+            if spec.strategy == "lp_ft":
+                lr *= spec.fine_tune_lr_scale
+            kind = f"layer {layers.layer[name]}"
+        wd = weight_decay if name in decay_names else 0.0
+        grouped.setdefault((kind, lr, wd), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd, "name": kind} for (kind, lr, wd), ps in grouped.items()]
+
+
+def probe_then_fine_tune_callback(model: Any, plan: TransferPlan, handles: list[Any]) -> Any:
+    """lp_ft: after `probe_epochs`, unfreeze the backbone (its BatchNorm trains again too)."""
+    from transformers import TrainerCallback
+
+    class ProbeThenFineTune(TrainerCallback):
+        def __init__(self) -> None:
+            self.switched = False
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.switched or state.max_steps <= 0:
+                return
+            steps_per_epoch = state.max_steps / max(args.num_train_epochs, 1e-9)
+            if state.global_step >= round(plan.spec.probe_epochs * steps_per_epoch):
+                self.switch(state.global_step)
+
+        def switch(self, step: int) -> None:
+            for handle in handles:
+                handle.remove()
+            handles.clear()
+            for name, p in model.named_parameters():
+                if name in plan.trainable_later:
+                    p.requires_grad_(True)
+            handles.extend(freeze_batchnorm(model))  # BatchNorm still frozen (partial) stays in eval mode
+            self.switched = True
+            logger.info("transfer: probe done at step %d; fine-tuning %d more tensors", step, len(plan.trainable_later))
+
+    return ProbeThenFineTune()
+
+
+def setup(model: Any, spec: TransferSpec) -> tuple[TransferPlan, list[Any], list[Any]]:
+    """Plan + apply; returns (plan, callbacks for Trainer, BatchNorm hook handles)."""
+    plan = plan_transfer(model, spec)
+    handles = apply_plan(model, plan)
+    callbacks = [probe_then_fine_tune_callback(model, plan, handles)] if plan.trainable_later else []
+    return plan, callbacks, handles
