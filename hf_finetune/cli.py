@@ -185,15 +185,21 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from .recipe import find_recipe, list_recipes, shipped_dir
 
     if args.recipes_command == "ls":
-        rows = []
+        header = ("NAME", "TASK", "MODEL", "STRATEGY", "FILE")
+        rows = [header]
         for name, path in list_recipes().items():
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            model = (raw.get("model") or {}).get("name", "?")
             rows.append(
-                (name, raw.get("task", "image-classification"), model, str(path.relative_to(shipped_dir("recipes"))))
+                (
+                    name,
+                    raw.get("task", "image-classification"),
+                    (raw.get("model") or {}).get("name", "?"),
+                    (raw.get("transfer") or {}).get("strategy", "full"),
+                    str(path.relative_to(shipped_dir("recipes"))),
+                )
             )
-        widths = [max(len(r[i]) for r in [("NAME", "TASK", "MODEL", "FILE"), *rows]) for i in range(4)]
-        for row in [("NAME", "TASK", "MODEL", "FILE"), *rows]:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return 0
     path = find_recipe(args.name)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from hf_finetune.cli import main
+from hf_finetune.recipe import list_recipes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,10 +129,11 @@ def test_predict_unreadable_image_exit_2(tiny_recipe, tmp_path: Path, capsys):
 def test_recipes_ls_show_cp(tmp_path: Path, capsys):
     assert main(["recipes", "ls"]) == 0
     listing = capsys.readouterr().out
-    assert listing.splitlines()[0].split() == ["NAME", "TASK", "MODEL", "FILE"]
-    assert any(
-        line.split()[:3] == ["quickstart", "image-classification", "simple_cnn"] for line in listing.splitlines()
-    )
+    assert listing.splitlines()[0].split() == ["NAME", "TASK", "MODEL", "STRATEGY", "FILE"]
+    rows = [line.split() for line in listing.splitlines()[1:]]
+    assert ["quickstart", "image-classification", "simple_cnn", "full", "image/quickstart.yaml"] in rows
+    assert ["resnet18-linear-probe", "image-classification", "timm:resnet18", "linear_probe"] in [r[:4] for r in rows]
+    assert len(rows) == len(list_recipes())
     assert main(["recipes", "show", "quickstart"]) == 0
     assert "builtin:digits" in capsys.readouterr().out
     assert main(["recipes", "cp", "quickstart", str(tmp_path)]) == 0
