@@ -134,7 +134,18 @@ def finetune(
     files: list[str] = []
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
-        files = _write_results(out, recipe, data, built, results, best, time.time() - started)
+        run = run_info(data, args, best, time.time() - started)
+        files = _write_results(out, recipe, data, built, results, run)
+        if recipe.hub.push:
+            from .hub import push_folder
+
+            push_folder(
+                out,
+                recipe.hub.repo_id,
+                private=recipe.hub.private,
+                revision=recipe.hub.revision,
+                include_checkpoints=recipe.hub.include_checkpoints,
+            )
     logger.info("done: outputs in %s", out.resolve())
     return Result(out, results, data.label_names, recipe, best, files)
 
@@ -269,17 +280,49 @@ def _saved_recipe(output_dir: Path, task: str) -> Recipe:
     return load_recipe(saved) if saved.is_file() else Recipe(task=task)
 
 
-def _write_results(
-    out: Path, recipe: Recipe, data: Any, built: Any, results: dict[str, Any], best: str | None, seconds: float
-) -> list[str]:
+def run_info(data: Any, args: Any, best: str | None, seconds: float) -> dict[str, Any]:
+    """Provenance for metrics.json and the model card: data splits and class counts, hardware, versions, time."""
+    import os
+    import platform
+    from collections import Counter
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    splits = {}
+    for name, ds in data.splits.items():
+        counts = Counter(int(v) for v in ds["label"])
+        splits[name] = {"rows": len(ds), "class_counts": {n: counts.get(i, 0) for i, n in enumerate(data.label_names)}}
+    if torch.cuda.is_available() and not args.use_cpu:
+        device = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}"
+    else:
+        device = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    versions = {}
+    for package in ("hf_finetune", "transformers", "torch", "datasets", "accelerate", "timm", "evaluate"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return {
+        "data": data.description,
+        "splits": splits,
+        "hardware": {"device": device, "processes": args.world_size, "precision": precision},
+        "versions": versions,
+        "wall_time_s": round(seconds, 1),
+        "best_checkpoint": best,
+    }
+
+
+def _write_results(out: Path, recipe: Recipe, data: Any, built: Any, results: dict[str, Any], run: dict) -> list[str]:
     from . import metrics as metrics_lib
     from .card import write_model_card
     from .outputs import METRICS_FILE, RECIPE_FILE, write_json, write_text_atomic
 
     write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
-    payload = {"label_names": data.label_names, **results}
-    if best:
-        payload["best_checkpoint"] = best
+    payload = {"label_names": data.label_names, **results, "run": run}
+    if run["best_checkpoint"]:
+        payload["best_checkpoint"] = run["best_checkpoint"]
     write_json(out / METRICS_FILE, payload)
     files = [RECIPE_FILE, METRICS_FILE]
     for prefix in ("eval", "test"):
@@ -300,6 +343,6 @@ def _write_results(
         results=results,
         data_description=data.description,
         model_description=built.description,
-        seconds=seconds,
+        run=run,
     )
     return [*files, "README.md"]

@@ -19,7 +19,7 @@ def write_model_card(
     results: dict[str, Any],
     data_description: str,
     model_description: str,
-    seconds: float,
+    run: dict[str, Any],
 ) -> Path:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -42,7 +42,7 @@ def write_model_card(
         label_names=label_names,
         results=split_results,
         recipe=recipe,
-        seconds=seconds,
+        seconds=run["wall_time_s"],
         model_path=str(out),
         needs_import=recipe.model.name == "simple_cnn",
         pairs=bool(recipe.data.text_pair_column),

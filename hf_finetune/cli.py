@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--top-k", type=int, default=5)
 
+    push = sub.add_parser("push", help="upload a trained output folder to the Hugging Face Hub")
+    push.add_argument("output_dir")
+    push.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--include-checkpoints", action="store_true", help="also upload checkpoint-* folders")
+
     rec = sub.add_parser("recipes", help="list, show or copy the shipped recipes")
     rsub = rec.add_subparsers(dest="recipes_command", required=True, metavar="ACTION")
     rsub.add_parser("ls", help="list the shipped recipes")
@@ -179,6 +186,20 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str]:
         return [row[column] for row in reader]
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    url = push_folder(
+        args.output_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        include_checkpoints=args.include_checkpoints,
+    )
+    print(f"pushed {args.output_dir} to {url}")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
 
@@ -222,5 +243,6 @@ COMMANDS = {
     "validate": cmd_validate,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "push": cmd_push,
     "recipes": cmd_recipes,
 }

@@ -132,6 +132,27 @@ class LossSpec:
 
 
 @dataclass(frozen=True)
+class CardSpec:
+    """The model card (README.md) written into the output folder."""
+
+    template: str | None = None  # a Jinja template file; default: the shipped one for the task
+    license: str | None = None  # e.g. apache-2.0, mit; goes into the card's metadata
+    language: str | list[str] | None = None  # text tasks, e.g. en
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """Pushing the output folder to the Hugging Face Hub at the end of training (the token comes from HF_TOKEN or
+    `hf auth login`, never from the recipe)."""
+
+    push: bool = False
+    repo_id: str | None = None  # USER/NAME or ORG/NAME
+    private: bool = False
+    revision: str | None = None  # branch to push to; default: main
+    include_checkpoints: bool = False
+
+
+@dataclass(frozen=True)
 class TokenizationSpec:
     """Text tasks: the model's own fast tokenizer, truncation, and padding per batch (dynamic) by default."""
 
@@ -157,6 +178,8 @@ class Recipe:
     tokenization: TokenizationSpec = field(default_factory=TokenizationSpec)
     transfer: TransferSpec = field(default_factory=TransferSpec)
     loss: LossSpec = field(default_factory=LossSpec)
+    card: CardSpec = field(default_factory=CardSpec)
+    hub: HubSpec = field(default_factory=HubSpec)
     # Passed to transformers.TrainingArguments unchanged (same names as transformers).
     training: dict[str, Any] = field(default_factory=dict)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
@@ -499,6 +522,12 @@ def _finish(recipe: Recipe, problems: list[str]) -> Recipe:
         problems.append(f"transfer.fine_tune_lr_scale: between 0 (exclusive) and 1, got {tr.fine_tune_lr_scale}")
     if tr.head_lr is not None and tr.head_lr <= 0:
         problems.append(f"transfer.head_lr: must be > 0, got {tr.head_lr}")
+    if recipe.hub.push and not recipe.hub.repo_id:
+        problems.append("hub.repo_id: needed when hub.push is true, e.g. your-name/my-classifier")
+    if recipe.hub.repo_id is not None and recipe.hub.repo_id.count("/") != 1:
+        problems.append(f"hub.repo_id: expected USER/NAME or ORG/NAME, got {recipe.hub.repo_id!r}")
+    if recipe.card.template is not None and not Path(recipe.card.template).expanduser().is_file():
+        problems.append(f"card.template: no such file {recipe.card.template!r}")
     cw = recipe.loss.class_weights
     if isinstance(cw, str) and cw != "balanced":
         problems.append(f"loss.class_weights: 'balanced' or a list with one weight per class, got {cw!r}")
