@@ -6,6 +6,7 @@ recipe → data → checks → model + preprocessing → Trainer → best-model 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -54,13 +55,20 @@ def finetune(
     from . import metrics as metrics_lib
     from . import transfer
     from .data import checks, sources
-    from .outputs import check_output_dir, clear_output_dir
+    from .outputs import RECIPE_FILE, check_output_dir, clear_output_dir, write_text_atomic
     from .tasks import get_task
     from .trainer import (
+        TrainingInterrupted,
         avoid_single_sample_last_batch,
         build_trainer,
         build_training_args,
+        checkpoint_marker_callback,
         cross_entropy_loss,
+        log_distribution,
+        mixed_precision,
+        resolve_resume,
+        resume_weights_callback,
+        stop_on_signals,
         training_defaults,
         verify_best_model,
     )
@@ -70,20 +78,23 @@ def finetune(
     recipe = load_recipe(recipe, _merge_overrides(overrides, kwargs))
     task = get_task(recipe.task)
     out = recipe.output_dir
-    resume = recipe.training.get("resume_from_checkpoint")
-    check_output_dir(out, overwrite=recipe.overwrite, resume=bool(resume))
-
-    data = sources.load_data(recipe.data, task.INPUTS)
-    if "image" in task.INPUTS and recipe.data.check_images:
-        checks.check_images(data.splits)
-    if "text" in task.INPUTS:
-        data.splits = checks.check_texts(data.splits, policy=recipe.data.empty_text)
-    built = task.build_model(recipe.model, data.label_names)
-    plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
-    prepared = task.prepare(built, data.splits, recipe)
+    check_output_dir(out, overwrite=recipe.overwrite, resume=bool(recipe.training.get("resume_from_checkpoint")))
+    precision = mixed_precision(recipe.training, dict(os.environ))
+    state = _process_state()
+    with state.main_process_first():  # one process fills datasets' caches; the others then read them
+        resume = resolve_resume(recipe.training.get("resume_from_checkpoint"), out)
+        data = sources.load_data(recipe.data, task.INPUTS)
+        if "image" in task.INPUTS and recipe.data.check_images and state.is_main_process:
+            checks.check_images(data.splits)
+        if "text" in task.INPUTS:
+            data.splits = checks.check_texts(data.splits, policy=recipe.data.empty_text)
+        built = task.build_model(recipe.model, data.label_names)
+        plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
+        prepared = task.prepare(built, data.splits, recipe)
 
     defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
     args = build_training_args(recipe.training, defaults)
+    log_distribution(args, precision)
     train_labels = data.splits["train"]["label"]
     weights = class_weights(recipe.loss.class_weights, train_labels, data.label_names)
     mixup = (
@@ -96,9 +107,14 @@ def finetune(
         data.label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra
     )
     compute_metrics.load()  # an unavailable extra metric fails now, not after the first epoch
-    if recipe.overwrite and not resume and args.process_index == 0:
-        # only now, after every check passed, is the earlier run's folder emptied
-        clear_output_dir(out)
+    if state.is_main_process:
+        if recipe.overwrite and not resume:
+            # only now, after every check passed, is the earlier run's folder emptied
+            clear_output_dir(out)
+        # written first so that a run stopped early can be resumed from its own folder
+        write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
+    state.wait_for_everyone()
+    run_callbacks = [checkpoint_marker_callback(), *([resume_weights_callback(resume)] if resume else [])]
     trainer = build_trainer(
         model=built.model,
         args=args,
@@ -108,7 +124,7 @@ def finetune(
         processor=built.processor,
         compute_metrics=compute_metrics,
         preprocess_logits=metrics_lib.make_preprocess_logits(max([1, *recipe.metrics.top_k])),
-        callbacks=[*transfer_callbacks, *callbacks],
+        callbacks=[*run_callbacks, *transfer_callbacks, *callbacks],
         param_groups=(
             (lambda model, decay: transfer.param_groups(model, plan, args.learning_rate, args.weight_decay, decay))
             if custom_groups
@@ -117,7 +133,11 @@ def finetune(
         loss=cross_entropy_loss(weights, args.label_smoothing_factor) if weights or mixup else None,
         mixup=mixup,
     )
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    with stop_on_signals() as stop:
+        trainer.add_callback(stop)
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    if stop.signum is not None:
+        raise TrainingInterrupted(_interrupted_message(stop.signum, trainer.state.global_step, out), stop.signum)
     best = verify_best_model(trainer)
 
     results: dict[str, Any] = {"train": dict(train_output.metrics)}
@@ -132,8 +152,8 @@ def finetune(
         )
 
     files: list[str] = []
+    trainer.save_model(str(out))  # every process: FSDP gathers the shards; only the main one writes
     if trainer.is_world_process_zero():
-        trainer.save_model(str(out))
         run = run_info(data, args, best, time.time() - started)
         files = _write_results(out, recipe, data, built, results, run)
         if recipe.hub.push:
@@ -278,6 +298,23 @@ def _saved_recipe(output_dir: Path, task: str) -> Recipe:
 
     saved = output_dir / RECIPE_FILE
     return load_recipe(saved) if saved.is_file() else Recipe(task=task)
+
+
+def _process_state() -> Any:
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _interrupted_message(signum: int, step: int, out: Path) -> str:
+    import signal
+
+    from .outputs import RECIPE_FILE
+
+    return (
+        f"training stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in {out}. "
+        f"Resume with: hf-finetune train {out / RECIPE_FILE} --resume"
+    )
 
 
 def run_info(data: Any, args: Any, best: str | None, seconds: float) -> dict[str, Any]:

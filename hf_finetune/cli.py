@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in output_dir")
     train.add_argument("--output-dir", help="same as training.output_dir=…")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in output_dir (training.resume_from_checkpoint=latest)",
+    )
 
     check = sub.add_parser("validate", help="check a recipe and print it fully resolved, without training")
     check.add_argument("recipe")
@@ -87,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except HFFinetuneError as err:
+        signum = getattr(err, "signum", None)
+        if signum is not None:  # stopped by SIGINT/SIGTERM after saving: the shell's 128 + signal convention
+            print(f"stopped: {err}", file=sys.stderr)
+            return 128 + signum
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -100,6 +109,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"training.output_dir={args.output_dir}")
     if getattr(args, "overwrite", False):
         overrides.append("overwrite=true")
+    if getattr(args, "resume", False):
+        overrides.append("training.resume_from_checkpoint=latest")
     return overrides
 
 

@@ -152,44 +152,21 @@ def _classification_trainer_class() -> type:
 
 
 def verify_best_model(trainer: Any) -> str | None:
-    """After `load_best_model_at_end`, make sure the model in memory really holds the best checkpoint's weights.
-
-    Trainer loads the best checkpoint non-strictly; when a model's parameter names changed between versions (ViT in
-    transformers 5) most tensors are silently left as they were at the last step. `from_pretrained` knows the
-    renames, so it is the reference: mismatching weights are copied from it, then checked again.
+    """After `load_best_model_at_end`, make sure the model in memory really holds the best checkpoint's weights
+    (Trainer's own loading misses renamed tensors; see `sync_with_checkpoint`).
     Returns the checkpoint that was verified, or None when the run did not keep a best model.
     """
-    import torch
-
     best = trainer.state.best_model_checkpoint
     if not trainer.args.load_best_model_at_end or not best:
         return None
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    reference = type(model).from_pretrained(best).state_dict()
-    current = model.state_dict()
-
-    def mismatched() -> list[str]:
-        return [
-            k
-            for k, v in reference.items()
-            if k not in current or current[k].shape != v.shape or not torch.equal(current[k].cpu(), v.cpu())
-        ]
-
-    wrong = mismatched()
+    wrong = sync_with_checkpoint(trainer.accelerator.unwrap_model(trainer.model), best)
     if wrong:
         logger.warning(
-            "best model: Trainer left %d of %d tensors different from %s (e.g. %s); loading them with from_pretrained",
+            "best model: Trainer left %d tensors different from %s (e.g. %s); restored them with from_pretrained",
             len(wrong),
-            len(reference),
             best,
             wrong[0],
         )
-        with torch.no_grad():
-            for key in wrong:
-                current[key].copy_(reference[key].to(current[key].device, current[key].dtype))
-        wrong = mismatched()
-        if wrong:
-            raise HFFinetuneError(f"best model: {len(wrong)} tensors still differ from {best} after reloading")
     logger.info("best model: weights verified against %s", Path(best).name)
     return best
 
@@ -241,3 +218,241 @@ def cross_entropy_loss(
         return F.cross_entropy(logits, labels, weight=w, label_smoothing=label_smoothing)
 
     return loss
+
+
+# --------------------------------------------------------------------------------------------- distributed runs
+
+
+def mixed_precision(training: dict[str, Any], env: dict[str, str]) -> tuple[str, str]:
+    """(precision, where it was set): the recipe's `training.bf16`/`fp16`, or `accelerate launch`'s config.
+
+    Setting it in both places with different values is an error rather than a silent winner.
+    """
+    launched = env.get("ACCELERATE_MIXED_PRECISION", "no")
+    asked = "bf16" if training.get("bf16") else "fp16" if training.get("fp16") else None
+    said_in_recipe = "bf16" in training or "fp16" in training
+    if said_in_recipe and launched != "no" and (asked or "no") != launched:
+        raise RecipeError(
+            [
+                f"training: the recipe asks for {asked or 'no mixed precision'} but accelerate launch was configured "
+                f"with mixed_precision={launched}; set it in one place (drop training.bf16/fp16 from the recipe, or "
+                "launch with --mixed_precision to match)"
+            ]
+        )
+    if asked:
+        return asked, "recipe training." + asked
+    if launched != "no":
+        return launched, "accelerate launch config"
+    return "no", "default (fp32)"
+
+
+def log_distribution(args: Any, precision: tuple[str, str]) -> None:
+    """Once, on the main process: how many processes, the batch per device and the global batch."""
+    if args.process_index != 0:
+        return
+    per_device = args.per_device_train_batch_size
+    accumulation = args.gradient_accumulation_steps
+    logger.info(
+        "distributed: %d process%s (%s), per-device batch %d, global batch %d%s; mixed precision %s (%s)",
+        args.world_size,
+        "" if args.world_size == 1 else "es",
+        args.parallel_mode.value if hasattr(args.parallel_mode, "value") else args.parallel_mode,
+        per_device,
+        per_device * args.world_size * accumulation,
+        f" (with {accumulation} accumulation steps)" if accumulation > 1 else "",
+        *precision,
+    )
+
+
+# --------------------------------------------------------------------------------------------- checkpoints and resume
+
+COMPLETE_MARKER = "hf_finetune_complete.json"
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def checkpoint_marker_callback() -> Any:
+    """Marks a checkpoint complete once every process has written its part: a checkpoint without the marker (a run
+    killed while saving) is never resumed from."""
+    from transformers import TrainerCallback
+
+    class CheckpointMarker(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _barrier()
+            if args.should_save:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    from .outputs import write_json
+
+                    write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step, "epoch": state.epoch})
+
+    return CheckpointMarker()
+
+
+def _step(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file() and _step(p) >= 0]
+    return max(complete, key=_step, default=None)
+
+
+def set_aside_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Rename checkpoints without the completion marker, so neither resume nor Trainer's rotation (which would
+    count them against save_total_limit and delete a good one instead) takes them for real."""
+    moved = []
+    for path in sorted(Path(output_dir).glob("checkpoint-*")):
+        if path.is_dir() and not (path / COMPLETE_MARKER).is_file():
+            target = path.with_name(f"incomplete-{path.name}")
+            n = 1
+            while target.exists():
+                n += 1
+                target = path.with_name(f"incomplete-{path.name}-{n}")
+            path.rename(target)
+            logger.warning("resume: %s was not saved completely; moved it to %s", path.name, target.name)
+            moved.append(target)
+    return moved
+
+
+def resolve_resume(value: Any, output_dir: Path) -> str | None:
+    """`latest` (or true) → the newest complete checkpoint in output_dir; a path is checked; None stays None."""
+    if value in (None, False, "", "false", "False"):
+        return None
+    if value in (True, "latest", "true", "True"):
+        if Path(output_dir).is_dir():
+            set_aside_incomplete_checkpoints(output_dir)
+        found = latest_complete_checkpoint(output_dir)
+        if found is None:
+            raise HFFinetuneError(
+                f"resume: no complete checkpoint in {output_dir}; run without --resume "
+                "(or training.resume_from_checkpoint) to start from scratch"
+            )
+        logger.info("resume: continuing from %s", found)
+        return str(found)
+    path = Path(str(value)).expanduser()
+    if not (path / "trainer_state.json").is_file():
+        raise HFFinetuneError(f"training.resume_from_checkpoint {str(value)!r}: not a checkpoint folder")
+    return str(path)
+
+
+def sync_with_checkpoint(model: Any, checkpoint: str | Path) -> list[str]:
+    """Make `model`'s tensors equal to the checkpoint as `from_pretrained` reads it; returns what had differed.
+
+    Trainer restores checkpoints non-strictly, and silently skips tensors whose names changed between versions (ViT
+    in transformers 5); `from_pretrained` knows the renames, so it is the reference.
+    """
+    import torch
+
+    reference = type(model).from_pretrained(str(checkpoint)).state_dict()
+    current = model.state_dict()
+
+    def mismatched() -> list[str]:
+        return [
+            k
+            for k, v in reference.items()
+            if k not in current or current[k].shape != v.shape or not torch.equal(current[k].cpu(), v.cpu())
+        ]
+
+    wrong = mismatched()
+    if wrong:
+        with torch.no_grad():
+            for key in wrong:
+                current[key].copy_(reference[key].to(current[key].device, current[key].dtype))
+        still = mismatched()
+        if still:
+            raise HFFinetuneError(
+                f"{len(still)} tensors still differ from {checkpoint} after reloading (e.g. {still[0]})"
+            )
+    return wrong
+
+
+def resume_weights_callback(checkpoint: str) -> Any:
+    """After Trainer restored a checkpoint (before the first step), check the weights and repair what it missed."""
+    from transformers import TrainerCallback
+
+    class ResumeWeightsCheck(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            wrong = sync_with_checkpoint(model, checkpoint)
+            if wrong:
+                logger.warning(
+                    "resume: Trainer left %d tensors different from %s (e.g. %s); restored them with from_pretrained",
+                    len(wrong),
+                    Path(checkpoint).name,
+                    wrong[0],
+                )
+            logger.info("resume: weights verified against %s", Path(checkpoint).name)
+
+    return ResumeWeightsCheck()
+
+
+# --------------------------------------------------------------------------------------------- stopping on signals
+
+
+class TrainingInterrupted(HFFinetuneError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Any]:
+    """SIGINT/SIGTERM during training ask for a checkpoint at the next step boundary, then a clean stop.
+
+    Yields the callback to give Trainer; after `train()` returns, `callback.signum` tells whether a signal came.
+    """
+    import signal
+
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        def __init__(self) -> None:
+            self.signum: int | None = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if _any_process(self.signum is not None, args.device):
+                self.signum = self.signum or signal.SIGTERM
+                control.should_save = True
+                control.should_training_stop = True
+
+    callback = StopOnSignal()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if callback.signum is not None:
+            raise KeyboardInterrupt  # a second signal: stop now, without waiting for the step
+        callback.signum = signum
+        logger.warning(
+            "received %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name
+        )
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield callback
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _any_process(flag: bool, device: Any) -> bool:
+    """True on every rank when any rank got the signal, so all stop at the same step (no collective hangs)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
