@@ -80,21 +80,33 @@ def finetune(
     out = recipe.output_dir
     check_output_dir(out, overwrite=recipe.overwrite, resume=bool(recipe.training.get("resume_from_checkpoint")))
     precision = mixed_precision(recipe.training, dict(os.environ))
-    state = _process_state()
-    with state.main_process_first():  # one process fills datasets' caches; the others then read them
+    defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
+    args = build_training_args(recipe.training, defaults)  # also sets up the processes under accelerate/torchrun
+    main_process = args.process_index == 0
+    # new heads and from-scratch models are initialised from the global RNG: seed it before they are built, not
+    # only when Trainer starts, or two runs of one recipe start from different weights
+    _seed(args)
+    with args.main_process_first(desc="data and model"):  # one process fills the caches; the others read them
         resume = resolve_resume(recipe.training.get("resume_from_checkpoint"), out)
         data = sources.load_data(recipe.data, task.INPUTS)
-        if "image" in task.INPUTS and recipe.data.check_images and state.is_main_process:
+        if "image" in task.INPUTS and recipe.data.check_images and main_process:
             checks.check_images(data.splits)
         if "text" in task.INPUTS:
             data.splits = checks.check_texts(data.splits, policy=recipe.data.empty_text)
         built = task.build_model(recipe.model, data.label_names)
         plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
         prepared = task.prepare(built, data.splits, recipe)
-
-    defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
-    args = build_training_args(recipe.training, defaults)
     log_distribution(args, precision)
+    if plan.trainable_later and args.world_size > 1:
+        from .errors import RecipeError
+
+        raise RecipeError(
+            [
+                "transfer.strategy lp_ft: unfreezing parameters in the middle of a run is not something "
+                "DistributedDataParallel can follow; run lp_ft in one process, or run linear_probe and then full "
+                "(model.name=<the probe's output folder>) as two runs"
+            ]
+        )
     train_labels = data.splits["train"]["label"]
     weights = class_weights(recipe.loss.class_weights, train_labels, data.label_names)
     mixup = (
@@ -107,13 +119,13 @@ def finetune(
         data.label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra
     )
     compute_metrics.load()  # an unavailable extra metric fails now, not after the first epoch
-    if state.is_main_process:
+    if main_process:
         if recipe.overwrite and not resume:
             # only now, after every check passed, is the earlier run's folder emptied
             clear_output_dir(out)
         # written first so that a run stopped early can be resumed from its own folder
         write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
-    state.wait_for_everyone()
+    args.distributed_state.wait_for_everyone()
     run_callbacks = [checkpoint_marker_callback(), *([resume_weights_callback(resume)] if resume else [])]
     trainer = build_trainer(
         model=built.model,
@@ -300,10 +312,13 @@ def _saved_recipe(output_dir: Path, task: str) -> Recipe:
     return load_recipe(saved) if saved.is_file() else Recipe(task=task)
 
 
-def _process_state() -> Any:
-    from accelerate import PartialState
+def _seed(args: Any) -> None:
+    from transformers import enable_full_determinism, set_seed
 
-    return PartialState()
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
 
 
 def _interrupted_message(signum: int, step: int, out: Path) -> str:

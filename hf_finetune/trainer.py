@@ -31,12 +31,30 @@ def training_defaults(
         "dataloader_pin_memory": torch.cuda.is_available(),
         # one loss term per example: averaging "tokens" across devices only rescales the loss under DDP
         "average_tokens_across_devices": False,
+        # every parameter that trains is used in every forward pass; searching for unused ones costs a graph walk
+        "ddp_find_unused_parameters": False,
         "report_to": "none",
         **task_defaults,
     }
+    if not _has_accelerator():
+        # without it, several processes on a CPU-only machine (accelerate launch, torchrun) don't form one
+        # distributed run: each would train alone on all the data
+        defaults["use_cpu"] = True
     if training.get("load_best_model_at_end"):
         defaults["metric_for_best_model"] = metric_for_best_model
     return {k: v for k, v in defaults.items() if k not in training}
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool(
+        torch.cuda.is_available()
+        or (mps is not None and mps.is_available())
+        or (xpu is not None and xpu.is_available())
+    )
 
 
 def build_training_args(training: dict[str, Any], defaults: dict[str, Any]) -> Any:
@@ -130,6 +148,12 @@ def _classification_trainer_class() -> type:
                     )
             return super().create_optimizer(model)
 
+        def get_decay_parameter_names(self, model: Any) -> list[str]:
+            # no weight decay on any 1-D tensor: biases and every norm's scale (timm's BatchNorm scales slip through
+            # Trainer's name patterns)
+            shapes = {n: p.ndim for n, p in model.named_parameters()}
+            return [n for n in super().get_decay_parameter_names(model) if shapes.get(n, 2) > 1]
+
         def compute_loss(
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
@@ -211,10 +235,12 @@ def cross_entropy_loss(
         logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
         w = weights.to(logits.device) if weights is not None else None
         if labels.is_floating_point():
-            per_class = -labels * F.log_softmax(logits, dim=-1)
-            if w is not None:
-                per_class = per_class * w
-            return per_class.sum(-1).mean()
+            logp = F.log_softmax(logits, dim=-1)
+            if w is None:
+                return -(labels * logp).sum(-1).mean()
+            # F.cross_entropy's weighted mean: normalised by the weight of each row's target, so mixed and
+            # unmixed batches (and evaluation) are on one scale
+            return -(labels * w * logp).sum() / (labels * w).sum()
         return F.cross_entropy(logits, labels, weight=w, label_smoothing=label_smoothing)
 
     return loss

@@ -118,6 +118,11 @@ def plan_transfer(model: Any, spec: TransferSpec) -> TransferPlan:
         )
     if spec.strategy == "partial" and k is None:
         raise ModelError(f"transfer.strategy partial needs transfer.unfreeze_last (1..{layers.num_blocks})")
+    if spec.strategy in ("full", "linear_probe") and k is not None:
+        raise ModelError(
+            f"transfer.unfreeze_last {k} applies to strategies partial and lp_ft, not {spec.strategy}; "
+            "remove it or change the strategy"
+        )
     top = {n for n, i in layers.layer.items() if k is not None and i > layers.num_blocks - k}
     if spec.strategy == "full":
         plan = TransferPlan(spec, layers, everything)
@@ -158,13 +163,19 @@ def _keep_eval(module: Any, _args: Any) -> None:
 
 
 def freeze_batchnorm(model: Any) -> list[Any]:
-    """A forward pre-hook on every BatchNorm whose parameters are all frozen keeps it in eval mode."""
+    """A forward pre-hook on every BatchNorm whose parameters are all frozen keeps it in eval mode.
+
+    A BatchNorm without parameters (`affine=False`) follows the module that holds it: frozen when every parameter
+    of its parent is."""
     import torch
 
     handles = []
-    for module in model.modules():
+    modules = dict(model.named_modules())
+    for name, module in model.named_modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
+            if not params:
+                params = list(modules[name.rpartition(".")[0]].parameters())
             if params and not any(p.requires_grad for p in params):
                 handles.append(module.register_forward_pre_hook(_keep_eval))
     return handles
@@ -189,7 +200,9 @@ def param_groups(
             if spec.strategy == "lp_ft":
                 lr *= spec.fine_tune_lr_scale
             kind = f"layer {layers.layer[name]}"
-        wd = weight_decay if name in decay_names else 0.0
+        # Trainer's decay names exclude biases and LayerNorm, but not e.g. timm's BatchNorm (`bn1.weight`): no decay
+        # for any 1-D tensor (biases, norm scales), as timm's own optimizer factory does
+        wd = weight_decay if name in decay_names and p.ndim > 1 else 0.0
         grouped.setdefault((kind, lr, wd), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd, "name": kind} for (kind, lr, wd), ps in grouped.items()]
 
@@ -202,11 +215,19 @@ def probe_then_fine_tune_callback(model: Any, plan: TransferPlan, handles: list[
         def __init__(self) -> None:
             self.switched = False
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if args.max_steps <= 0 and args.num_train_epochs <= plan.spec.probe_epochs:
+                logger.warning(
+                    "transfer: lp_ft probes for %g epochs but the run has %g: the backbone will never be fine-tuned "
+                    "(raise training.num_train_epochs or lower transfer.probe_epochs)",
+                    plan.spec.probe_epochs,
+                    args.num_train_epochs,
+                )
+
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.switched or state.max_steps <= 0:
-                return
-            steps_per_epoch = state.max_steps / max(args.num_train_epochs, 1e-9)
-            if state.global_step >= round(plan.spec.probe_epochs * steps_per_epoch):
+            # `state.epoch` is the fraction of epochs done (batches seen / batches per epoch), also when `max_steps`
+            # sets the run's length and after resuming from a checkpoint
+            if not self.switched and (state.epoch or 0.0) >= plan.spec.probe_epochs - 1e-9:
                 self.switch(state.global_step)
 
         def switch(self, step: int) -> None:

@@ -9,7 +9,12 @@ def head_module(model: Any) -> Any:
     """The classification head: timm's `get_classifier()`, a model's own `transfer_head()`, or the usual
     transformers attribute (`classifier`, `score`, `head`, `fc`); None when there is none."""
     if hasattr(model, "timm_model"):
-        return model.timm_model.get_classifier()
+        head = model.timm_model.get_classifier()
+        if isinstance(head, (tuple, list)):  # distilled models (DeiT, LeViT): the class head and the distillation head
+            import torch
+
+            head = torch.nn.ModuleList(head)
+        return head
     if hasattr(model, "transfer_head"):
         return model.transfer_head()
     for attr in ("classifier", "score", "head", "fc"):

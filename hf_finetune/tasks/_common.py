@@ -123,10 +123,14 @@ def scores_to_rows(keys: list[str], key_name: str, probs: Any, id2label: dict[in
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file as a state dict: safetensors, or a pickled one read with `weights_only=True`."""
+    """A checkpoint file as a state dict: safetensors, or a pickled one read with `weights_only=True`.
+
+    A folder is read through its `model.safetensors` (what `save_pretrained` and `finetune` write)."""
     import torch
 
     path = Path(path).expanduser()
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
     if not path.is_file():
         raise ModelError(f"model.weights {str(path)!r}: no such file")
     try:
@@ -142,22 +146,38 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             state = state[key]
     if not isinstance(state, dict):
         raise ModelError(f"model.weights {str(path)!r}: expected a state dict, got {type(state).__name__}")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ModelError(
+            f"model.weights {str(path)!r}: expected a state dict (name → tensor), but {_few(not_tensors)} are not "
+            "tensors"
+        )
     return state
 
 
 def load_weights_file(model: Any, path: str | Path, head: set[str]) -> None:
-    """Load `path` into `model`; the head's tensors may be missing or of another size (it is replaced anyway)."""
+    """Load `path` into `model`, strictly except for the classification head, which is replaced for the new labels
+    and so never taken from the file.
+
+    Accepted besides the model's own names: names saved by DDP (`module.`), a bare timm model's names for a model
+    inside TimmWrapper (whose own start with `timm_model.`), and the names transformers writes with `save_pretrained`
+    when they differ from the model's (ViT in transformers 5: `vit.encoder.layer.*` on disk, `vit.layers.*` in memory).
+    Nothing is loaded unless everything fits.
+    """
     state = read_state_dict(path)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if hasattr(model, "timm_model") and not any(k.startswith("timm_model.") for k in state):
+        state = {f"timm_model.{k}": v for k, v in state.items()}
     own = model.state_dict()
-    wrong_shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and k not in head and v.shape != own[k].shape
-    ]
-    state = {k: v for k, v in state.items() if (k in own and v.shape == own[k].shape) or k not in own}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in head]
-    unexpected = list(result.unexpected_keys)
+    # the file's own head (any size, any classes) is left out: the model keeps the head built for the new labels
+    state = {k: v for k, v in state.items() if k not in head}
+    problems = _misfit(own, state, head)
+    if any(problems) and not hasattr(model, "timm_model"):
+        converted = _converted_by_transformers(model, state, head)
+        if converted is not None and not any(_misfit(own, converted, head)):
+            state, problems = converted, ([], [], [])
+    missing, unexpected, wrong_shape = problems
     if missing or unexpected or wrong_shape:
         raise ModelError(
             f"model.weights {str(path)!r} does not fit {type(model).__name__}: "
@@ -165,7 +185,50 @@ def load_weights_file(model: Any, path: str | Path, head: set[str]) -> None:
             f"{len(wrong_shape)} shape mismatches {_few(wrong_shape)}. "
             "Check that the checkpoint is for this architecture (and convert its key names if it is not)."
         )
-    logger.info("model: loaded %d tensors from %s", len(state), path)
+    model.load_state_dict(state, strict=False)
+    logger.info("model: loaded %d tensors from %s (the classification head stays new)", len(state), path)
+
+
+def _misfit(own: dict[str, Any], state: dict[str, Any], head: set[str]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong shape) of a state dict against the model's own, the head left aside."""
+    missing = [
+        k
+        for k in own
+        # BatchNorm fills in a missing batch counter itself (older checkpoints lack it)
+        if k not in state and k not in head and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    return missing, unexpected, wrong_shape
+
+
+def _converted_by_transformers(model: Any, state: dict[str, Any], head: set[str]) -> dict[str, Any] | None:
+    """The file's tensors under the model's own names, as `from_pretrained` renames them, or None when that fails.
+
+    `save_pretrained` writes some models under older names than they use in memory (and reads them back through
+    the same renaming); a file saved that way only fits through it."""
+    import copy
+
+    from_pretrained = getattr(type(model), "from_pretrained", None)
+    config = getattr(model, "config", None)
+    if from_pretrained is None or config is None:
+        return None
+    try:
+        loaded, info = from_pretrained(
+            None, config=copy.deepcopy(config), state_dict=state, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        logger.debug("model.weights: transformers could not rename the checkpoint's keys (%s)", err)
+        return None
+    missing = set(info.get("missing_keys") or ()) - head
+    mismatched = {m[0] for m in info.get("mismatched_keys") or ()} - head
+    if missing or mismatched or info.get("unexpected_keys"):
+        return None
+    return {k: v for k, v in loaded.state_dict().items() if k not in head}
 
 
 def _few(items: list[str], n: int = 8) -> str:

@@ -120,24 +120,12 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
     model_args = dict(spec.config)
     try:
         # timm's own init (e.g. zero-init of the last BN per residual block) or its pretrained weights; the wrapper
-        # built from a config alone would re-initialise every layer with N(0, 0.02).
-        if spec.weights:
-            # timm loads the file strictly, dropping the old classifier when the class count differs
-            source = timm.create_model(
-                arch,
-                pretrained=True,
-                pretrained_cfg_overlay={"file": str(Path(spec.weights).expanduser())},
-                num_classes=len(label_names),
-                **model_args,
-            )
-        else:
-            source = timm.create_model(arch, pretrained=spec.pretrained, num_classes=len(label_names), **model_args)
+        # built from a config alone would re-initialise every layer with N(0, 0.02). Hub weights are not fetched
+        # when the recipe brings its own file (loaded strictly below: timm's file loader is lenient on a new head).
+        source = timm.create_model(
+            arch, pretrained=spec.pretrained and not spec.weights, num_classes=len(label_names), **model_args
+        )
     except Exception as err:  # network, missing weights or bad model_args: all end the run the same way
-        if spec.weights:
-            raise ModelError(
-                f"model.weights {spec.weights!r} does not fit timm {arch} ({type(err).__name__}: {err}). Check that "
-                "the checkpoint is for this architecture (and convert its key names if it is not)."
-            ) from None
         raise ModelError(
             f"model.name {spec.name!r}: timm.create_model failed ({type(err).__name__}: {err}). "
             + ("Pretrained weights come from the Hub; offline, set model.pretrained: false." if spec.pretrained else "")
@@ -149,8 +137,10 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
     config.pretrained_cfg = pretrained_cfg
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(source.state_dict())
+    if spec.weights:
+        load_weights_file(model, spec.weights, _head_names(model))
     processor = _timm_processor(pretrained_cfg, arch)
-    kind = "pretrained" if spec.pretrained else "random init"
+    kind = f"from {spec.weights}" if spec.weights else "pretrained" if spec.pretrained else "random init"
     return BuiltModel(model, processor, f"timm {arch} ({kind})", preprocess_from_model(model, processor))
 
 
