@@ -207,10 +207,18 @@ def shipped_dir(name: str) -> Path:
     return installed if installed.is_dir() else pkg.parent / name
 
 
+RECIPE_FOLDERS = ("image", "text")  # recipes/accelerate holds accelerate launch configs, not recipes
+
+
 def list_recipes() -> dict[str, Path]:
     """Shipped recipes by name (the file stem, e.g. `quickstart`, `resnet50`)."""
     root = shipped_dir("recipes")
-    return {p.stem: p for p in sorted(root.rglob("*.yaml"))} if root.is_dir() else {}
+    return {p.stem: p for folder in RECIPE_FOLDERS for p in sorted((root / folder).glob("*.yaml"))}
+
+
+def accelerate_configs() -> dict[str, Path]:
+    """Shipped `accelerate launch --config_file` files by name (single_gpu, multi_gpu_ddp, fsdp, two_machines)."""
+    return {p.stem: p for p in sorted((shipped_dir("recipes") / "accelerate").glob("*.yaml"))}
 
 
 def find_recipe(name_or_path: str | Path) -> Path:

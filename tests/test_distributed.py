@@ -211,3 +211,19 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_recipe, tmp_path: Path,
     recipe = _write(tiny_recipe(), tmp_path / "r.yaml")
     assert main(["train", str(recipe), "--resume"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_shipped_accelerate_configs_parse_and_are_not_recipes():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from hf_finetune.recipe import accelerate_configs, list_recipes
+
+    configs = accelerate_configs()
+    assert set(configs) == {"single_gpu", "multi_gpu_ddp", "fsdp", "two_machines"}
+    assert not set(configs) & set(list_recipes())
+    for name, path in configs.items():
+        loaded = load_config_from_file(str(path))
+        assert "accelerate launch --config_file recipes/accelerate/" in path.read_text(), name
+        assert loaded.mixed_precision == "bf16"
+    assert load_config_from_file(str(configs["fsdp"])).fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert load_config_from_file(str(configs["two_machines"])).num_machines == 2
