@@ -181,20 +181,29 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str]:
     """Lines of a .txt file, or the text column of a .csv (the column the model was trained on, else `text`)."""
     if not path.is_file():
         raise HFFinetuneError(f"--file {path}: no such file")
-    if path.suffix.lower() != ".csv":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     import csv
+    import io
 
     import yaml
 
     saved = output_dir / "recipe.yaml"
-    recipe = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
-    column = ((recipe or {}).get("data") or {}).get("text_column") or "text"
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if column not in (reader.fieldnames or []):
-            raise HFFinetuneError(f"--file {path}: no column {column!r}; its columns are {reader.fieldnames}")
-        return [row[column] for row in reader]
+    data = ((yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}) or {}).get("data") or {}
+    encoding = data.get("encoding") or "utf-8"  # the encoding the model's training files used
+    raw = path.read_bytes()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise HFFinetuneError(
+            f"--file {path}, line {line}: not valid {encoding}; re-save it as UTF-8 (or train with data.encoding)"
+        ) from None
+    if path.suffix.lower() != ".csv":
+        return [line for line in text.splitlines() if line.strip()]
+    column = data.get("text_column") or "text"
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if column not in (reader.fieldnames or []):
+        raise HFFinetuneError(f"--file {path}: no column {column!r}; its columns are {reader.fieldnames}")
+    return [row[column] for row in reader]
 
 
 def cmd_push(args: argparse.Namespace) -> int:

@@ -343,9 +343,12 @@ def test_a_class_with_one_sample_falls_back_to_a_random_split_with_a_warning(tmp
     assert data.label_names == ["common", "rare"]
 
 
-def test_a_single_row_train_cannot_give_a_validation_split(tmp_path: Path):
-    with pytest.raises(DataError, match=r"split 'train' has 1 row.*validation"):
+def test_train_with_a_single_class_is_refused(tmp_path: Path):
+    # (one row is also one class: this is what a single-row train split reports)
+    with pytest.raises(DataError, match=r"split 'train' has only 1 class in column 'label'.*at least two"):
         load_image(DataSpec(source=str(_labelled_csv(tmp_path, ["a"]))))
+    with pytest.raises(DataError, match=r"only 1 class"):
+        load_image(DataSpec(source=str(_labelled_csv(tmp_path, ["a", "a", "a"]))))
 
 
 def test_max_train_and_eval_samples_cap_the_splits(tmp_path: Path):

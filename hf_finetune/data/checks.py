@@ -48,8 +48,16 @@ def check_images(splits: Any, column: str = "image", max_listed: int = 10) -> No
     logger.info("data: all %d images decode", total)
 
 
-def check_texts(splits: Any, columns: Sequence[str] = ("text", "text_pair"), policy: str = "error") -> Any:
-    """Rows whose text is null or blank: DataError naming split, column and rows (`error`), or dropped (`skip`)."""
+def check_texts(
+    splits: Any,
+    columns: Sequence[str] = ("text", "text_pair"),
+    policy: str = "error",
+    shown_as: dict[str, str] | None = None,
+) -> Any:
+    """Rows whose text is null or blank: DataError naming split, column and rows (`error`), or dropped (`skip`).
+
+    `shown_as` maps a column to the name the user knows it by (the data's own column) for the messages.
+    """
     import datasets
 
     out = {}
@@ -58,17 +66,20 @@ def check_texts(splits: Any, columns: Sequence[str] = ("text", "text_pair"), pol
         bad_rows: list[int] = []
         per_column: dict[str, int] = {}
         for column in present:
-            empty = [i for i, t in enumerate(ds[column]) if t is None or not t.strip()]
+            # read through Arrow: iterating `ds[column]` decodes row by row, ~10x slower on big splits
+            texts = ds.with_format("arrow")[column].to_pylist()
+            empty = [i for i, t in enumerate(texts) if t is None or not t.strip()]
             if empty:
                 per_column[column] = len(empty)
                 bad_rows.extend(empty)
         bad = sorted(set(bad_rows))
         if bad and policy == "error":
-            counts = ", ".join(f"{n} in column {c!r}" for c, n in per_column.items())
-            shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+            counts = ", ".join(f"{n} in column {(shown_as or {}).get(c, c)!r}" for c, n in per_column.items())
+            shown = ", ".join(str(i + 1) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
             raise DataError(
                 f"split {split!r}: {len(bad)} of {len(ds)} rows have an empty or missing text ({counts}; rows "
-                f"{shown}). Fix them, or set data.empty_text: skip to drop them with a warning."
+                f"{shown}, counting data rows from 1 in the split's own order). Fix them, or set "
+                "data.empty_text: skip to drop them with a warning."
             )
         if bad:
             logger.warning(

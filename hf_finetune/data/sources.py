@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
+TEXT_COLUMNS = ("text", "text_pair")
 
 
 @dataclass
@@ -43,7 +44,8 @@ def load_data(
     label_names: list[str] | None = None,
     carve_validation: bool = True,
 ) -> LoadedData:
-    """Load, rename columns, encode labels and form train/validation/test splits, in that order.
+    """Load, rename columns, check texts (`data.empty_text`), encode labels and form train/validation/test splits,
+    in that order.
 
     `inputs` maps each canonical input column to the DataSpec key naming it in the data, e.g. `{"image":
     "image_column"}` or `{"text": "text_column", "text_pair": "text_pair_column"}` (a key set to None is left out).
@@ -55,6 +57,12 @@ def load_data(
     # base_dirs is keyed by the data's own split names; _select_splits renamed them (e.g. val → validation)
     base_dirs = {role: base_dirs[name] for role, name in origin.items() if name in base_dirs}
     raw = _canonical_columns(raw, spec, inputs, base_dirs)
+    if any(column in TEXT_COLUMNS for column in inputs):
+        from .checks import check_texts
+
+        # here, before the validation split is carved and the rows shuffled, row numbers still match the user's file
+        shown_as = {column: getattr(spec, key) for column, key in inputs.items() if getattr(spec, key)}
+        raw = check_texts(raw, policy=spec.empty_text, shown_as=shown_as)
     raw, label_names = _encode_labels(raw, spec, label_names)
     if carve_validation:
         raw = _ensure_validation(raw, spec)
@@ -144,6 +152,9 @@ def _load_files(files: dict[str, str], encoding: str | None = None) -> tuple[Any
             _check_encoding(p, encoding, split)
         if encoding:
             options["encoding"] = encoding
+    if builder == "csv":
+        # only an empty field is missing: a text or label that reads "NA", "None" or "null" is data
+        options |= {"keep_default_na": False, "na_values": [""]}
     for split, p in paths.items():
         # datasets reports an empty file as 'Instruction "train" corresponds to no data!' or a bare StopIteration
         if _has_no_rows(p, builder):
@@ -283,7 +294,11 @@ def _canonical_columns(raw: Any, spec: DataSpec, inputs: dict[str, str], base_di
             feature = ds.features[canonical]
             if canonical == "image" and not isinstance(feature, datasets.Image):
                 ds = _paths_to_images(ds, feature, column, split, base_dirs.get(split))
-            elif canonical in ("text", "text_pair") and not _is_string(feature):
+            elif canonical in TEXT_COLUMNS and not _is_string(feature):
+                if ds.with_format("arrow")[canonical].null_count == len(ds):
+                    # a CSV column with only empty fields reads as float64 NaN: these are empty texts, not numbers
+                    ds = ds.cast_column(canonical, datasets.Value("string"))
+                    continue
                 raise DataError(
                     f"column {column!r} of split {split!r} holds {feature}, expected text (strings); "
                     f"check data.{'text_column' if canonical == 'text' else 'text_pair_column'}"
@@ -335,6 +350,11 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
             )
         # numbers in numeric order (2 < 10), then strings alphabetically; ids follow this order
         names = [_label_key(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
+    if known is None and len({k for k in keys["train"] if k is not None}) < 2:
+        raise DataError(
+            f"split 'train' has only {len(set(keys['train']))} class in column {spec.label_column!r}; a classifier "
+            "needs at least two. Check data.label_column and the data."
+        )
     index = {n: i for i, n in enumerate(names)}
     class_label = datasets.ClassLabel(names=names)
     out = {}
@@ -360,9 +380,11 @@ def _label_keys(ds: Any) -> list[str | None]:
     import datasets
 
     feature = ds.features["label"]
+    # through Arrow: datasets 5 reads a column row by row otherwise (seconds on tens of thousands of rows)
+    values = ds.with_format("arrow")["label"].to_pylist()
     if isinstance(feature, datasets.ClassLabel):
-        return [feature.names[v] if v is not None and v >= 0 else None for v in ds["label"]]
-    return [_label_key(v) for v in ds["label"]]
+        return [feature.names[v] if v is not None and v >= 0 else None for v in values]
+    return [_label_key(v) for v in values]
 
 
 def _label_key(value: Any) -> str | None:

