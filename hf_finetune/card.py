@@ -1,14 +1,54 @@
-"""A short model card (README.md) rendered from `model_cards/` with huggingface_hub's ModelCard."""
+"""The model card (README.md): a Jinja template from `model_cards/` rendered through huggingface_hub's ModelCard.
+
+The numbers, tables and caveats are worked out here in Python and handed to the template as plain values, so a
+user's own template (`card.template: PATH`) gets the same facts and only decides how to lay them out. A section whose
+data is missing (no test split, no confusion-matrix image, no provenance) gets an empty value and the template leaves
+it out — the card never says "more information needed".
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .outputs import write_text_atomic
-from .recipe import Recipe, shipped_dir
+from .recipe import AugmentationSpec, Recipe, TransferSpec, shipped_dir
 
 TEMPLATES = {"image-classification": "image_classification.md", "text-classification": "text_classification.md"}
+SPLIT_NAMES = {"eval": "validation", "test": "test"}  # metrics.json prefix → the split's name on the card
+TRAINING_KEYS = (  # hyperparameters worth a row on the card, in reading order
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "optim",
+    "max_grad_norm",
+    "label_smoothing_factor",
+    "seed",
+    "load_best_model_at_end",
+)
+# Model-index rows, as (metrics.json key, metric type, config, display name): the Hub reads `type` + `config`.
+INDEX_METRICS = (
+    ("accuracy", "accuracy", None, "Accuracy"),
+    ("f1_macro", "f1", "macro", "F1 (macro)"),
+    ("f1_weighted", "f1", "weighted", "F1 (weighted)"),
+    ("precision_macro", "precision", "macro", "Precision (macro)"),
+    ("recall_macro", "recall", "macro", "Recall (macro)"),
+)
+# `builtin:` models are Hub models packaged for offline use; the card names the Hub original
+BUILTIN_BASE_MODELS = {"builtin:all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+TEXT_EXAMPLE = "Replace this sentence with the text you want to classify."
+# a TrainingArguments field that holds a credential; never shown on a card or pushed in recipe.yaml
+SECRET_KEY = re.compile(r"token$", re.IGNORECASE)
+SNIPPET_MODEL = re.compile(r"""(pipeline\([^)]*?\bmodel\s*=\s*)(["'])(.*?)\2""", re.DOTALL)
 
 
 def write_model_card(
@@ -20,34 +60,463 @@ def write_model_card(
     data_description: str,
     model_description: str,
     run: dict[str, Any],
+    model_ref: str | None = None,
 ) -> Path:
-    from huggingface_hub import ModelCard, ModelCardData
-
-    split_results = {k: v for k, v in results.items() if k in ("eval", "test")}
-    name = recipe.model.name
-    base_model = name if recipe.model.pretrained and name != "simple_cnn" and ":" not in name else None
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag=recipe.task,
-        tags=["hf_finetune", recipe.task],
-        base_model=base_model if base_model and not Path(base_model).exists() else None,
-        metrics=["accuracy", "precision", "recall", "f1"],
-    )
-    card = ModelCard.from_template(
-        data,
-        template_path=str(shipped_dir("model_cards") / TEMPLATES[recipe.task]),
-        model_name=recipe.name or out.name,
-        model_description=model_description,
-        data_description=data_description,
-        label_names=label_names,
-        results=split_results,
+    """Render the card for the output folder `out` and write it as `out/README.md`."""
+    text = render_model_card(
+        out,
         recipe=recipe,
-        seconds=run["wall_time_s"],
-        model_path=str(out),
-        needs_import=recipe.model.name == "simple_cnn",
-        pairs=bool(recipe.data.text_pair_column),
-        example_text="I would happily ride in a self-driving car." if recipe.task == "text-classification" else "",
+        label_names=label_names,
+        results=results,
+        data_description=data_description,
+        model_description=model_description,
+        run=run,
+        model_ref=model_ref,
     )
     path = out / "README.md"
-    write_text_atomic(path, str(card))
+    write_text_atomic(path, text)
     return path
+
+
+def render_model_card(
+    out: Path,
+    *,
+    recipe: Recipe,
+    label_names: list[str],
+    results: dict[str, Any],
+    data_description: str,
+    model_description: str,
+    run: dict[str, Any],
+    model_ref: str | None = None,
+) -> str:
+    """The card's text. `model_ref` is what the usage snippet loads (default: the folder's path)."""
+    from huggingface_hub import ModelCard
+
+    out = Path(out)
+    context = card_context(
+        out,
+        recipe=recipe,
+        label_names=label_names,
+        results=results,
+        data_description=data_description,
+        model_description=model_description,
+        run=run,
+        model_ref=model_ref,
+    )
+    template = (
+        Path(recipe.card.template).expanduser()
+        if recipe.card.template
+        else shipped_dir("model_cards") / TEMPLATES[recipe.task]
+    )
+    card = ModelCard.from_template(build_card_data(recipe, results), template_path=str(template), **context)
+    # Jinja keeps the blank lines of left-out sections; more than one in a row is only noise in the markdown
+    return re.sub(r"\n{3,}", "\n\n", str(card)).rstrip() + "\n"
+
+
+def card_for_repo(text: str, repo_id: str, revision: str | None = None) -> str:
+    """The card as it should read on the Hub: the usage snippet loads `repo_id` (at `revision`, a branch other than
+    main) instead of the local folder."""
+    branch = f', revision="{revision}"' if revision and revision != "main" else ""
+    return SNIPPET_MODEL.sub(lambda m: f'{m.group(1)}"{repo_id}"{branch}', text)
+
+
+def redact_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe as a plain dict with any credential (e.g. `training.hub_token`) replaced by a placeholder."""
+    plain = dict(recipe)
+    training = dict(plain.get("training") or {})
+    for key in training:
+        if SECRET_KEY.search(key) and training[key] is not None:
+            training[key] = "<redacted>"
+    plain["training"] = training
+    return plain
+
+
+# --------------------------------------------------------------------------------------------- metadata
+
+
+def build_card_data(recipe: Recipe, results: dict[str, Any]) -> Any:
+    """ModelCardData: license, base model, datasets, tags, pipeline tag, and one model-index row per split × metric."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    source = data_source(recipe)
+    base = base_model(recipe)
+    model_name = recipe.name or Path(recipe.output_dir).name
+    eval_results = [
+        EvalResult(
+            task_type=recipe.task,
+            task_name=recipe.task.replace("-", " ").title(),
+            dataset_type=source["type"],
+            dataset_name=source["name"],
+            dataset_config=source["config"],
+            dataset_split=SPLIT_NAMES[prefix],
+            metric_type=metric_type,
+            metric_config=config,
+            metric_name=name,
+            metric_value=round(float(results[prefix][key]), 4),
+        )
+        for prefix in SPLIT_NAMES
+        if isinstance(results.get(prefix), dict)
+        for key, metric_type, config, name in INDEX_METRICS
+        if results[prefix].get(key) is not None
+    ]
+    tags = ["hf_finetune", recipe.task]
+    if recipe.model.name.startswith(("timm:", "timm/")):
+        tags.append("timm")
+    if recipe.model.name == "simple_cnn":
+        tags.append("simple_cnn")
+    language = recipe.card.language if recipe.task == "text-classification" else None
+    return ModelCardData(
+        model_name=model_name,
+        license=recipe.card.license,
+        language=language,
+        library_name="transformers",
+        pipeline_tag=recipe.task,
+        tags=tags,
+        base_model=base,
+        datasets=[source["id"]] if source["id"] else None,
+        metrics=["accuracy", "f1", "precision", "recall"],
+        eval_results=eval_results or None,
+    )
+
+
+def base_model(recipe: Recipe) -> str | None:
+    """The Hub id the weights started from, or None (from scratch, a local folder, a bare timm architecture)."""
+    name = recipe.model.name
+    if not recipe.model.pretrained or recipe.model.weights:
+        return None
+    if name in BUILTIN_BASE_MODELS:
+        return BUILTIN_BASE_MODELS[name]
+    if name == "simple_cnn" or ":" in name or name.count("/") > 1 or Path(name).expanduser().exists():
+        return None  # a timm architecture (timm picks the weights), or a local folder: no Hub id to name
+    return name
+
+
+def data_source(recipe: Recipe) -> dict[str, Any]:
+    """What the model-index calls the dataset: a Hub id when there is one, else the kind and name of local data."""
+    d = recipe.data
+    if d.files:
+        first = Path(next(iter(d.files.values())))
+        return {
+            "id": None,
+            "type": first.suffix.lstrip(".").lower() or "files",
+            "name": first.parent.name,
+            "config": None,
+        }
+    if d.source.startswith("builtin:"):
+        kind = d.source.removeprefix("builtin:")
+        return {"id": None, "type": kind, "name": kind, "config": None}
+    path = Path(d.source).expanduser()
+    if path.is_dir():
+        kind = "imagefolder" if recipe.task == "image-classification" else "folder"
+        return {"id": None, "type": kind, "name": path.name, "config": d.config}
+    if path.is_file():
+        return {"id": None, "type": path.suffix.lstrip(".").lower(), "name": path.stem, "config": None}
+    return {"id": d.source, "type": d.source, "name": d.source, "config": d.config}
+
+
+# --------------------------------------------------------------------------------------------- body
+
+
+def card_context(
+    out: Path,
+    *,
+    recipe: Recipe,
+    label_names: list[str],
+    results: dict[str, Any],
+    data_description: str,
+    model_description: str,
+    run: dict[str, Any],
+    model_ref: str | None = None,
+) -> dict[str, Any]:
+    """Everything a template can use. Empty values mean "leave the section out"."""
+    splits = {p: results[p] for p in SPLIT_NAMES if isinstance(results.get(p), dict)}
+    headline = "test" if "test" in splits else "eval" if "eval" in splits else None
+    source = data_source(recipe)
+    return {
+        "model_name": recipe.name or Path(recipe.output_dir).name,
+        "task": recipe.task,
+        "model_description": model_description,
+        "base_model_id": base_model(recipe),
+        "pretrained": recipe.model.pretrained and recipe.model.name != "simple_cnn",
+        "data_description": data_description,
+        "dataset_id": source["id"],
+        "label_names": label_names,
+        "labels": [{"id": i, "name": _cell(n)} for i, n in enumerate(label_names)],
+        "metric_rows": [_metric_row(p, m) for p, m in splits.items()],
+        "topk_names": sorted({k for m in splits.values() for k in m if re.fullmatch(r"top\d+_accuracy", k)}),
+        "has_baseline": any(isinstance(m.get("baseline"), dict) for m in splits.values()),
+        "per_class_split": SPLIT_NAMES[headline] if headline and splits[headline].get("per_class") else None,
+        "per_class": _per_class(splits[headline]) if headline else [],
+        "confusion_images": [
+            {"split": SPLIT_NAMES[p], "file": f"confusion_matrix_{p}.png"}
+            for p in SPLIT_NAMES
+            if (Path(out) / f"confusion_matrix_{p}.png").is_file()
+        ],
+        "data_splits": _data_splits(run),
+        "class_counts": _class_counts(run, label_names),
+        "data_notes": _data_notes(recipe, run),
+        "preprocessing": _preprocessing(recipe),
+        "transfer": _transfer(recipe),
+        "augmentation": _augmentation(recipe),
+        "hyperparameters": _hyperparameters(recipe, run),
+        "hardware": run.get("hardware") or {},
+        "wall_time": format_duration(run["wall_time_s"]) if run.get("wall_time_s") is not None else None,
+        # the folder's name only: its local path means nothing on the Hub, where checkpoints are usually not pushed
+        "best_checkpoint": Path(run["best_checkpoint"]).name if run.get("best_checkpoint") else None,
+        "versions": sorted((run.get("versions") or {}).items()),
+        "model_ref": model_ref or str(out),
+        "needs_import": recipe.model.name == "simple_cnn",
+        "pairs": bool(recipe.data.text_pair_column),
+        "example_text": TEXT_EXAMPLE,
+        "recipe_yaml": _recipe_yaml(recipe),
+        "limitations": limitations(recipe, label_names, splits, run),
+        # the raw inputs, for templates that want more than the prepared tables
+        "recipe": recipe,
+        "results": results,
+        "run": run,
+    }
+
+
+def _cell(value: Any) -> str:
+    """Text that cannot break a markdown table row."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _metric_row(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
+    baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else {}
+    return {
+        "split": SPLIT_NAMES[prefix],
+        "rows": m.get("num_samples", ""),
+        **{k: _fmt(m.get(k)) for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")},
+        "topk": {k: _fmt(v) for k, v in m.items() if re.fullmatch(r"top\d+_accuracy", k)},
+        "baseline_accuracy": _fmt(baseline.get("accuracy")),
+        "baseline_f1_macro": _fmt(baseline.get("f1_macro")),
+        "majority_class": _cell(baseline.get("majority_class", "")),
+    }
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{float(value):.4f}"
+
+
+def _per_class(m: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "label": _cell(row["label"]),
+            "precision": _fmt(row.get("precision")),
+            "recall": _fmt(row.get("recall")),
+            "f1": _fmt(row.get("f1")),
+            "support": row.get("support", ""),
+        }
+        for row in m.get("per_class") or []
+    ]
+
+
+def _data_splits(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"split": name, "rows": info.get("rows")} for name, info in (run.get("splits") or {}).items()]
+
+
+def _class_counts(run: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
+    splits = {name: info.get("class_counts") or {} for name, info in (run.get("splits") or {}).items()}
+    if not any(splits.values()):
+        return {}
+    rows = [{"label": _cell(n), "counts": [splits[s].get(n, 0) for s in splits]} for n in label_names]
+    return {"splits": list(splits), "rows": rows, "totals": [sum(c.values()) for c in splits.values()]}
+
+
+def _data_notes(recipe: Recipe, run: dict[str, Any]) -> list[str]:
+    d = recipe.data
+    notes = []
+    if d.files:
+        notes.append("files: " + ", ".join(f"{split} `{Path(f).name}`" for split, f in d.files.items()))
+    if d.validation_split is None and "validation" in (run.get("splits") or {}):
+        notes.append(
+            f"validation: the data's own validation split if it has one, else {d.validation_size:g} of train held "
+            f"out (stratified, seed {d.seed})"
+        )
+    for key in ("max_train_samples", "max_eval_samples"):
+        if getattr(d, key) is not None:
+            notes.append(f"`data.{key}`: {getattr(d, key)} (the data was cut to this many rows)")
+    if recipe.task == "text-classification":
+        columns = f"text column `{d.text_column}`" + (
+            f", pair column `{d.text_pair_column}`" if d.text_pair_column else ""
+        )
+        notes.append(f"{columns}, label column `{d.label_column}`; empty texts: {d.empty_text}")
+    else:
+        notes.append(f"image column `{d.image_column}`, label column `{d.label_column}`")
+    if recipe.loss.class_weights is not None:
+        notes.append(f"loss class weights: {recipe.loss.class_weights}")
+    return notes
+
+
+def _preprocessing(recipe: Recipe) -> list[str]:
+    if recipe.task == "text-classification":
+        t = recipe.tokenization
+        limit = f"{t.max_length} tokens" if t.max_length else "the model's limit (at most 512 tokens)"
+        padding = (
+            "dynamic padding (each batch to its longest text)" if t.padding == "dynamic" else "padding to max_length"
+        )
+        return [f"the model's own tokenizer, truncation to {limit}, {padding}"]
+    size = f"{recipe.model.image_size} px" if recipe.model.image_size else "the model's own input size"
+    return [f"resize and normalisation from the model's image processor (saved with the model), input size {size}"]
+
+
+TRANSFER_TEXT = {
+    "full": "full fine-tuning: every parameter trains",
+    "linear_probe": "linear probe: only the new classification head trains, the backbone stays frozen",
+    "partial": "partial fine-tuning: the head and the last blocks of the backbone train, the rest stays frozen",
+    "lp_ft": "LP-FT: the head trains alone first (linear probe), then the backbone is unfrozen and fine-tuned",
+}
+
+
+def _transfer(recipe: Recipe) -> list[str]:
+    tr, default = recipe.transfer, TransferSpec()
+    start = "pretrained weights" if recipe.model.pretrained and recipe.model.name != "simple_cnn" else "random init"
+    lines = [f"starting point: {start}" + (f" plus `{recipe.model.weights}`" if recipe.model.weights else "")]
+    lines.append(TRANSFER_TEXT.get(tr.strategy, tr.strategy))
+    if tr.strategy in ("partial", "lp_ft") and tr.unfreeze_last is not None:
+        lines.append(f"last {tr.unfreeze_last} blocks unfrozen")
+    if tr.strategy == "lp_ft":
+        lines.append(f"probe for {tr.probe_epochs:g} epoch(s), then backbone learning rate × {tr.fine_tune_lr_scale:g}")
+    if tr.layer_decay is not None:
+        lines.append(f"layer-wise learning-rate decay {tr.layer_decay:g}")
+    if tr.head_lr is not None and tr.head_lr != default.head_lr:
+        lines.append(f"head learning rate {tr.head_lr:g}")
+    return lines
+
+
+def _augmentation(recipe: Recipe) -> list[str]:
+    """The train-time augmentation that differs from none; ["none"] says so explicitly for image models."""
+    if recipe.task != "image-classification":
+        return []
+    changed = [
+        f"`{f.name}`: {_plain(getattr(recipe.augmentation, f.name))}"
+        for f in dataclasses.fields(AugmentationSpec)
+        if f.name != "preset" and getattr(recipe.augmentation, f.name) != getattr(AugmentationSpec(), f.name)
+    ]
+    preset = recipe.augmentation.preset
+    head = [f"preset `{preset}`"] if preset else []
+    return head + changed or ["none: only the model's resize and normalisation"]
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, tuple):
+        return str(list(value))
+    return str(value)
+
+
+def _hyperparameters(recipe: Recipe, run: dict[str, Any]) -> list[tuple[str, str]]:
+    """The values TrainingArguments ran with: the recipe's, else transformers' own defaults for these fields."""
+    from transformers import TrainingArguments
+
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(TrainingArguments) if f.default is not dataclasses.MISSING
+    }
+    training = recipe.training
+    rows = []
+    for key in TRAINING_KEYS:
+        value = training.get(key, defaults.get(key))
+        if key == "max_steps" and (value is None or value < 0):
+            continue  # epochs decide the length
+        rows.append((key, _plain(value)))
+    processes = (run.get("hardware") or {}).get("processes") or 1
+    per_device = training.get("per_device_train_batch_size", defaults.get("per_device_train_batch_size"))
+    accumulation = training.get("gradient_accumulation_steps", defaults.get("gradient_accumulation_steps"))
+    if per_device and accumulation:
+        rows.append(("effective batch size", f"{per_device * accumulation * processes} ({processes} process(es))"))
+    if training.get("load_best_model_at_end"):
+        rows.append(
+            ("metric_for_best_model", str(training.get("metric_for_best_model", recipe.metrics.metric_for_best_model)))
+        )
+    return rows
+
+
+def _recipe_yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(redact_recipe(recipe.to_dict()), sort_keys=False).rstrip()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(float(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval for a proportion measured on n rows; unlike p ± 1.96·se it stays inside [0, 1]."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def limitations(
+    recipe: Recipe, label_names: list[str], splits: dict[str, dict[str, Any]], run: dict[str, Any]
+) -> list[str]:
+    """Caveats that follow from this run's own numbers, then the ones every classifier of this kind has."""
+    notes = []
+    headline = "test" if "test" in splits else "eval" if "eval" in splits else None
+    if headline:
+        m = splits[headline]
+        name = SPLIT_NAMES[headline]
+        n, acc = m.get("num_samples"), m.get("accuracy")
+        if n and acc is not None:
+            low, high = wilson_interval(float(acc), int(n))
+            notes.append(
+                f"The {name} split has {n} rows: accuracy {acc:.3f} has a 95% interval of about {low:.3f}–{high:.3f}"
+                ", so smaller differences between models are noise."
+            )
+        weak = sorted(
+            (row for row in m.get("per_class") or [] if row.get("f1") is not None and row["f1"] < 0.5),
+            key=lambda row: row["f1"],
+        )
+        if weak:
+            listed = ", ".join(f"{row['label']} (F1 {row['f1']:.2f})" for row in weak[:5])
+            notes.append(f"Weak classes on the {name} split: {listed}. Do not rely on the model for these.")
+        small = [row["label"] for row in m.get("per_class") or [] if 0 < row.get("support", 0) < 10]
+        if small:
+            notes.append(
+                f"Some classes have fewer than 10 {name} rows ({', '.join(map(str, small[:5]))}"
+                f"{'…' if len(small) > 5 else ''}): their per-class numbers are very uncertain."
+            )
+        baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else None
+        if baseline and m.get("f1_macro") is not None and m["f1_macro"] <= baseline.get("f1_macro", 0) + 0.05:
+            notes.append(
+                f"Macro F1 ({m['f1_macro']:.3f}) is barely above always answering the majority class "
+                f"({baseline['f1_macro']:.3f}): the model has learned little."
+            )
+    if "test" not in splits and "eval" in splits:
+        chose = (
+            " and also chose the best checkpoint, so they are optimistic"
+            if recipe.training.get("load_best_model_at_end")
+            else ""
+        )
+        notes.append(f"There is no separate test split: the numbers come from the validation split{chose}.")
+    train_counts = ((run.get("splits") or {}).get("train") or {}).get("class_counts") or {}
+    if train_counts and min(train_counts.values()) > 0 and max(train_counts.values()) >= 3 * min(train_counts.values()):
+        big = max(train_counts, key=train_counts.get)
+        few = min(train_counts, key=train_counts.get)
+        notes.append(
+            f"The training data is imbalanced ({big}: {train_counts[big]} rows, {few}: {train_counts[few]}); "
+            "accuracy hides how the rare classes fare — read the per-class table."
+        )
+    notes.append(
+        f"The model knows only these {len(label_names)} classes: every input gets one of them, including inputs "
+        "that belong to none."
+    )
+    if recipe.task == "text-classification":
+        notes.append(
+            "The metrics hold for texts like the evaluation data; other domains, styles or languages can score lower, "
+            "and texts longer than the truncation length are judged on their beginning only."
+        )
+    else:
+        notes.append(
+            "The metrics hold for images like the evaluation data; another source, camera, resolution or class "
+            "balance can score lower."
+        )
+    return notes

@@ -1,4 +1,4 @@
-"""`hf-finetune` and `python -m hf_finetune`: train | eval | predict | validate | recipes ls/show/cp.
+"""`hf-finetune` and `python -m hf_finetune`: train | eval | predict | push | validate | recipes ls/show/cp.
 
 Heavy libraries are imported inside the commands so `--help` answers at once. Bad input ends with one
 `error:` message and exit status 2, never a traceback.

@@ -19,12 +19,12 @@ import io
 import logging
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_finetune.errors import HFFinetuneError
+from hf_finetune.outputs import atomic_output
 
 if TYPE_CHECKING:
     import numpy as np
@@ -408,24 +408,6 @@ def per_class_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextlib.contextmanager
-def _atomic_output(path: Path, mode: str = "w"):
-    """Open a temp file next to `path` and move it into place only once fully written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _short(label: str) -> str:
     return label if len(label) <= _MAX_TICK_LABEL_CHARS else label[: _MAX_TICK_LABEL_CHARS - 1] + "…"
 
@@ -448,7 +430,7 @@ def write_confusion_matrix(
     writer.writerow(["true\\pred", *labels])
     for label, row in zip(labels, counts, strict=True):
         writer.writerow([label, *row])
-    with _atomic_output(Path(csv_path)) as handle:
+    with atomic_output(Path(csv_path)) as handle:
         handle.write(buffer.getvalue())
 
     # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, no figure registry to leak.
@@ -482,7 +464,7 @@ def write_confusion_matrix(
     if title:
         ax.set_title(title)
 
-    with _atomic_output(Path(png_path), "wb") as handle:
+    with atomic_output(Path(png_path), "wb") as handle:
         fig.savefig(handle, format="png")
 
 

@@ -457,6 +457,19 @@ _TRAINING_RENAMED = {
 }
 
 
+# Trainer's own Hub pushing would bypass the toolkit's card and staging, and a token in a recipe ends up in
+# recipe.yaml and training_args.bin: both belong to the `hub:` section and the usual token store.
+_TRAINING_REFUSED = {
+    "push_to_hub": "use the recipe's hub section (hub.push: true, hub.repo_id: USER/NAME)",
+    "hub_model_id": "use hub.repo_id",
+    "hub_strategy": "hub.push uploads the finished output folder (hub.include_checkpoints for checkpoints)",
+    "hub_private_repo": "use hub.private",
+    "hub_revision": "use hub.revision",
+    "hub_always_push": "use the recipe's hub section",
+    "hub_token": "never put a token in a recipe: set HF_TOKEN or run `hf auth login`",
+}
+
+
 def _training_fields() -> dict[str, Any]:
     from transformers import TrainingArguments
 
@@ -470,6 +483,10 @@ def _check_training(training: dict[str, Any], problems: list[str]) -> dict[str, 
     for key, value in training.items():
         if key in _TRAINING_RENAMED:
             problems.append(f"training.{key}: {_TRAINING_RENAMED[key]}")
+            continue
+        if key in _TRAINING_REFUSED:
+            shown = "" if key == "hub_token" else f" (got {value!r})"
+            problems.append(f"training.{key}: not taken here{shown}; {_TRAINING_REFUSED[key]}")
             continue
         if key not in fields:
             problems.append(f"training.{key}: not a transformers.TrainingArguments field{_did_you_mean(key, fields)}")

@@ -127,3 +127,17 @@ def test_unknown_recipe_name_suggests():
     with pytest.raises(RecipeError) as info:
         find_recipe("quikstart")
     assert "did you mean 'quickstart'" in str(info.value)
+
+
+def test_hub_keys_in_training_are_refused_and_a_token_is_never_echoed():
+    with pytest.raises(RecipeError) as info:
+        load_recipe({**BASE, "training": {"push_to_hub": True, "hub_token": "hf_secret_value_123"}})
+    text = str(info.value)
+    assert "training.push_to_hub" in text and "hub.push" in text
+    assert "training.hub_token" in text and "HF_TOKEN" in text
+    assert "hf_secret_value_123" not in text
+
+
+def test_hub_push_needs_a_repo_id():
+    with pytest.raises(RecipeError, match=r"hub\.repo_id: needed"):
+        load_recipe({**BASE, "hub": {"push": True}})

@@ -183,3 +183,15 @@ def test_drop_last_applies_to_training_batches_only(tiny_recipe):
     assert result.metrics["test"]["num_samples"] == 30
     assert sum(map(sum, result.metrics["test"]["confusion_matrix"])) == 30
     assert result.metrics["train"]["train_samples_per_second"] > 0
+
+
+def test_result_files_get_ordinary_permissions(tiny_recipe):
+    import os
+    import stat
+
+    out = finetune(tiny_recipe(training={"num_train_epochs": 1})).output_dir
+    umask = os.umask(0)
+    os.umask(umask)
+    # written through a private temporary file, but not left private (0600) like mkstemp makes it
+    for name in ("metrics.json", "recipe.yaml", "README.md", "confusion_matrix_test.csv", "confusion_matrix_test.png"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name

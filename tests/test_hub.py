@@ -1,0 +1,347 @@
+"""Pushing to the Hub over real HTTP: the real huggingface_hub and transformers clients against a loopback emulator.
+
+Every client runs in a subprocess whose HF_ENDPOINT points at the emulator (tests/hub_emulator.py) before
+huggingface_hub is imported, with HF_HUB_OFFLINE unset and a unique HF_TOKEN, so nothing here can reach the real Hub
+(`_client_env` refuses any endpoint that is not loopback). Both upload paths are covered: Xet (hf_xet writes to a
+local CAS folder) and Git LFS (HF_HUB_DISABLE_XET=1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from hub_emulator import HubEmulator
+
+from hf_finetune.hub import stage_folder
+
+# Reads a pushed repo back through the endpoint the way a user would, and compares it with the local folder.
+VERIFY = r"""
+import json, sys
+from pathlib import Path
+
+local, repo_id, revision, task = sys.argv[1:5]
+inputs = json.loads(sys.argv[5])
+from huggingface_hub import ModelCard, snapshot_download
+import hf_finetune.models  # registers simple_cnn, as the card's snippet says
+from transformers import pipeline
+
+snapshot = Path(snapshot_download(repo_id, revision=revision))
+files = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+# every pushed file but the card (its snippet names the repo) is the local file, byte for byte
+same_bytes = {
+    f: (snapshot / f).read_bytes() == (Path(local) / f).read_bytes()
+    for f in files
+    if (Path(local) / f).is_file() and f != "README.md"
+}
+card = ModelCard.load(snapshot / "README.md")
+remote = pipeline(task, model=repo_id, revision=revision)(inputs, top_k=None)
+here = pipeline(task, model=local)(inputs, top_k=None)
+print(json.dumps({
+    "files": files,
+    "same_bytes": same_bytes,
+    "eval_results": [[r.dataset_split, r.metric_type, r.metric_config, r.metric_value] for r in card.data.eval_results],
+    "card": card.content,
+    "remote": remote,
+    "local": here,
+}))
+"""
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    token = f"hf_{uuid.uuid4().hex}"
+    with HubEmulator(tmp_path / "hub-store", token=token) as emulator:
+        yield emulator
+    assert not emulator.errors, emulator.errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained_text(text_csv: Path, tiny_bert_dir: Path, tmp_path_factory) -> Path:
+    """A trained tiny BERT output folder (the `text_recipe` fixture's run), shared by the push tests."""
+    from hf_finetune import finetune
+
+    out = tmp_path_factory.mktemp("pushed") / "text-out"
+    recipe = {
+        "name": "tiny-text",
+        "task": "text-classification",
+        "model": {"name": str(tiny_bert_dir)},
+        "data": {
+            "files": {"train": str(text_csv / "train.csv"), "test": str(text_csv / "test.csv")},
+            "text_column": "review",
+            "label_column": "sentiment",
+        },
+        "training": {
+            "output_dir": str(out),
+            "num_train_epochs": 2,
+            "per_device_train_batch_size": 16,
+            "learning_rate": 1e-3,
+            "disable_tqdm": True,
+            "save_strategy": "epoch",
+        },
+    }
+    return finetune(recipe).output_dir
+
+
+class Clients:
+    """Runs client subprocesses against one endpoint and keeps everything they printed, to search for the token."""
+
+    def __init__(self, endpoint: str, token: str | None, home: Path, **env: str) -> None:
+        # the one guard that matters: these tests talk to the loopback emulator, never to huggingface.co
+        assert urlsplit(endpoint).hostname == "127.0.0.1", endpoint
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+        self.env.update(
+            HF_ENDPOINT=endpoint,
+            HF_HOME=str(home),
+            HF_DATASETS_OFFLINE="1",
+            HF_EVALUATE_OFFLINE="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_VERBOSITY="info",  # huggingface_hub's own log lines are searched for the token too
+            **env,
+        )
+        if token is not None:
+            self.env["HF_TOKEN"] = token
+        self.outputs: list[str] = []
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, *args], env=self.env, capture_output=True, text=True, timeout=300, check=False
+        )
+        self.outputs += [done.stdout, done.stderr]
+        return done
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return self.run("-m", "hf_finetune", *args)
+
+    def verify(self, local: Path, repo_id: str, revision: str, task: str, inputs: list[str]) -> dict[str, Any]:
+        done = self.run("-c", VERIFY, str(local), repo_id, revision, task, json.dumps(inputs))
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _assert_token_nowhere(token: str, texts: list[str], folders: list[Path], hub: HubEmulator) -> None:
+    for text in texts:
+        assert token not in text
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file() and path.name != "token":  # `hf auth login`'s own token file is where it belongs
+                assert token.encode() not in path.read_bytes(), path
+    for repo in hub.repos.values():
+        for files in repo.commits.values():
+            assert all(token.encode() not in (e.content or b"") for e in files.values())
+    assert all(token not in r.path for r in hub.requests)
+
+
+def _same_predictions(result: dict[str, Any]) -> None:
+    for remote, local in zip(result["remote"], result["local"], strict=True):
+        assert [p["label"] for p in remote] == [p["label"] for p in local]
+        assert [p["score"] for p in remote] == pytest.approx([p["score"] for p in local], abs=1e-6)
+
+
+def _eval_results_match(result: dict[str, Any], metrics: dict[str, Any]) -> None:
+    parsed = {(s, t, c): v for s, t, c, v in result["eval_results"]}
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        assert parsed[(split, "accuracy", None)] == pytest.approx(metrics[prefix]["accuracy"], abs=1e-4)
+        assert parsed[(split, "f1", "macro")] == pytest.approx(metrics[prefix]["f1_macro"], abs=1e-4)
+
+
+def test_train_with_hub_push_uploads_through_xet_and_reloads(tiny_recipe, digits_folder: Path, hub, tmp_path: Path):
+    repo_id = "tester/tiny-digits"
+    recipe = tiny_recipe(hub={"push": True, "repo_id": repo_id}, training={"save_strategy": "epoch"})
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    out = Path(recipe["training"]["output_dir"])
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+
+    trained = clients.cli("train", str(recipe_path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "hub: pushed" in trained.stderr
+
+    files = hub.files(repo_id)
+    assert {"README.md", "config.json", "model.safetensors", "recipe.yaml", "metrics.json"} <= set(files)
+    assert {"confusion_matrix_test.png", "preprocessor_config.json"} <= set(files)
+    assert any(p.name.startswith("checkpoint-") for p in out.iterdir())  # they exist locally …
+    assert not any(f.startswith("checkpoint-") for f in files)  # … but were not asked for
+    assert "training_args.bin" not in files
+    # weights went through Xet (hf_xet → local CAS); the emulator rebuilds the same bytes from the CAS
+    assert files["model.safetensors"].xet_hash and files["README.md"].content is not None
+    assert hub.read(repo_id, "model.safetensors") == (out / "model.safetensors").read_bytes()
+    assert any("/xet-write-token/" in r.path for r in hub.requests)
+    assert not any("lfs/objects/batch" in r.path for r in hub.requests)
+    assert all(r.authorized for r in hub.requests if r.method == "POST" and r.path != "/api/validate-yaml")
+    # the pushed card loads the repo; the local one still loads the local folder
+    assert f'model="{repo_id}"' in hub.read(repo_id, "README.md").decode()
+    assert f'model="{out}"' in (out / "README.md").read_text()
+
+    before = _digest(out)
+    inputs = [str(p) for p in sorted((digits_folder / "test").rglob("*.png"))[::7]]
+    result = clients.verify(out, repo_id, "main", "image-classification", inputs)
+    assert _digest(out) == before
+    assert any("/xet-read-token/" in r.path for r in hub.requests)  # read back through hf_xet too
+    assert "model.safetensors" in result["files"] and all(result["same_bytes"].values())
+    _same_predictions(result)
+    _eval_results_match(result, json.loads((out / "metrics.json").read_text()))
+    assert "import hf_finetune.models" in result["card"]
+
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["hub"] == {**saved["hub"], "push": True, "repo_id": repo_id}
+    _assert_token_nowhere(hub.token, clients.outputs, [out, tmp_path / "home", hub.root], hub)
+
+
+def test_cli_push_over_lfs_to_a_private_branch(trained_text: Path, hub, tmp_path: Path):
+    repo_id = "tester/tiny-text"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "token").write_text(hub.token)  # what `hf auth login` saves: the other usual place for the token
+    clients = Clients(hub.url, None, home, HF_HUB_DISABLE_XET="1")
+    before = _digest(trained_text)
+
+    pushed = clients.cli("push", str(trained_text), "--repo-id", repo_id, "--private", "--revision", "dev")
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert f"{hub.url}/{repo_id}/commit/" in pushed.stdout
+    assert _digest(trained_text) == before
+
+    repo = hub.repo(repo_id)
+    assert repo.private and set(hub.files(repo_id, "main")) == {".gitattributes"}  # the branch got the files
+    files = hub.files(repo_id, "dev")
+    assert files["model.safetensors"].sha256 and not files["model.safetensors"].xet_hash  # plain LFS
+    assert any(r.method == "PUT" and r.path.startswith("/lfs-upload/") for r in hub.requests)
+    assert not any("xet-write-token" in r.path for r in hub.requests)
+    assert not any(f.startswith("checkpoint-") for f in files) and "tokenizer.json" in files
+
+    texts = ["the ride was great and lovely", "an awful broken car", "the trip today"]
+    result = clients.verify(trained_text, repo_id, "dev", "text-classification", texts)
+    _same_predictions(result)
+    _eval_results_match(result, json.loads((trained_text / "metrics.json").read_text()))
+    assert f'pipeline("text-classification", model="{repo_id}", revision="dev")' in result["card"]
+    assert all(result["same_bytes"][f] for f in ("model.safetensors", "tokenizer.json", "config.json"))
+    assert _digest(trained_text) == before
+    _assert_token_nowhere(hub.token, clients.outputs, [trained_text, home, hub.root], hub)
+
+
+def test_server_errors_are_retried_then_reported_and_nothing_local_changes(trained_text: Path, hub, tmp_path: Path):
+    hub.fail_with(500)
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    before = _digest(trained_text)
+
+    done = clients.cli("push", str(trained_text), "--repo-id", "tester/down")
+    assert done.returncode == 2
+    assert "error: pushing" in done.stderr and "failed after 3 attempts: HTTP 500" in done.stderr
+    assert "The local folder is unchanged" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("retrying in") == 2
+    assert sum(r.path == "/api/repos/create" for r in hub.requests) == 3
+    assert _digest(trained_text) == before and not hub.repos
+    _assert_token_nowhere(hub.token, clients.outputs, [trained_text, tmp_path / "home"], hub)
+
+
+def test_connection_refused_is_retried_then_reported(trained_text: Path, tmp_path: Path):
+    with socket.socket() as sock:  # a port nobody listens on any more
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = f"hf_{uuid.uuid4().hex}"
+    clients = Clients(f"http://127.0.0.1:{port}", token, tmp_path / "home")
+    before = _digest(trained_text)
+
+    done = clients.cli("push", str(trained_text), "--repo-id", "tester/nowhere")
+    assert done.returncode == 2
+    assert "failed after 3 attempts: ConnectError" in done.stderr and "Traceback" not in done.stderr
+    assert _digest(trained_text) == before
+    assert all(token not in text for text in clients.outputs)
+
+
+def test_a_busy_server_is_retried_until_the_push_succeeds(trained_text: Path, hub, tmp_path: Path):
+    hub.fail_with(503, times=2)
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    script = (
+        "import sys; from hf_finetune.hub import push_folder; "
+        "print(push_folder(sys.argv[1], 'tester/flaky', backoff_s=0.1))"
+    )
+    done = clients.run("-c", script, str(trained_text))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "attempt 1 of 3 failed (HTTP 503" in done.stderr and "attempt 2 of 3 failed" in done.stderr
+    assert "model.safetensors" in hub.files("tester/flaky")
+
+
+def test_a_new_push_replaces_what_an_earlier_push_left(trained_text: Path, hub, tmp_path: Path):
+    second = tmp_path / "second-run"
+    shutil.copytree(trained_text, second)
+    (second / "confusion_matrix_test.png").unlink()
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    script = (
+        "import sys; from hf_finetune.hub import push_folder; "
+        "push_folder(sys.argv[1], 'tester/twice'); push_folder(sys.argv[2], 'tester/twice')"
+    )
+    done = clients.run("-c", script, str(trained_text), str(second))
+    assert done.returncode == 0, done.stderr[-3000:]
+    repo = hub.repo("tester/twice")
+    assert len(repo.commits) == 3  # the repo's first commit, then one per push
+    files = hub.files("tester/twice")
+    assert "confusion_matrix_test.png" not in files and "confusion_matrix_test.csv" in files
+    assert "model.safetensors" in files and ".gitattributes" in files
+
+
+def test_private_push_never_uploads_into_an_existing_public_repo(trained_text: Path, hub, tmp_path: Path):
+    hub.create_repo("tester/public", private=False)
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    done = clients.cli("push", str(trained_text), "--repo-id", "tester/public", "--private")
+    assert done.returncode == 2 and "already exists and is public" in done.stderr
+    assert set(hub.files("tester/public")) == {".gitattributes"}
+
+
+def test_a_refused_token_is_reported_at_once(trained_text: Path, hub, tmp_path: Path):
+    clients = Clients(hub.url, "hf_not_the_right_one", tmp_path / "home")
+    done = clients.cli("push", str(trained_text), "--repo-id", "tester/denied")
+    assert done.returncode == 2
+    assert "HTTP 401" in done.stderr and "Check the token" in done.stderr and "retrying" not in done.stderr
+    assert sum(r.path == "/api/repos/create" for r in hub.requests) == 1
+    assert "hf_not_the_right_one" not in done.stdout + done.stderr
+
+
+def test_no_token_is_reported_before_any_request(trained_text: Path, hub, tmp_path: Path):
+    clients = Clients(hub.url, None, tmp_path / "empty-home")
+    done = clients.cli("push", str(trained_text), "--repo-id", "tester/anonymous")
+    assert done.returncode == 2
+    assert "no Hugging Face token found" in done.stderr and "hf auth login" in done.stderr
+    assert not [r for r in hub.requests if r.path != "/api/agent-harnesses"]
+
+
+def test_staging_leaves_out_checkpoints_and_secrets_and_retargets_the_card(tmp_path: Path):
+    out = tmp_path / "run"
+    (out / "checkpoint-6").mkdir(parents=True)
+    (out / "checkpoint-6" / "model.safetensors").write_bytes(b"old weights")
+    (out / "model.safetensors").write_bytes(b"weights")
+    (out / "training_args.bin").write_bytes(b"pickle")
+    (out / ".README.md.x.tmp").write_text("half-written")
+    (out / "README.md").write_text(f'classifier = pipeline("image-classification", model="{out}")\n')
+    (out / "recipe.yaml").write_text(yaml.safe_dump({"name": "x", "training": {"hub_token": "hf_secret"}}))
+    before = _digest(out)
+
+    staged = stage_folder(out, tmp_path / "stage", "me/model")
+    assert sorted(staged) == ["README.md", "model.safetensors", "recipe.yaml"]
+    card = (tmp_path / "stage" / "README.md").read_text()
+    assert card == 'classifier = pipeline("image-classification", model="me/model")\n'
+    assert "hf_secret" not in (tmp_path / "stage" / "recipe.yaml").read_text()
+    assert (tmp_path / "stage" / "model.safetensors").read_bytes() == b"weights"
+    assert _digest(out) == before
+
+    with_checkpoints = stage_folder(out, tmp_path / "stage2", "me/model", include_checkpoints=True)
+    assert "checkpoint-6/model.safetensors" in with_checkpoints
