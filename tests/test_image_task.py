@@ -164,3 +164,23 @@ def test_timm_wrapper_folder_from_config_keeps_timm_init(tmp_path: Path):
     assert type(built.model).__name__ == "TimmWrapperForImageClassification"
     assert torch.count_nonzero(built.model.timm_model.layer1[0].bn2.weight) == 0
     assert built.model.config.id2label == {0: "cat", 1: "dog", 2: "fox"}
+
+
+def test_local_weights_give_a_zero_head_and_honest_provenance(tmp_path: Path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("test_resnet", num_classes=7)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    built = task.build_model(
+        ModelSpec(name="timm:test_resnet", pretrained=False, weights=str(tmp_path / "w.safetensors")), LABELS
+    )
+    head = built.model.timm_model.get_classifier()
+    assert torch.count_nonzero(head.weight) == 0 and torch.count_nonzero(head.bias) == 0
+    # the backbone is the file's
+    assert torch.equal(built.model.timm_model.conv1[0].weight, source.conv1[0].weight)
+    cfg = built.model.config.pretrained_cfg
+    assert cfg["num_classes"] == 3 and not {"url", "hf_hub_id", "file"} & set(cfg)
+    # from scratch keeps timm's own (non-zero) head init
+    scratch = task.build_model(ModelSpec(name="timm:test_resnet", pretrained=False), LABELS)
+    assert torch.count_nonzero(scratch.model.timm_model.get_classifier().weight) > 0

@@ -131,6 +131,11 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
             + ("Pretrained weights come from the Hub; offline, set model.pretrained: false." if spec.pretrained else "")
         ) from None
     pretrained_cfg = _plain_cfg(source.pretrained_cfg)
+    pretrained_cfg["num_classes"] = len(label_names)
+    if spec.weights:
+        # the weights are the user's file, not the Hub checkpoint the default config names
+        for key in ("url", "hf_hub_id", "file", "tag"):
+            pretrained_cfg.pop(key, None)
     if spec.image_size:
         pretrained_cfg["input_size"] = [3, spec.image_size, spec.image_size]
     config = TimmWrapperConfig(architecture=arch, model_args=model_args or None, **label_maps(label_names))
@@ -139,9 +144,28 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
     model.timm_model.load_state_dict(source.state_dict())
     if spec.weights:
         load_weights_file(model, spec.weights, _head_names(model))
+    if spec.pretrained or spec.weights:
+        zero_head(model)
     processor = _timm_processor(pretrained_cfg, arch)
     kind = f"from {spec.weights}" if spec.weights else "pretrained" if spec.pretrained else "random init"
     return BuiltModel(model, processor, f"timm {arch} ({kind})", preprocess_from_model(model, processor))
+
+
+def zero_head(model: Any) -> None:
+    """A new head on pretrained features starts at zero: timm's own head init (uniform ±1/√classes for the
+    EfficientNet family) starts the loss near 9 instead of ln(classes) and cost 6–30 points of accuracy in the
+    EfficientNet-Lite0 benchmark (benchmarks/README.md); zero logits give every class the same start."""
+    import torch
+
+    from ..models.structure import head_module
+
+    head = head_module(model)
+    modules = head if isinstance(head, (tuple, list)) else [head]
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.zero_()
+    logger.info("model: new classification head initialised to zero (pretrained backbone)")
 
 
 def _head_names(model: Any) -> set[str]:
