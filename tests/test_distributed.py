@@ -227,3 +227,37 @@ def test_shipped_accelerate_configs_parse_and_are_not_recipes():
         assert loaded.mixed_precision == "bf16"
     assert load_config_from_file(str(configs["fsdp"])).fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert load_config_from_file(str(configs["two_machines"])).num_machines == 2
+
+
+def test_two_ranks_stop_together_on_sigterm_and_resume(tiny_recipe, tmp_path: Path):
+    out = tmp_path / "out"
+    recipe = _write(
+        tiny_recipe(training={"num_train_epochs": 3, "output_dir": str(out), "per_device_train_batch_size": 8}),
+        tmp_path / "r.yaml",
+    )
+    # only rank 0 receives the signal; both ranks must stop at the same step (or the other would hang)
+    stopped = _launch([str(SCRIPT), str(recipe), "--term-at", "3"])
+    assert stopped.returncode != 0
+    assert "stopped by SIGTERM at step 3" in stopped.stderr
+    assert (out / "checkpoint-3" / "hf_finetune_complete.json").is_file()
+    assert (out / "checkpoint-3" / "rng_state_1.pth").is_file()  # each rank's RNG is in the checkpoint
+    resumed = _launch([str(SCRIPT), str(out / "recipe.yaml"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "continuing from" in resumed.stderr and "checkpoint-3" in resumed.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["hardware"]["processes"] == 2
+    assert metrics["train"]["epoch"] == pytest.approx(3.0)
+
+
+def test_mixed_precision_is_set_in_one_place():
+    from hf_finetune.errors import RecipeError
+    from hf_finetune.trainer import mixed_precision
+
+    assert mixed_precision({}, {}) == ("no", "default (fp32)")
+    assert mixed_precision({"bf16": True}, {}) == ("bf16", "recipe training.bf16")
+    assert mixed_precision({}, {"ACCELERATE_MIXED_PRECISION": "fp16"}) == ("fp16", "accelerate launch config")
+    assert mixed_precision({"bf16": True}, {"ACCELERATE_MIXED_PRECISION": "bf16"})[0] == "bf16"
+    with pytest.raises(RecipeError, match="set it in one place"):
+        mixed_precision({"bf16": True}, {"ACCELERATE_MIXED_PRECISION": "fp16"})
+    with pytest.raises(RecipeError, match="set it in one place"):
+        mixed_precision({"bf16": False}, {"ACCELERATE_MIXED_PRECISION": "bf16"})
