@@ -227,10 +227,10 @@ def prepare_plain(args: argparse.Namespace) -> tuple[PlainSetup, dict[str, Any],
 
     from hf_finetune.data import sources
     from hf_finetune.tasks import image_classification as task
-    from hf_finetune.trainer import build_training_args, vision_defaults
+    from hf_finetune.trainer import build_training_args, training_defaults
 
     recipe = build_recipe(args, tempfile.gettempdir())
-    data = sources.load_image_data(recipe.data)
+    data = sources.load_data(recipe.data, task.INPUTS)
     torch.manual_seed(0)
     built = task.build_model(recipe.model, data.label_names)
     reference_state = copy.deepcopy(built.model.state_dict())
@@ -238,7 +238,8 @@ def prepare_plain(args: argparse.Namespace) -> tuple[PlainSetup, dict[str, Any],
     channels = built.preprocess.channels
     train_ds = data.splits["train"].with_transform(task.make_batch_transform(train_transform, channels))
     training_args = build_training_args(
-        recipe.training, vision_defaults(recipe.training, recipe.metrics.metric_for_best_model)
+        recipe.training,
+        training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model),
     )
 
     def model_factory() -> Any:
@@ -424,9 +425,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.num_workers is None:
-        from hf_finetune.trainer import vision_defaults
+        from hf_finetune.tasks import image_classification
 
-        args.num_workers = vision_defaults({}, "accuracy")["dataloader_num_workers"]
+        args.num_workers = image_classification.training_defaults()["dataloader_num_workers"]
     return args
 
 

@@ -252,12 +252,14 @@ def predict(output_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Show the toolkit's progress lines unless the application configured logging itself."""
+    """Show the toolkit's progress lines unless the application configured logging itself.
+
+    Under accelerate/torchrun only the main process (RANK 0) prints them; the others keep warnings and errors."""
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[hf_finetune] %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(level if int(os.environ.get("RANK", "0")) == 0 else max(level, logging.WARNING))
 
 
 def _merge_overrides(overrides: Sequence[str] | dict[str, Any] | None, kwargs: dict[str, Any]) -> Any:

@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _run(args)
+    finally:
+        _close_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         return COMMANDS[args.command](args)
     except HFFinetuneError as err:
         signum = getattr(err, "signum", None)
@@ -101,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _close_process_group() -> None:
+    """Under accelerate/torchrun, leave the process group cleanly: exiting with it open can abort at teardown."""
+    torch = sys.modules.get("torch")  # only if a command imported it; --help must stay light
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
