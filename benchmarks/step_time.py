@@ -271,7 +271,9 @@ def run_plain(setup: PlainSetup, steps: int) -> tuple[Timings, float]:
         persistent_workers=targs.dataloader_persistent_workers,
         prefetch_factor=targs.dataloader_prefetch_factor,
     )
-    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], NO_DECAY_PATTERNS))
+    # as the toolkit's Trainer: transformers' exclusions, plus no decay on any 1-D tensor (biases, norm scales)
+    shapes = {n: p.ndim for n, p in model.named_parameters()}
+    decay = {n for n in get_parameter_names(model, [torch.nn.LayerNorm], NO_DECAY_PATTERNS) if shapes.get(n, 2) > 1}
     params = [
         {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": targs.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
