@@ -91,8 +91,6 @@ def finetune(
         data = sources.load_data(recipe.data, task.INPUTS)
         if "image" in task.INPUTS and recipe.data.check_images and main_process:
             checks.check_images(data.splits)
-        if "text" in task.INPUTS:
-            data.splits = checks.check_texts(data.splits, policy=recipe.data.empty_text)
         built = task.build_model(recipe.model, data.label_names)
         plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
         prepared = task.prepare(built, data.splits, recipe)
@@ -195,7 +193,7 @@ def evaluate(
     from transformers import Trainer, TrainingArguments
 
     from . import metrics as metrics_lib
-    from .data import checks, sources
+    from .data import sources
     from .tasks import get_task, task_of_saved
 
     setup_logging()
@@ -212,9 +210,7 @@ def evaluate(
         split = next(s for s in ("test", "validation", "train") if s in loaded.splits)
     if split not in loaded.splits:
         raise DataError(f"--split {split!r}: the data has splits {list(loaded.splits)}")
-    chosen = {split: loaded.splits[split]}
-    if "text" in task.INPUTS:
-        chosen = checks.check_texts(chosen, policy=spec.empty_text)
+    chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
     prepared = task.prepare(built, chosen, recipe)
     compute_metrics = metrics_lib.ClassificationMetrics(labels)
     prefix = SPLIT_PREFIX.get(split, split)
