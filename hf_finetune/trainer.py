@@ -99,7 +99,7 @@ def build_trainer(
         processing_class=processor,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, augmentation_epoch_callback()],
         compute_loss_func=loss,
     )
     trainer.param_groups_fn = param_groups
@@ -108,6 +108,23 @@ def build_trainer(
         # our loss is a per-batch mean: Trainer must still divide it by the gradient-accumulation steps
         trainer.loss_is_scaled_for_ga = False
     return trainer
+
+
+def augmentation_epoch_callback() -> Any:
+    """At each epoch's start (a resumed one too, before its loader starts workers or skips batches), give the
+    training split's transform the epoch and the run's seed when it takes them (`set_epoch`, as the image task's
+    does), so random augmentation is a function of (seed, epoch, row) and not of the RNG's history."""
+    from transformers import TrainerCallback
+
+    class AugmentationEpoch(TrainerCallback):
+        def on_epoch_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kw: Any) -> None:
+            dataset = getattr(train_dataloader, "dataset", None)
+            transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+            if hasattr(transform, "set_epoch"):
+                seed = args.seed if args.data_seed is None else args.data_seed
+                transform.set_epoch(int(state.epoch or 0), seed)  # a resumed epoch starts at a fraction
+
+    return AugmentationEpoch()
 
 
 @contextlib.contextmanager

@@ -135,52 +135,85 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_recipe, tiny_vit_dir: Path, tmp_path: Path):
+def _resume_recipe(base: dict, tmp_path: Path, name: str, **training) -> Path:
+    # the shipped recipes' default: random augmentation on (here `strong`: random-resized crop, flip, RandAugment,
+    # random erasing, and mixup/CutMix drawn from numpy in the training step), dataloader workers on, dropout on
+    base["augmentation"] = {"preset": "strong"}
+    base["training"].update(
+        {
+            "num_train_epochs": 2,
+            "save_strategy": "steps",
+            "save_steps": 4,
+            "eval_strategy": "epoch",
+            "dataloader_num_workers": 2,
+            "output_dir": str(tmp_path / name),
+            "seed": 11,
+            **training,
+        }
+    )
+    return _write(base, tmp_path / f"{name}.yaml")
+
+
+def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    a, b = _weights(a_dir), _weights(b_dir)
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-5, f"resumed weights differ from the uninterrupted run by up to {worst}"
+    ma = json.loads((a_dir / "metrics.json").read_text())
+    mb = json.loads((b_dir / "metrics.json").read_text())
+    assert ma["test"]["accuracy"] == mb["test"]["accuracy"]
+    assert ma["test"]["loss"] == pytest.approx(mb["test"]["loss"], rel=1e-5)
+
+
+def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tiny_recipe, tiny_vit_dir: Path, tmp_path: Path):
+    # a ViT (whose renamed tensors Trainer's own restore leaves alone) with dropout; 81 rows, batch 16: 6 steps an
+    # epoch, checkpoints at 4, 8, 12; killed after step 9, so the resume restarts 2 steps into the second epoch
     def recipe(name: str) -> Path:
-        # No random augmentation: after a resume, Trainer restores the RNG only once accelerate has already
-        # prepared the epoch's first batch, so that batch's augmentation differs from an uninterrupted run (the
-        # run is then equal in distribution, not bit for bit). Without it the resumed run is exact on CPU.
-        r = tiny_recipe(
-            model={"name": str(tiny_vit_dir)},
-            training={
-                "num_train_epochs": 2,
-                "save_strategy": "steps",
-                "save_steps": 3,
-                "eval_strategy": "epoch",
-                "output_dir": str(tmp_path / name),
-                "seed": 11,
-            },
-        )
-        return _write(r, tmp_path / f"{name}.yaml")
+        base = tiny_recipe(model={"name": str(tiny_vit_dir), "config": {"hidden_dropout_prob": 0.1}})
+        return _resume_recipe(base, tmp_path, name)
 
     straight = _run([str(SCRIPT), str(recipe("straight"))])
     assert straight.returncode == 0, straight.stderr[-3000:]
-
-    # killed at step 7 (mid-epoch 2 of 6 steps each); checkpoint-6 is the newest complete one
-    killed_recipe = recipe("killed")
-    killed = _run([str(SCRIPT), str(killed_recipe), "--kill-at", "7"])
-    assert killed.returncode == -9
     out = tmp_path / "killed"
-    assert (out / "checkpoint-6" / "hf_finetune_complete.json").is_file()
+    killed = _run([str(SCRIPT), str(recipe("killed")), "--kill-at", "9"])
+    assert killed.returncode == -9
+    assert (out / "checkpoint-8" / "hf_finetune_complete.json").is_file()
     # a checkpoint half-written when the process died must never be resumed from
-    (out / "checkpoint-7").mkdir()
-    (out / "checkpoint-7" / "model.safetensors").write_bytes(b"\0" * 10)
+    (out / "checkpoint-9").mkdir()
+    (out / "checkpoint-9" / "model.safetensors").write_bytes(b"\0" * 10)
 
-    resumed = _run([str(SCRIPT), str(killed_recipe), "--resume"])
+    resumed = _run([str(SCRIPT), str(out / "recipe.yaml"), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "continuing from" in resumed.stderr and "checkpoint-6" in resumed.stderr
-    assert (out / "incomplete-checkpoint-7").is_dir()
-    assert "resume: weights verified against checkpoint-6" in resumed.stderr
+    assert "continuing from" in resumed.stderr and "checkpoint-8" in resumed.stderr
+    assert (out / "incomplete-checkpoint-9").is_dir()
+    assert "resume: weights verified against checkpoint-8" in resumed.stderr
     # the ViT case: Trainer's own restore leaves the renamed tensors alone; the toolkit repairs them
     assert "resume: Trainer left" in resumed.stderr
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert 1 < state["epoch"] < 2  # mid-epoch: the resumed run skips the second epoch's first two batches
+    _assert_same_weights(tmp_path / "straight", out)
 
-    a, b = _weights(tmp_path / "straight"), _weights(out)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())
-    mb = json.loads((out / "metrics.json").read_text())
-    assert ma["test"]["accuracy"] == mb["test"]["accuracy"]
-    assert ma["test"]["loss"] == pytest.approx(mb["test"]["loss"], rel=1e-6)
+
+def test_two_rank_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tiny_recipe, tmp_path: Path):
+    # simple_cnn (BatchNorm, dropout); 81 rows over 2 ranks, batch 8: 5 steps an epoch, so checkpoint-8 is 3 steps
+    # into the second epoch; only rank 0 is killed, after step 9, and the launcher takes rank 1 down with it
+    def recipe(name: str) -> Path:
+        return _resume_recipe(tiny_recipe(), tmp_path, name, per_device_train_batch_size=8)
+
+    straight = _launch([str(SCRIPT), str(recipe("straight"))])
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    out = tmp_path / "killed"
+    killed = _launch([str(SCRIPT), str(recipe("killed")), "--kill-at", "9"])
+    assert killed.returncode != 0
+    assert (out / "checkpoint-8" / "hf_finetune_complete.json").is_file()
+    resumed = _launch([str(SCRIPT), str(out / "recipe.yaml"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "continuing from" in resumed.stderr and "checkpoint-8" in resumed.stderr
+    assert (out / "checkpoint-8" / "rng_state_1.pth").is_file()
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert 1 < state["epoch"] < 2
+    assert json.loads((out / "metrics.json").read_text())["run"]["hardware"]["processes"] == 2
+    _assert_same_weights(tmp_path / "straight", out)
 
 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_recipe, tmp_path: Path):

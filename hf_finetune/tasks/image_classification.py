@@ -14,6 +14,7 @@ augmentation with torchvision transforms.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -380,24 +381,113 @@ def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float =
     )
 
 
+class ProcessorTransform:
+    """PIL image → tensor through an image processor (a module-level class, so it pickles for `spawn` workers)."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, image: Any) -> Any:
+        return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+
 def build_eval_transform(built: BuiltModel) -> Callable[[Any], Any]:
     """PIL image → tensor exactly as the saved image processor (and so `pipeline()`) prepares it."""
     processor, pre = built.processor, built.preprocess
     if processor is None:
         return build_train_transform(pre, AugmentationSpec())  # no augmentation: deterministic resize + normalise
-    return lambda image: processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    return ProcessorTransform(processor)
 
 
-def make_batch_transform(image_fn: Callable[[Any], Any], channels: int) -> Callable[[dict], dict]:
-    """For `datasets.Dataset.with_transform`: rows of PIL images → `pixel_values` / `labels`."""
+ROW_ID = "__hf_finetune_row__"  # the column `with_row_ids` adds: a row's number in the split's Arrow table
 
-    def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out = {"pixel_values": [image_fn(to_model_mode(img, channels)) for img in batch["image"]]}
+
+def sample_seed(seed: int, epoch: int, row: int) -> int:
+    """The seed of one row's augmentation in one epoch: a hash, so neighbouring rows and epochs are unrelated."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{row}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class BatchTransform:
+    """For `datasets.Dataset.with_transform`: rows of PIL images → `pixel_values` / `labels`.
+
+    With a `seed`, the random augmentation of each row is drawn from torch's CPU generator seeded with
+    `sample_seed(seed, epoch, row id)`, and the generator's state is put back afterwards. A row's pixels then depend
+    on nothing else: not on the RNG's history, nor on which worker or process decodes it, nor on how many batches a
+    resumed run skipped (so `--resume` mid-epoch reproduces the uninterrupted run, and training never disturbs the
+    RNG that dropout and mixup draw from). `set_epoch` gives every row a fresh draw; the value lives in shared memory
+    so that persistent dataloader workers see it too. Module-level, so it pickles for `spawn`/`forkserver` workers.
+    """
+
+    def __init__(self, image_fn: Callable[[Any], Any], channels: int, seed: int | None = None):
+        import torch
+
+        self.image_fn = image_fn
+        self.channels = channels
+        self._seed_epoch = None if seed is None else torch.tensor([seed, 0], dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        if self._seed_epoch is None:
+            return
+        if seed is not None:
+            self._seed_epoch[0] = seed
+        self._seed_epoch[1] = epoch
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        images = [to_model_mode(img, self.channels) for img in batch["image"]]
+        if self._seed_epoch is None or ROW_ID not in batch:
+            pixels = [self.image_fn(img) for img in images]
+        else:
+            pixels = self._seeded(images, batch[ROW_ID])
+        out = {"pixel_values": pixels}
         if "label" in batch:
             out["labels"] = batch["label"]
         return out
 
-    return transform
+    def _seeded(self, images: list[Any], rows: list[int]) -> list[Any]:
+        import torch
+
+        seed, epoch = (int(v) for v in self._seed_epoch)
+        # torchvision's transforms draw only from torch's default CPU generator; torch.manual_seed would also
+        # reseed (lazily) every GPU's generator, which the training step uses
+        generator = torch.default_generator
+        saved = generator.get_state()
+        try:
+            out = []
+            for image, row in zip(images, rows, strict=True):
+                generator.manual_seed(sample_seed(seed, epoch, int(row)))
+                out.append(self.image_fn(image))
+            return out
+        finally:
+            generator.set_state(saved)
+
+
+def make_batch_transform(image_fn: Callable[[Any], Any], channels: int, seed: int | None = None) -> BatchTransform:
+    """For `datasets.Dataset.with_transform`: rows of PIL images → `pixel_values` / `labels` (see BatchTransform)."""
+    return BatchTransform(image_fn, channels, seed)
+
+
+def with_row_ids(ds: Any) -> Any:
+    """`ds` with a `ROW_ID` column: each row's number in the underlying Arrow table, stable across runs, processes
+    and resumes. Added beside the table without copying it: `Dataset.add_column` would first rewrite a split or
+    shuffled dataset (every image's bytes) to a new cache file."""
+    import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset, Value
+    from datasets.fingerprint import update_fingerprint
+    from datasets.table import InMemoryTable, concat_tables
+
+    numbers = InMemoryTable.from_arrays([pa.array(np.arange(len(ds.data), dtype=np.int64))], names=[ROW_ID])
+    info = ds.info.copy()
+    info.features = ds.features.copy()
+    info.features[ROW_ID] = Value("int64")
+    return Dataset(
+        concat_tables([ds.data, numbers], axis=1),
+        info=info,
+        split=ds.split,
+        indices_table=ds._indices,  # the split's row selection stays a view
+        fingerprint=update_fingerprint(ds._fingerprint, with_row_ids, {}),
+    )
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -426,9 +516,15 @@ def training_defaults() -> dict[str, Any]:
 def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepared:
     """Decode + transform on the fly (`with_transform`): train with the recipe's augmentation, the rest as eval."""
     channels = built.preprocess.channels
-    train_fn = make_batch_transform(build_train_transform(built.preprocess, recipe.augmentation), channels)
-    eval_fn = make_batch_transform(build_eval_transform(built), channels)
-    ready = {name: ds.with_transform(train_fn if name == "train" else eval_fn) for name, ds in splits.items()}
+    # Trainer passes its own seed (data_seed, else seed) and the epoch through `set_epoch`; this is the start value
+    seed = recipe.training.get("data_seed")
+    seed = recipe.training.get("seed", 42) if seed is None else seed
+    train_fn = BatchTransform(build_train_transform(built.preprocess, recipe.augmentation), channels, seed=seed)
+    eval_fn = BatchTransform(build_eval_transform(built), channels)
+    ready = {
+        name: with_row_ids(ds).with_transform(train_fn) if name == "train" else ds.with_transform(eval_fn)
+        for name, ds in splits.items()
+    }
     return Prepared(ready, collate)
 
 
