@@ -163,6 +163,22 @@ def training_defaults() -> dict[str, Any]:
     return {"dataloader_num_workers": 0}
 
 
+class Tokenize:
+    """`datasets.map` function: rows of texts (and pairs) → token ids and `labels`. A module-level class rather than a
+    closure, so it pickles (`map(num_proc=…)`, `spawn`/`forkserver` start methods)."""
+
+    def __init__(self, tokenizer: Any, max_length: int, pairs: bool, pad_to_max: bool):
+        self.tokenizer, self.max_length, self.pairs, self.pad_to_max = tokenizer, max_length, pairs, pad_to_max
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = (batch["text"], batch["text_pair"]) if self.pairs else (batch["text"],)
+        padding = "max_length" if self.pad_to_max else False
+        encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length, padding=padding)
+        if "label" in batch:
+            encoded["labels"] = batch["label"]
+        return encoded
+
+
 def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepared:
     """Tokenize every split once (batched, cached `datasets.map`); pad per batch unless `padding: max_length`."""
     from transformers import DataCollatorWithPadding, default_data_collator
@@ -181,15 +197,7 @@ def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepar
         "pad every row to that length" if pad_to_max else "pad each batch to its longest row (dynamic)",
     )
 
-    def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        texts = (batch["text"], batch["text_pair"]) if pairs else (batch["text"],)
-        encoded = tokenizer(
-            *texts, truncation=True, max_length=max_length, padding="max_length" if pad_to_max else False
-        )
-        if "label" in batch:
-            encoded["labels"] = batch["label"]
-        return encoded
-
+    tokenize = Tokenize(tokenizer, max_length, pairs, pad_to_max)
     ready = {
         name: ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {name}")
         for name, ds in splits.items()
