@@ -134,7 +134,7 @@ def test_image_training_with_spawn_workers(tiny_recipe, tmp_path: Path):
     out = tmp_path / "spawn"
     recipe = tiny_recipe(
         augmentation={"preset": "standard"},
-        training={"num_train_epochs": 1, "dataloader_num_workers": 1, "output_dir": str(out)},
+        training={"num_train_epochs": 1, "dataloader_num_workers": 1, "eval_strategy": "no", "output_dir": str(out)},
     )
     proc = _train_with_start_method("spawn", recipe, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -144,7 +144,9 @@ def test_image_training_with_spawn_workers(tiny_recipe, tmp_path: Path):
 @pytest.mark.slow
 def test_text_training_with_forkserver_workers(text_recipe, tmp_path: Path):
     out = tmp_path / "forkserver"
-    recipe = text_recipe(training={"num_train_epochs": 1, "dataloader_num_workers": 1, "output_dir": str(out)})
+    recipe = text_recipe(
+        training={"num_train_epochs": 1, "dataloader_num_workers": 1, "eval_strategy": "no", "output_dir": str(out)}
+    )
     proc = _train_with_start_method("forkserver", recipe, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
