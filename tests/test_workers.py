@@ -150,3 +150,23 @@ def test_text_training_with_forkserver_workers(text_recipe, tmp_path: Path):
     proc = _train_with_start_method("forkserver", recipe, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+
+
+def test_trainer_gives_the_transform_each_epoch_and_the_data_seed(tiny_recipe, tmp_path: Path):
+    from transformers import TrainerCallback
+
+    import hf_finetune
+
+    seen = []
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            seen.append(tuple(int(v) for v in _transform(train_dataloader.dataset)._seed_epoch))
+
+    recipe = tiny_recipe(
+        augmentation={"preset": "light"},
+        training={"seed": 5, "data_seed": 9, "eval_strategy": "no", "save_strategy": "no"},
+    )
+    hf_finetune.finetune(recipe, callbacks=[Record()])
+    steps = len(seen) // 2
+    assert steps > 0 and seen == [(9, 0)] * steps + [(9, 1)] * steps
