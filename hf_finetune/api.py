@@ -128,7 +128,7 @@ def finetune(
     trainer = build_trainer(
         model=built.model,
         args=args,
-        train_dataset=avoid_single_sample_last_batch(prepared.splits["train"], args, built.model),
+        train_dataset=avoid_single_sample_last_batch(prepared.splits["train"], args, built.model, mixup is not None),
         eval_dataset=prepared.splits["validation"],
         collate=prepared.collate,
         processor=built.processor,
@@ -353,7 +353,8 @@ def run_info(data: Any, args: Any, best: str | None, seconds: float) -> dict[str
             versions[package] = version(package)
         except PackageNotFoundError:
             continue
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    # what Trainer hands accelerate: the recipe's bf16/fp16, else accelerate launch's (ACCELERATE_MIXED_PRECISION)
+    precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)
     return {
         "data": data.description,
         "splits": splits,

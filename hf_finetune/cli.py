@@ -1,13 +1,15 @@
 """`hf-finetune` and `python -m hf_finetune`: train | eval | predict | push | validate | recipes ls/show/cp.
 
 Heavy libraries are imported inside the commands so `--help` answers at once. Bad input ends with one
-`error:` message and exit status 2, never a traceback.
+`error:` message and exit status 2, never a traceback — unless `--debug` (or HF_FINETUNE_DEBUG=1) asks for the
+full traceback, the original exception included, to tell a bug in hf_finetune or a library from a mistake in the input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue from the newest complete checkpoint in output_dir (training.resume_from_checkpoint=latest)",
     )
+    # SUPPRESS: the subcommand's default must not overwrite a --debug given before the command
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
     check = sub.add_parser("validate", help="check a recipe and print it fully resolved, without training")
     check.add_argument("recipe")
@@ -87,12 +92,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_HELP = "on an error, show the full traceback with its original cause (also: HF_FINETUNE_DEBUG=1)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return _run(args)
     finally:
         _close_process_group()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like `parse_args`, but KEY=VALUE overrides may also come after options (`train R --output-dir X a.b=1`), and
+    `--debug` is taken after any command. argparse stops filling a positional list at the first option."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if "--debug" in extra:
+        args.debug = True
+        extra = [e for e in extra if e != "--debug"]
+    takes_overrides = hasattr(args, "overrides")
+    unknown = [e for e in extra if not (takes_overrides and _looks_like_override(e))]
+    if unknown:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    args.debug = bool(getattr(args, "debug", False)) or debug_from_env()
+    return args
+
+
+def _looks_like_override(text: str) -> bool:
+    return not text.startswith("-") and "=" in text
+
+
+def debug_from_env() -> bool:
+    return os.environ.get("HF_FINETUNE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -103,11 +138,24 @@ def _run(args: argparse.Namespace) -> int:
         if signum is not None:  # stopped by SIGINT/SIGTERM after saving: the shell's 128 + signal convention
             print(f"stopped: {err}", file=sys.stderr)
             return 128 + signum
+        if getattr(args, "debug", False):
+            show_causes(err)
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def show_causes(err: BaseException) -> None:
+    """Undo `raise ... from None` along the chain, so the traceback shows the exception that started it."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__suppress_context__ = False
+        current = current.__cause__ or current.__context__
 
 
 def _close_process_group() -> None:

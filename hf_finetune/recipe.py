@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -199,6 +200,66 @@ class Recipe:
 
 # --------------------------------------------------------------------------------------------- loading
 
+# YAML 1.1 (PyYAML's default) reads `no`/`off`/`yes`/`on` as booleans and `1e-4` as a string: transformers' own
+# values (`eval_strategy: no`) and the usual way to write a learning rate would arrive changed. Recipes and overrides
+# are read with YAML 1.2's core schema instead: only true/false are booleans, `1e-4` is a float, `010` is ten, and
+# dates stay strings.
+_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YAML11_ONLY = {_BOOL, _INT, _FLOAT, "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+_YAML12_RESOLVERS = [
+    (_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
+    (_INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0o[0-7_]+|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789")),
+    (
+        _FLOAT,
+        re.compile(
+            r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        list("-+0123456789."),
+    ),
+]
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` with YAML 1.2 core-schema scalars (see above); still no Python objects."""
+
+
+class RecipeDumper(yaml.SafeDumper):
+    """`yaml.SafeDumper` that also quotes the strings `RecipeLoader` would read as numbers (`'1e-4'`, `'08'`), so a
+    dumped recipe reads back the same with either loader."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11_ONLY]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeDumper.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()
+}
+for _tag, _regexp, _first in _YAML12_RESOLVERS:
+    RecipeLoader.add_implicit_resolver(_tag, _regexp, _first)
+    RecipeDumper.add_implicit_resolver(_tag, _regexp, _first)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    digits = text.lstrip("+-")
+    # YAML 1.2: a leading zero is still decimal; octal is written 0o17
+    return int(text, 0) if digits[:2].lower() in ("0o", "0x") else int(text, 10)
+
+
+RecipeLoader.add_constructor(_INT, _construct_int)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse recipe YAML (a file's text or an override's value) with `RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: plain data only
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text for a recipe that `read_yaml` (and `yaml.safe_load`) read back unchanged."""
+    return yaml.dump(data, Dumper=RecipeDumper, sort_keys=False, allow_unicode=True)
+
 
 def shipped_dir(name: str) -> Path:
     """`recipes` or `model_cards`: inside the installed package, or at the repo root in a source checkout."""
@@ -251,7 +312,7 @@ def load_recipe(
         path = find_recipe(recipe)
         source = str(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise RecipeError([f"not valid YAML: {err}"], source) from None
         if not isinstance(raw, dict):
@@ -266,6 +327,7 @@ def load_recipe(
     recipe_obj = dataclasses.replace(recipe_obj, training=_check_training(recipe_obj.training, problems))
     if not problems:
         recipe_obj = _finish(recipe_obj, problems)
+        _check_mixing(recipe_obj, problems)
     if problems:
         raise RecipeError(problems, source)
     return recipe_obj
@@ -286,11 +348,12 @@ def _expand_preset(raw: dict[str, Any], problems: list[str]) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`training.learning_rate=1e-4` -> ("training.learning_rate", 0.0001); values are read as YAML."""
+    """`training.learning_rate=1e-4` -> ("training.learning_rate", 0.0001); values are read as recipe YAML, so
+    `training.eval_strategy=no` stays the string "no"."""
     if "=" not in text:
         raise ValueError(f"override {text!r} is not KEY=VALUE (e.g. training.learning_rate=1e-4)")
     key, _, value = text.partition("=")
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    return key.strip(), read_yaml(value) if value.strip() else None
 
 
 def _override_items(overrides: list[str] | dict[str, Any] | None, problems: list[str]) -> list[tuple[str, Any]]:
@@ -364,8 +427,20 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         if ok:
             kwargs[key] = converted
         else:
-            problems.append(f"{prefix}{key}: expected {_type_name(expected)}, got {value!r}")
+            hint = _quote_hint(value, expected)
+            problems.append(f"{prefix}{key}: expected {_type_name(expected)}, got {value!r}{hint}")
     return cls(**kwargs)
+
+
+def _quote_hint(value: Any, expected: Any) -> str:
+    """A number (or true/false) where a string was wanted: YAML read it as one; quotes keep it text."""
+    takes_str = expected is str or str in typing.get_args(expected)
+    if takes_str and isinstance(value, (bool, int, float)):
+        return f" (YAML read it as {type(value).__name__}; write it in quotes to keep it text)"
+    return ""
+
+
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 
 
 def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
@@ -377,6 +452,8 @@ def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return True, None
+        if isinstance(value, str) and str in args:
+            return True, value  # `bool | str` keeps "no" as written: converting is for fields that take no strings
         for arg in args:
             if arg is type(None):
                 continue
@@ -385,6 +462,8 @@ def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
                 return True, converted
         return False, value
     if expected is bool:
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return True, _BOOL_WORDS[value.lower()]  # YAML 1.1's yes/no/on/off, for fields that are true/false
         return isinstance(value, bool), value
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool), value
@@ -492,7 +571,16 @@ def _check_training(training: dict[str, Any], problems: list[str]) -> dict[str, 
             problems.append(f"training.{key}: not a transformers.TrainingArguments field{_did_you_mean(key, fields)}")
             continue
         hint = fields[key]
-        # Only plain scalar fields are type-checked here; TrainingArguments itself checks enums and the rest.
+        if key == "resume_from_checkpoint" and isinstance(value, bool):
+            value = "latest" if value else None  # `true` means what --resume means: the newest complete checkpoint
+        choices = _enum_choices(hint)
+        if choices and value is not None:
+            if not isinstance(value, str) or value not in choices:
+                problems.append(f"training.{key}: {_choice_problem(value, choices)}")
+                continue
+            out[key] = choices[choices.index(value)]  # a plain string even if given as the Enum: it dumps as YAML
+            continue
+        # Only plain scalar fields are type-checked here; TrainingArguments itself checks the rest.
         scalar = {bool, int, float, str}
         base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
         if value is not None and all(b in scalar for b in base):
@@ -503,6 +591,37 @@ def _check_training(training: dict[str, Any], problems: list[str]) -> dict[str, 
             value = converted
         out[key] = value
     return out
+
+
+def _check_mixing(recipe: Recipe, problems: list[str]) -> None:
+    """mixup/CutMix mixes each sample with another one of its batch: a batch of one cannot be mixed."""
+    a = recipe.augmentation
+    batch = recipe.training.get("per_device_train_batch_size", 8)  # TrainingArguments' default
+    if (a.mixup_alpha or a.cutmix_alpha) and isinstance(batch, int) and batch < 2:
+        problems.append(
+            f"training.per_device_train_batch_size: mixup/CutMix mixes each sample with another of its batch and "
+            f"needs at least 2 per device, got {batch}; raise it or set augmentation.mixup_alpha/cutmix_alpha to 0"
+        )
+
+
+def _enum_choices(hint: Any) -> list[str]:
+    """The values of the Enum in a `SomeEnum | str` TrainingArguments hint (eval_strategy, optim…), else []."""
+    import enum
+
+    for arg in typing.get_args(hint) or (hint,):
+        if isinstance(arg, type) and issubclass(arg, enum.Enum):
+            return [str(member.value) for member in arg]
+    return []
+
+
+def _choice_problem(value: Any, choices: list[str]) -> str:
+    shown = choices if len(choices) <= 12 else [*choices[:12], "…"]
+    text = f"expected one of {shown}, got {value!r}"
+    if isinstance(value, bool):
+        # a YAML 1.1 reader (yaml.safe_load) turns an unquoted no/off into false before it reaches us
+        word = "no" if not value and "no" in choices else None
+        return text + (f"; write {word!r} in quotes" if word else "; write the value in quotes")
+    return text + _did_you_mean(str(value), choices)
 
 
 def _finish(recipe: Recipe, problems: list[str]) -> Recipe:

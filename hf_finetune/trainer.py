@@ -31,18 +31,53 @@ def training_defaults(
         "dataloader_pin_memory": torch.cuda.is_available(),
         # one loss term per example: averaging "tokens" across devices only rescales the loss under DDP
         "average_tokens_across_devices": False,
-        # every parameter that trains is used in every forward pass; searching for unused ones costs a graph walk
-        "ddp_find_unused_parameters": False,
+        # ddp_find_unused_parameters is left to transformers (True unless activation checkpointing): models such as
+        # DINOv2 have parameters a classification forward pass never uses, and DDP stops with False
         "report_to": "none",
         **task_defaults,
+        **{key: value for key, (value, _) in strategy_defaults(training).items()},
     }
     if not _has_accelerator():
         # without it, several processes on a CPU-only machine (accelerate launch, torchrun) don't form one
         # distributed run: each would train alone on all the data
         defaults["use_cpu"] = True
-    if training.get("load_best_model_at_end"):
+    if training.get("load_best_model_at_end") or training.get("save_strategy") == "best":
         defaults["metric_for_best_model"] = metric_for_best_model
     return {k: v for k, v in defaults.items() if k not in training}
+
+
+_STRATEGIES = ("eval_strategy", "save_strategy", "logging_strategy")
+_STEPS = {"eval_strategy": "eval_steps", "save_strategy": "save_steps", "logging_strategy": "logging_steps"}
+
+
+def strategy_defaults(training: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """Evaluation, saving and logging follow each other: {key: (value, why)} for those the recipe leaves unset.
+
+    Unset, all three are per epoch. When the recipe sets one of them (or a step count), the others follow it, so
+    that transformers' own rules hold (load_best_model_at_end needs save_strategy == eval_strategy and save_steps a
+    multiple of eval_steps): `eval_strategy: steps` alone must not meet a toolkit default of saving per epoch.
+    """
+    out: dict[str, tuple[Any, str]] = {}
+    given = {k: training[k] for k in _STRATEGIES if k in training}
+    # the strategy the others follow: evaluation's first (best-model selection hangs on it), then saving's
+    leader = next((k for k in ("eval_strategy", "save_strategy") if given.get(k) in ("steps", "epoch")), None)
+    for key in _STRATEGIES:
+        if key in given:
+            continue
+        if leader is not None:
+            out[key] = (given[leader], f"follows training.{leader}")
+        else:
+            out[key] = ("epoch", "toolkit default")
+    strategy = {**given, **{k: v for k, (v, _) in out.items()}}
+    # eval_steps if set, else save_steps, else logging_steps (which transformers itself falls back to for eval_steps)
+    counts = {k: training[_STEPS[k]] for k in _STRATEGIES if _STEPS[k] in training}
+    count_from = next(iter(counts), None)
+    if count_from is not None:
+        for key in _STRATEGIES:
+            steps = _STEPS[key]
+            if strategy[key] == "steps" and steps not in training:
+                out[steps] = (counts[count_from], f"follows training.{_STEPS[count_from]}")
+    return out
 
 
 def _has_accelerator() -> bool:
@@ -61,8 +96,10 @@ def build_training_args(training: dict[str, Any], defaults: dict[str, Any]) -> A
     """`transformers.TrainingArguments(**training, **defaults)`; its complaints become recipe errors."""
     from transformers import TrainingArguments
 
+    reasons = {key: why for key, (_, why) in strategy_defaults(training).items()}
     for key, value in defaults.items():
-        logger.info("training: %s = %r (toolkit default; set training.%s to change it)", key, value, key)
+        why = reasons.get(key, "toolkit default")
+        logger.info("training: %s = %r (%s; set training.%s to change it)", key, value, why, key)
     try:
         return TrainingArguments(**training, **defaults)
     except (ValueError, TypeError) as err:
@@ -175,9 +212,8 @@ def _classification_trainer_class() -> type:
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
             labels = inputs.get("labels")
-            # timm's Mixup pairs each sample with its mirror in the batch, so it needs an even batch
-            if self.mixup_fn is not None and model.training and labels is not None and len(labels) % 2 == 0:
-                pixels, soft = self.mixup_fn(inputs["pixel_values"], labels)
+            if self.mixup_fn is not None and model.training and labels is not None:
+                pixels, soft = mix_batch(self.mixup_fn, inputs["pixel_values"], labels)
                 inputs = {**inputs, "pixel_values": pixels, "labels": soft}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -190,6 +226,29 @@ def _classification_trainer_class() -> type:
                 return super().get_test_dataloader(test_dataset)
 
     return ClassificationTrainer
+
+
+def mix_batch(mixer: Callable[[Any, Any], tuple[Any, Any]], pixels: Any, labels: Any) -> tuple[Any, Any]:
+    """`mixer(pixels, labels)` (timm's Mixup) for a batch of any size from 2 up.
+
+    timm pairs sample i with its mirror n-1-i and refuses an odd batch (the middle sample would be its own partner).
+    An odd batch gets one extra row, a copy of its second sample, so the first sample is paired with that copy and
+    every other sample with its mirror; the extra row is dropped again. Every sample is mixed with another one.
+    """
+    import torch
+
+    n = len(labels)
+    if n % 2 == 0:
+        return mixer(pixels, labels)
+    if n == 1:
+        # not reached in practice: the recipe check refuses per_device_train_batch_size 1, and the training rows are
+        # trimmed so that no epoch ends on a batch of one (avoid_single_sample_last_batch)
+        raise HFFinetuneError(
+            "mixup/CutMix: a training batch of one sample has nothing to mix it with; use a larger "
+            "training.per_device_train_batch_size or training.dataloader_drop_last: true"
+        )
+    mixed, soft = mixer(torch.cat([pixels, pixels[1:2]]), torch.cat([labels, labels[1:2]]))
+    return mixed[:n], soft[:n]
 
 
 def verify_best_model(trainer: Any) -> str | None:
@@ -212,8 +271,9 @@ def verify_best_model(trainer: Any) -> str | None:
     return best
 
 
-def avoid_single_sample_last_batch(train_dataset: Any, args: Any, model: Any) -> Any:
-    """Drop one training row when each epoch would end on a batch of one and the model has BatchNorm.
+def avoid_single_sample_last_batch(train_dataset: Any, args: Any, model: Any, mixing: bool = False) -> Any:
+    """Drop one training row when each epoch would end on a batch of one and the model has BatchNorm (or the
+    batches are mixed: mixup/CutMix needs two samples).
 
     BatchNorm cannot normalise a single sample in training mode and the run would crash at the end of the first
     epoch. `dataloader_drop_last` is no fix: Trainer applies it to evaluation too, which would skip eval samples.
@@ -222,18 +282,18 @@ def avoid_single_sample_last_batch(train_dataset: Any, args: Any, model: Any) ->
 
     import torch
 
-    if args.dataloader_drop_last or not any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
-    ):
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if args.dataloader_drop_last or not (batch_norm or mixing):
         return train_dataset
     per_rank = math.ceil(len(train_dataset) / max(1, args.world_size))
     if per_rank % args.per_device_train_batch_size != 1 or per_rank == 1:
         return train_dataset
     drop = max(1, args.world_size)
     logger.info(
-        "data: dropped %d of %d training rows so no epoch ends on a batch of one (BatchNorm cannot train on it)",
+        "data: dropped %d of %d training rows so no epoch ends on a batch of one (%s)",
         drop,
         len(train_dataset),
+        "BatchNorm cannot train on it" if batch_norm else "mixup/CutMix has nothing to mix it with",
     )
     return train_dataset.select(range(len(train_dataset) - drop))
 
@@ -282,11 +342,23 @@ def mixed_precision(training: dict[str, Any], env: dict[str, str]) -> tuple[str,
                 "launch with --mixed_precision to match)"
             ]
         )
-    if asked:
-        return asked, "recipe training." + asked
-    if launched != "no":
-        return launched, "accelerate launch config"
-    return "no", "default (fp32)"
+    precision, where = (
+        (asked, "recipe training." + asked)
+        if asked
+        else (launched, "accelerate launch config")
+        if launched != "no"
+        else ("no", "default (fp32)")
+    )
+    on_cpu = bool(training.get("use_cpu")) or env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if precision == "fp16" and (on_cpu or not _has_accelerator()):
+        # accelerate turns fp16 autocast off on a CPU and trains in fp32 without a word
+        what, fix = (
+            ("training.fp16: true", "set training.bf16: true instead (or drop fp16)")
+            if asked
+            else ("accelerate launch with mixed_precision=fp16", "launch with --mixed_precision bf16 (or no)")
+        )
+        raise RecipeError([f"{what}: fp16 needs a GPU and this run is on the CPU, where it would train in fp32; {fix}"])
+    return precision, where
 
 
 def log_distribution(args: Any, precision: tuple[str, str]) -> None:

@@ -286,11 +286,17 @@ def test_mixed_precision_is_set_in_one_place():
     from hf_finetune.errors import RecipeError
     from hf_finetune.trainer import mixed_precision
 
+    # the run reports what it used: tests/test_values.py::test_precision_reported_is_the_precision_used
     assert mixed_precision({}, {}) == ("no", "default (fp32)")
     assert mixed_precision({"bf16": True}, {}) == ("bf16", "recipe training.bf16")
-    assert mixed_precision({}, {"ACCELERATE_MIXED_PRECISION": "fp16"}) == ("fp16", "accelerate launch config")
+    assert mixed_precision({}, {"ACCELERATE_MIXED_PRECISION": "bf16"}) == ("bf16", "accelerate launch config")
     assert mixed_precision({"bf16": True}, {"ACCELERATE_MIXED_PRECISION": "bf16"})[0] == "bf16"
     with pytest.raises(RecipeError, match="set it in one place"):
         mixed_precision({"bf16": True}, {"ACCELERATE_MIXED_PRECISION": "fp16"})
     with pytest.raises(RecipeError, match="set it in one place"):
         mixed_precision({"bf16": False}, {"ACCELERATE_MIXED_PRECISION": "bf16"})
+    # accelerate would drop fp16 on the CPU and train in fp32 without saying so
+    with pytest.raises(RecipeError, match=r"training\.fp16: true: fp16 needs a GPU"):
+        mixed_precision({"fp16": True, "use_cpu": True}, {})
+    with pytest.raises(RecipeError, match="mixed_precision=fp16: fp16 needs a GPU"):
+        mixed_precision({}, {"ACCELERATE_MIXED_PRECISION": "fp16", "ACCELERATE_USE_CPU": "true"})
