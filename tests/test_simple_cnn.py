@@ -132,10 +132,115 @@ def test_soft_targets_match_hard_labels_for_one_hot() -> None:
     torch.testing.assert_close(model(x, labels=mixed).loss, expected)
 
 
-def test_trainer_divides_loss_for_gradient_accumulation() -> None:
-    # forward takes **kwargs; without this flag the Trainer would assume the loss is normalised by
-    # num_items_in_batch and skip its own division by gradient_accumulation_steps.
-    assert SimpleCNNForImageClassification.accepts_loss_kwargs is False
+class _Rows(torch.utils.data.Dataset):
+    """Fixed tensors as Trainer rows (no augmentation, so two runs see the same pixels)."""
+
+    def __init__(self, pixels: torch.Tensor, labels: list[int]) -> None:
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.pixels[i], "labels": self.labels[i]}
+
+
+# every run of 4 rows holds the same classes, so a class-weighted mean over 4 rows and over 8 rows weigh alike
+_GA_LABELS = [0, 1, 2, 2, 2, 0, 1, 2]
+_GA_WEIGHTS = [1.0, 2.0, 3.0]
+_GA_LR = 0.5
+
+
+def _ga_model() -> SimpleCNNForImageClassification:
+    torch.manual_seed(0)
+    config = _labelled_config(image_size=8, filters=[4], dense_units=[8], dropout=0.0)
+    return SimpleCNNForImageClassification(config)
+
+
+def _one_sgd_step(tmp_path: Path, batch: int, accumulate: int, loss=None, mixup=None):
+    """One optimizer step of the toolkit's Trainer (plain SGD, constant lr, no clipping, rows in order)."""
+    from hf_finetune.tasks.image_classification import collate
+    from hf_finetune.trainer import build_trainer
+
+    pixels = torch.randn(len(_GA_LABELS), 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / f"b{batch}x{accumulate}"),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulate,
+        max_steps=1,
+        learning_rate=_GA_LR,
+        lr_scheduler_type="constant",
+        optim="sgd",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        train_sampling_strategy="sequential",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    model = _ga_model()
+    trainer = build_trainer(
+        model=model,
+        args=args,
+        train_dataset=_Rows(pixels, _GA_LABELS),
+        eval_dataset=None,
+        collate=collate,
+        processor=None,
+        compute_metrics=None,
+        preprocess_logits=None,
+        loss=loss,
+        mixup=mixup,
+    )
+    trainer.train()
+    return pixels, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "loss_kind", ["model's own loss", "class weights (compute_loss_func)"], ids=["model-loss", "class-weights"]
+)
+def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path, loss_kind: str) -> None:
+    from hf_finetune.trainer import cross_entropy_loss
+
+    loss = cross_entropy_loss(_GA_WEIGHTS) if loss_kind.startswith("class") else None
+    _, accumulated = _one_sgd_step(tmp_path, batch=4, accumulate=2, loss=loss)
+    _, big = _one_sgd_step(tmp_path, batch=8, accumulate=1, loss=loss)
+    start = dict(_ga_model().named_parameters())
+    for name, weight in big.items():
+        assert not torch.equal(weight, start[name]), f"{name} did not move: the step trained nothing"
+        # an undivided (summed) accumulation would move every weight twice as far
+        torch.testing.assert_close(accumulated[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_gradient_accumulation_with_mixup_and_class_weights_averages_the_mixed_micro_batches(tmp_path: Path) -> None:
+    """timm's Mixup pairs rows within a micro-batch and draws a fresh lambda for each, so an accumulated step is
+    compared with the gradient of the two mixed micro-batches the Trainer actually saw, computed here by hand."""
+    import numpy as np
+    from timm.data import Mixup
+
+    from hf_finetune.trainer import cross_entropy_loss
+
+    mixer = Mixup(mixup_alpha=1.0, num_classes=len(LABELS))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording_mixer(x, y):
+        x, soft = mixer(x, y)
+        seen.append((x.detach().clone(), soft.detach().clone()))
+        return x, soft
+
+    np.random.seed(0)  # timm draws lambda from numpy's global RNG
+    loss = cross_entropy_loss(_GA_WEIGHTS)
+    _, trained = _one_sgd_step(tmp_path, batch=4, accumulate=2, loss=loss, mixup=recording_mixer)
+
+    assert len(seen) == 2 and all(soft.is_floating_point() and soft.shape == (4, 3) for _, soft in seen)
+    assert not torch.allclose(seen[0][1], torch.nn.functional.one_hot(torch.tensor(_GA_LABELS[:4]), 3).float())
+    model = _ga_model()
+    model.zero_grad()
+    for pixels, soft in seen:
+        (loss(model(pixel_values=pixels), soft) / len(seen)).backward()
+    for name, param in model.named_parameters():
+        expected = param.detach() - _GA_LR * param.grad
+        torch.testing.assert_close(trained[name], expected, rtol=1e-5, atol=1e-6, msg=name)
 
 
 # --- config → structure --------------------------------------------------------------------------------------------

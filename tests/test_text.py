@@ -345,7 +345,7 @@ def test_output_folder_loads_with_pipeline(trained: Path):
         assert {x["label"]: x["score"] for x in p} == pytest.approx(expected, abs=1e-5)
 
 
-def test_model_card_and_saved_files(trained: Path):
+def test_model_card_and_saved_files(trained: Path, text_csv: Path):
     card = (trained / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card
     assert f'pipeline("text-classification", model="{trained}")' in card
@@ -355,7 +355,14 @@ def test_model_card_and_saved_files(trained: Path):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["test"]["num_samples"] == 30
     assert [row["label"] for row in metrics["test"]["per_class"]] == LABELS
-    assert {"accuracy", "f1_macro", "precision_macro", "recall_macro"} <= set(metrics["test"])
+    test = metrics["test"]
+    assert {"accuracy", "f1_macro", "precision_macro", "recall_macro"} <= set(test)
+    # the saved accuracy is the model's own, recomputed from predict() over every test row
+    with (text_csv / "test.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    top1 = [row["predictions"][0]["label"] for row in predict(trained, [r["review"] for r in rows], top_k=1)]
+    hits = sum(p == r["sentiment"] for p, r in zip(top1, rows, strict=True))
+    assert test["accuracy"] == pytest.approx(hits / 30)
 
 
 def test_cli_predict_texts(trained: Path, capsys):

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_simple_cnn_end_to_end(tiny_recipe, digits_folder: Path):
     from transformers import AutoModelForImageClassification, pipeline
 
-    result = finetune(tiny_recipe(metrics={"top_k": [2]}))
+    asked = tiny_recipe(metrics={"top_k": [2]})
+    result = finetune(asked)
     out = result.output_dir
     for name in (
         "model.safetensors",
@@ -48,13 +50,25 @@ def test_simple_cnn_end_to_end(tiny_recipe, digits_folder: Path):
     assert test["num_samples"] == 30
     assert sum(map(sum, test["confusion_matrix"])) == 30
     assert [row["label"] for row in test["per_class"]] == ["one", "two", "zero"]
-    assert 0 <= test["accuracy"] <= 1 and "top2_accuracy" in test and "loss" in test
+    # three balanced classes: a constant guess scores 1/3 and a uniform one a loss of ln 3
+    assert test["accuracy"] > 0.5 and test["top2_accuracy"] >= 0.8 and test["loss"] < math.log(3), test
+    # the saved figures are the model's own: recomputed from predict() over every test image
+    images = sorted((digits_folder / "test").rglob("*.png"))
+    truth = [p.parent.name for p in images]
+    ranked = [[p["label"] for p in row["predictions"]] for row in predict(out, images, top_k=2)]
+    pairs = list(zip(ranked, truth, strict=True))
+    assert test["accuracy"] == pytest.approx(sum(r[0] == t for r, t in pairs) / 30)
+    assert test["top2_accuracy"] == pytest.approx(sum(t in r for r, t in pairs) / 30)
+    names = saved["label_names"]
+    assert test["confusion_matrix"] == [
+        [sum(t == true and r[0] == pred for r, t in pairs) for pred in names] for true in names
+    ]
     assert saved["test"] == {k: v for k, v in result.metrics["test"].items()}
     # validation was carved from train (27 of 90 rows would be 30%; default 10% → 9)
     assert saved["eval"]["num_samples"] == 9
 
-    # the resolved recipe reproduces the run's recipe
-    assert load_recipe(out / "recipe.yaml") == result.recipe
+    # the saved recipe is the one asked for (defaults filled in), not just whatever the run ended up with
+    assert load_recipe(out / "recipe.yaml") == load_recipe(asked) == result.recipe
 
     model = AutoModelForImageClassification.from_pretrained(out)
     assert model.config.id2label == {0: "one", 1: "two", 2: "zero"}
@@ -182,7 +196,8 @@ def test_drop_last_applies_to_training_batches_only(tiny_recipe):
     assert result.metrics["eval"]["num_samples"] == 9
     assert result.metrics["test"]["num_samples"] == 30
     assert sum(map(sum, result.metrics["test"]["confusion_matrix"])) == 30
-    assert result.metrics["train"]["train_samples_per_second"] > 0
+    # one epoch of 80 rows is 5 steps of 16 (6 with the last partial batch): the epoch's checkpoint says which
+    assert [p.name for p in result.output_dir.glob("checkpoint-*")] == ["checkpoint-5"]
 
 
 def test_result_files_get_ordinary_permissions(tiny_recipe):
