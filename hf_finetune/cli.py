@@ -239,7 +239,10 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str]:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from .api import setup_logging
     from .hub import push_folder
+
+    setup_logging()  # what is left out (pickles, links, checkpoints) and what is deleted on the branch is said there
 
     url = push_folder(
         args.output_dir,

@@ -321,7 +321,7 @@ class _LocalPaths:
             if not value or "\n" in value or len(value) > 4096 or value.startswith(("builtin:", "timm:")):
                 continue
             path = Path(value).expanduser()
-            if path.is_absolute() or (path.exists() and len(path.parts) > 1):
+            if path.is_absolute() or path.exists():  # relative ones too: data descriptions name them resolved
                 for form in _forms(path):
                     known.setdefault(form, f".../{path.name}")
         for form in _forms(Path.home()):
@@ -383,8 +383,9 @@ def _strings(data: Any) -> Iterable[str]:
 
 
 def _forms(path: Path) -> set[str]:
-    """The ways a path can be written: as given, absolute, and with links resolved."""
-    forms = {str(path)}
+    """The ways an absolute path to `path` can be written: as given (when absolute) and with links resolved. A
+    relative path tells nothing about the machine: it stays as written."""
+    forms = {str(path)} if path.is_absolute() else set()
     with contextlib.suppress(OSError, RuntimeError):  # a path that cannot be resolved is kept as written
         forms |= {str(path.absolute()), str(path.resolve())}
     return {f.rstrip("/\\") or f for f in forms}
