@@ -395,6 +395,7 @@ def test_push_never_follows_links_out_of_the_folder_nor_uploads_pickles_unless_n
     assert _digest(out) == before
 
 
+@pytest.mark.slow  # trains through the CLI, then pushes
 def test_pushed_card_metrics_and_recipe_carry_no_local_paths(digits_folder: Path, tiny_recipe, hub, tmp_path: Path):
     # a folder name with a space and a non-ASCII letter, as on many laptops
     base = tmp_path / "Mes données" / "exp 1"
