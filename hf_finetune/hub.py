@@ -11,6 +11,7 @@ even though the pushed README.md differs from the local one (its usage snippet l
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
 import json
 import logging
@@ -260,8 +261,6 @@ def _check_include(
             )
         if not matched:
             pickles = sorted({n.rsplit("/", 1)[-1] for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES})
-            import difflib
-
             close = difflib.get_close_matches(pattern, pickles + names, n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
             left_out = f" The pickles left out by default are: {', '.join(pickles)}." if pickles else ""
@@ -285,19 +284,25 @@ def _listing(names: Sequence[str], limit: int = 8) -> str:
 
 def _pushed_text(name: str, path: Path, paths: _LocalPaths, repo_id: str, revision: str | None) -> str | None:
     """The text to push instead of a link to `path`, or None to push the file as it is."""
+    import yaml
+
     from .card import card_for_repo
 
     if not PROVENANCE_FILES.fullmatch(name):
         return None
-    text = path.read_text(encoding="utf-8")
-    if name == "README.md":
-        return paths.text(card_for_repo(text, repo_id, revision))
-    if name == "recipe.yaml":
-        return _redacted_recipe(path, paths)
     try:
+        text = path.read_text(encoding="utf-8")
+        if name == "README.md":
+            return paths.text(card_for_repo(text, repo_id, revision))
+        if name == "recipe.yaml":
+            return _redacted_recipe(path, paths)
         data = json.loads(text)
-    except ValueError:
-        return None  # not this toolkit's JSON: pushed as it is
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        # hf_finetune wrote this file as UTF-8 JSON/YAML: something else changed it, and it may hold anything
+        raise HubError(
+            f"{path}: not the file hf_finetune wrote ({type(err).__name__}: {str(err).splitlines()[0]}); nothing was "
+            "uploaded. Restore it (or delete it) and push again."
+        ) from None
     cleaned = paths.value(data)
     return None if cleaned == data else json.dumps(cleaned, indent=2, ensure_ascii=False) + "\n"
 

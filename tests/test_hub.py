@@ -381,6 +381,10 @@ def test_push_never_follows_links_out_of_the_folder_nor_uploads_pickles_unless_n
     assert not _pickles_in(files)  # … and none of them went up, the top-level training_args.bin neither
     assert not any(f.startswith(("notes.txt", "shared")) for f in files)
     assert all(secret not in hub.read("tester/safe", f) for f in files)
+    # nor any local path: the text model's folder (model.name), its CSV files and the run's folder sit under basetemp
+    basetemp = str(trained_text.parents[1]).encode()
+    assert [f for f in files if basetemp in hub.read("tester/safe", f)] == []
+    assert "from **.../tiny_bert" in hub.read("tester/safe", "README.md").decode()
     assert f"not pushed: notes.txt is a link to {private / 'id_rsa'}" in done.stderr
     assert "not pushed: shared is a link to" in done.stderr
     assert "pickle file(s)" in done.stderr and f"{checkpoint}/optimizer.pt" in done.stderr
@@ -544,6 +548,9 @@ def _bad_folders(trained_text: Path, tmp_path: Path) -> dict[str, tuple[list[str
     shutil.copytree(trained_text, outside_named, ignore=shutil.ignore_patterns("checkpoint-*"))
     (tmp_path / "elsewhere.pt").write_bytes(b"pickle")
     (outside_named / "extra.pt").symlink_to(tmp_path / "elsewhere.pt")
+    broken = tmp_path / "broken-metrics"
+    shutil.copytree(trained_text, broken, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (broken / "metrics.json").write_text('{"test": {"accuracy": 0.9')  # cut off
     good = str(trained_text)
     return {
         "repo id without a namespace": ([good, "--repo-id", "just-a-name"], "expected USER/NAME"),
@@ -554,6 +561,10 @@ def _bad_folders(trained_text: Path, tmp_path: Path) -> dict[str, tuple[list[str
         "not a model folder": ([str(not_model), "--repo-id", "tester/x"], "config.json is missing"),
         "no weights": ([str(no_weights), "--repo-id", "tester/x"], "holds no model weights"),
         "weights linked from outside": ([str(linked), "--repo-id", "tester/x"], "model.safetensors is a link to"),
+        "metrics.json cut off": (
+            [str(broken), "--repo-id", "tester/x"],
+            "metrics.json: not the file hf_finetune wrote",
+        ),
         "include names no file": ([good, "--repo-id", "tester/x", "--include", "optimiser.pt"], "Did you mean"),
         "include names a checkpoint file only": (
             [good, "--repo-id", "tester/x", "--include", "scheduler.pt"],
