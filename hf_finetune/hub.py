@@ -555,6 +555,12 @@ def _check_output_dir(out: Path) -> None:
     if not (out / "config.json").is_file() and not (out / "config.json").is_symlink():
         raise HubError(f"{out} holds no model (config.json is missing); push a folder written by `hf-finetune train`")
     weights = [p for p in out.iterdir() if any(fnmatch.fnmatchcase(p.name, w) for w in MODEL_FILES[1:])]
+    pickled = sorted(p.name for p in out.glob("pytorch_model*.bin"))
+    if not weights and pickled:
+        raise HubError(
+            f"{out} holds its weights only as {pickled[0]}, a pickle (loading one can run code), which push leaves "
+            "out: save them as safetensors (model.save_pretrained(folder), the default) and push again."
+        )
     if not weights:
         raise HubError(
             f"{out} holds no model weights (no *.safetensors file next to config.json): a run that stopped before "

@@ -548,6 +548,10 @@ def _bad_folders(trained_text: Path, tmp_path: Path) -> dict[str, tuple[list[str
     shutil.copytree(trained_text, outside_named, ignore=shutil.ignore_patterns("checkpoint-*"))
     (tmp_path / "elsewhere.pt").write_bytes(b"pickle")
     (outside_named / "extra.pt").symlink_to(tmp_path / "elsewhere.pt")
+    pickled = tmp_path / "pickled-weights"
+    pickled.mkdir()
+    shutil.copy(trained_text / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"pickle")
     broken = tmp_path / "broken-metrics"
     shutil.copytree(trained_text, broken, ignore=shutil.ignore_patterns("checkpoint-*"))
     (broken / "metrics.json").write_text('{"test": {"accuracy": 0.9')  # cut off
@@ -560,6 +564,7 @@ def _bad_folders(trained_text: Path, tmp_path: Path) -> dict[str, tuple[list[str
         "a file, not a folder": ([str(a_file), "--repo-id", "tester/x"], "is a file"),
         "not a model folder": ([str(not_model), "--repo-id", "tester/x"], "config.json is missing"),
         "no weights": ([str(no_weights), "--repo-id", "tester/x"], "holds no model weights"),
+        "weights only as a pickle": ([str(pickled), "--repo-id", "tester/x"], "only as pytorch_model.bin, a pickle"),
         "weights linked from outside": ([str(linked), "--repo-id", "tester/x"], "model.safetensors is a link to"),
         "metrics.json cut off": (
             [str(broken), "--repo-id", "tester/x"],
