@@ -5,7 +5,9 @@ installed, Git LFS otherwise), and it finds the token where it always does — `
 `hf auth login`. This module never reads the token's value, prints it, logs it or writes it anywhere.
 
 What is uploaded is a staging folder of links to the output folder's files, so the local folder is never modified,
-even though the pushed README.md differs from the local one (its usage snippet loads the repo id, not a local path).
+even though the pushed README.md, metrics.json and recipe.yaml differ from the local ones (the card's usage snippet
+loads the repo id, and no absolute local path is published). Pickles, links out of the folder and, unless asked,
+checkpoints stay local; files added to the repo by other means stay on the Hub unless `delete_missing`.
 """
 
 from __future__ import annotations
