@@ -175,6 +175,8 @@ def finetune(
                 private=recipe.hub.private,
                 revision=recipe.hub.revision,
                 include_checkpoints=recipe.hub.include_checkpoints,
+                include=recipe.hub.include,
+                delete_missing=recipe.hub.delete_missing,
             )
     logger.info("done: outputs in %s", out.resolve())
     return Result(out, results, data.label_names, recipe, best, files)

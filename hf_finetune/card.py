@@ -434,7 +434,10 @@ def _hyperparameters(recipe: Recipe, run: dict[str, Any]) -> list[tuple[str, str
 def _recipe_yaml(recipe: Recipe) -> str:
     import yaml
 
-    return yaml.safe_dump(redact_recipe(recipe.to_dict()), sort_keys=False).rstrip()
+    # one line per value, as written: a long path folded over two lines could not be found (and hidden) on a push
+    return yaml.safe_dump(
+        redact_recipe(recipe.to_dict()), sort_keys=False, allow_unicode=True, width=float("inf")
+    ).rstrip()
 
 
 def format_duration(seconds: float) -> str:

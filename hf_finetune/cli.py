@@ -79,7 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME")
     push.add_argument("--private", action="store_true", help="create the repository as private")
     push.add_argument("--revision", help="branch to push to (default: main)")
-    push.add_argument("--include-checkpoints", action="store_true", help="also upload checkpoint-* folders")
+    push.add_argument(
+        "--include-checkpoints", action="store_true", help="also upload checkpoint-* folders (without their pickles)"
+    )
+    push.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also upload the pickle files (*.bin, *.pt, *.pth, *.pkl, *.pickle, *.ckpt: optimizer.pt, scheduler.pt, "
+        "rng_state*.pth, training_args.bin) that PATTERN names; left out by default, as loading a pickle can run "
+        "code. A name matches at any depth (optimizer.pt), a pattern with / the path in the folder "
+        "(checkpoint-6/optimizer.pt); repeatable",
+    )
+    push.add_argument(
+        "--delete-missing",
+        action="store_true",
+        help="delete every file on the branch that this push does not bring, including files added on the Hub "
+        "(default: only files an earlier hf_finetune push left)",
+    )
 
     rec = sub.add_parser("recipes", help="list, show or copy the shipped recipes")
     rsub = rec.add_subparsers(dest="recipes_command", required=True, metavar="ACTION")
@@ -269,7 +287,10 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str]:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from .api import setup_logging
     from .hub import push_folder
+
+    setup_logging()  # what is left out (pickles, links, checkpoints) and what is deleted on the branch is said there
 
     url = push_folder(
         args.output_dir,
@@ -277,6 +298,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         private=args.private,
         revision=args.revision,
         include_checkpoints=args.include_checkpoints,
+        include=args.include,
+        delete_missing=args.delete_missing,
     )
     print(f"pushed {args.output_dir} to {url}")
     return 0

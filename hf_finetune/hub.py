@@ -5,18 +5,24 @@ installed, Git LFS otherwise), and it finds the token where it always does — `
 `hf auth login`. This module never reads the token's value, prints it, logs it or writes it anywhere.
 
 What is uploaded is a staging folder of links to the output folder's files, so the local folder is never modified,
-even though the pushed README.md differs from the local one (its usage snippet loads the repo id, not a local path).
+even though the pushed README.md, metrics.json and recipe.yaml differ from the local ones (the card's usage snippet
+loads the repo id, and no absolute local path is published). Pickles, links out of the folder and, unless asked,
+checkpoints stay local; files added to the repo by other means stay on the Hub unless `delete_missing`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,9 +34,25 @@ T = TypeVar("T")
 
 # Status codes worth another try: the server or something in between is busy or briefly down.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-# Top-level files left out of the push: training_args.bin is a pickle (flagged by the Hub's scanner, and it can
-# hold `hub_token`); recipe.yaml carries the same settings as readable text.
-NOT_PUSHED = frozenset({"training_args.bin"})
+# Pickles stay local unless named with --include (hub.include): loading one can run code, so the Hub's scanner flags
+# them, and none is needed to use the model (weights are safetensors). Trainer writes optimizer.pt, scheduler.pt,
+# rng_state*.pth, scaler.pt and training_args.bin (which can hold `hub_token`; recipe.yaml has its settings as text).
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+# The files of a model: a push without them would publish a repo nothing can load.
+MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
+# Written with every push: the files it brought, so that the next push replaces exactly those and leaves the files
+# someone added on the Hub alone.
+MANIFEST = ".hf_finetune_push.json"
+# On a branch without a manifest (pushed by hand or by an older hf_finetune), what an earlier push of a model left:
+# weights (shard counts change between models), checkpoints and this toolkit's own result files.
+EARLIER_PUSH = re.compile(
+    r"(checkpoint-\d+/.*|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin"
+    r"|pytorch_model\.bin\.index\.json|training_args\.bin|recipe\.yaml|metrics\.json|confusion_matrix_(eval|test)\.\w+)"
+)
+# Files whose absolute local paths (data source, model folder, output folder) are rewritten in the pushed copy.
+PROVENANCE_FILES = re.compile(
+    r"(README\.md|metrics\.json|recipe\.yaml|checkpoint-\d+/(trainer_state|hf_finetune_\w+)\.json)"
+)
 
 
 class HubError(HFFinetuneError):
@@ -44,15 +66,23 @@ def push_folder(
     private: bool = False,
     revision: str | None = None,
     include_checkpoints: bool = False,
+    include: Sequence[str] = (),
+    delete_missing: bool = False,
     attempts: int = 3,
     backoff_s: float = 2.0,
 ) -> str:
     """Upload `output_dir` to the model repo `repo_id` (created if needed); returns the commit URL.
 
     `revision` is a branch (created from main if missing). `checkpoint-*` folders stay local unless
-    `include_checkpoints`. The branch then holds exactly the pushed files (and `.gitattributes`): files an earlier
-    push left there are deleted in the same commit (git history keeps them), so a model never sits next to another
-    run's weight shards, metrics or plots.
+    `include_checkpoints`; pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`, `*.ckpt`: optimizer and scheduler
+    state, `training_args.bin`) stay local unless a pattern of `include` names them; links that lead out of the
+    folder are never followed. Absolute local paths in the pushed card, metrics and recipe are rewritten (the output
+    folder by its name, other folders as `.../NAME`, the home folder as `~`); the local files are only read.
+
+    Files an earlier push of this toolkit left on the branch (named in its manifest, `.hf_finetune_push.json`, or on
+    a branch without one: weights, checkpoints and result files) are deleted in the same commit when this push does
+    not bring them back (git history keeps them), so a model never sits next to another run's weight shards. Files
+    someone added on the Hub stay, unless `delete_missing`: then the branch holds exactly the pushed files.
 
     Network failures and busy-server answers are retried `attempts` times, waiting `backoff_s`, then twice that, …;
     after that, or at once for errors a retry cannot fix (bad token, no write access), a `HubError` says what went
@@ -64,17 +94,24 @@ def push_folder(
 
     from huggingface_hub import HfApi, constants, get_token
 
-    if constants.HF_HUB_OFFLINE:
-        raise HubError(f"cannot push {out} to {repo_id}: HF_HUB_OFFLINE is set; unset it to talk to the Hub")
-    if get_token() is None:  # only whether there is one; its value stays inside huggingface_hub
-        raise HubError(
-            f"cannot push {out} to {repo_id}: no Hugging Face token found. Set HF_TOKEN or run `hf auth login` "
-            "with a token that has write access."
-        )
-    api = HfApi()  # no token argument: huggingface_hub reads it from HF_TOKEN or its token file on each call
     target = f"{repo_id}{f' (branch {revision})' if revision else ''}"
     with tempfile.TemporaryDirectory(prefix="hf_finetune_push_") as tmp:
-        files = stage_folder(out, Path(tmp), repo_id, revision=revision, include_checkpoints=include_checkpoints)
+        staging = Path(tmp) / "upload"
+        staging.mkdir()
+        # staged before anything else: every problem with what would be published is found without the network
+        files = stage_folder(
+            out, staging, repo_id, revision=revision, include_checkpoints=include_checkpoints, include=include
+        )
+        if constants.HF_HUB_OFFLINE:
+            raise HubError(f"cannot push {out} to {repo_id}: HF_HUB_OFFLINE is set; unset it to talk to the Hub")
+        if get_token() is None:  # only whether there is one; its value stays inside huggingface_hub
+            raise HubError(
+                f"cannot push {out} to {repo_id}: no Hugging Face token found. Set HF_TOKEN or run `hf auth login` "
+                "with a token that has write access."
+            )
+        manifest = {"pushed_by": "hf_finetune", "files": sorted([*files, MANIFEST])}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        api = HfApi()  # no token argument: huggingface_hub reads it from HF_TOKEN or its token file on each call
         logger.info("hub: pushing %d files from %s to %s at %s", len(files), out, target, api.endpoint)
 
         def upload() -> str:
@@ -88,12 +125,14 @@ def push_folder(
                 )
             if revision and revision != constants.DEFAULT_REVISION:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
+            stale = _stale_files(api, repo_id, revision, set(manifest["files"]), delete_missing, Path(tmp) / "prev")
             info = api.upload_folder(
                 repo_id=repo_id,
-                folder_path=tmp,
+                folder_path=str(staging),
                 revision=revision,
                 commit_message=f"Upload {out.name} with hf_finetune",
-                delete_patterns="*",  # whatever this push does not bring back is another run's leftover
+                # exact names, not patterns: a file added on the Hub between listing and committing stays
+                delete_patterns=[_literal(f) for f in stale] or None,
             )
             return str(info.commit_url)
 
@@ -103,36 +142,317 @@ def push_folder(
 
 
 def stage_folder(
-    out: Path, staging: Path, repo_id: str, *, revision: str | None = None, include_checkpoints: bool = False
+    out: Path,
+    staging: Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    include_checkpoints: bool = False,
+    include: Sequence[str] = (),
 ) -> list[str]:
-    """Fill `staging` with what the repo should hold: links to `out`'s files, plus the Hub's own README.md.
+    """Fill `staging` with what the repo should hold: links to `out`'s files, plus the Hub's own README.md, and
+    copies of metrics.json and recipe.yaml without absolute local paths; returns their paths in the repo.
 
-    Links, not copies, so pushing a model of several GB costs no disk space; `out` itself is only read.
+    Links, not copies, so pushing a model of several GB costs no disk space; `out` itself is only read. What is
+    left out (hidden files, checkpoints, pickles, links out of the folder) is said in the log; an `include` pattern
+    that names nothing, or names a link out of the folder, is a `HubError`.
     """
-    from .card import card_for_repo
-
-    staged = []
-    for path in sorted(out.rglob("*")):
-        rel = path.relative_to(out)
-        name = rel.as_posix()
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue  # folders are recreated from their files; hidden files are temporary or caches
-        if rel.parts[0].startswith("checkpoint-") and not include_checkpoints:
+    out = Path(out)
+    found, outside = _walk(out)
+    _check_include(out, include, found, outside, include_checkpoints)
+    _refuse_outside_model_files(out, outside)
+    paths = _LocalPaths(out)
+    staged, pickles, checkpoints = [], [], set()
+    for name, path in found:
+        if name.startswith("checkpoint-") and not include_checkpoints:
+            checkpoints.add(name.split("/")[0])
             continue
-        if name in NOT_PUSHED:
+        if Path(name).suffix.lower() in PICKLE_SUFFIXES and not _named(name, include):
+            pickles.append(name)
             continue
-        dest = staging / rel
+        dest = staging / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if name == "README.md":
-            dest.write_text(card_for_repo(path.read_text(encoding="utf-8"), repo_id, revision), encoding="utf-8")
-        elif name == "recipe.yaml" and (redacted := _redacted_recipe(path)) is not None:
-            dest.write_text(redacted, encoding="utf-8")
+        text = _pushed_text(name, path, paths, repo_id, revision)
+        if text is not None:
+            dest.write_text(text, encoding="utf-8")
         else:
             _link(path, dest)
         staged.append(name)
+    if checkpoints:
+        logger.info("hub: left out %s (add --include-checkpoints to push them)", ", ".join(sorted(checkpoints)))
+    if pickles:
+        logger.info(
+            "hub: left out %d pickle file(s), which can run code when loaded: %s. Name one with --include PATTERN "
+            "(hub.include) to push it anyway",
+            len(pickles),
+            _listing(pickles),
+        )
+    for name, target in outside:
+        logger.warning("hub: not pushed: %s is a link to %s, outside %s", name, target, out)
     if "README.md" not in staged:
         logger.warning("hub: %s has no README.md; the repo will have no model card", out)
     return staged
+
+
+def _walk(out: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(repo path, file to read) for each file of `out`, and (repo path, target) for each link that leads out of it.
+
+    Links are resolved, never followed blindly: one to a file inside the folder pushes that file, one to a folder is
+    not entered (it would push its files twice, or loop), one that leads outside is left out. Hidden files and
+    folders (temporary files, caches) are skipped.
+    """
+    root = out.resolve()
+    found: list[tuple[str, Path]] = []
+    outside: list[tuple[str, Path]] = []
+
+    def visit(folder: Path, prefix: str) -> None:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            name, path = prefix + entry.name, Path(entry.path)
+            if entry.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    outside.append((name, target))
+                elif target.is_file():
+                    found.append((name, target))
+                elif target.is_dir():
+                    logger.info(
+                        "hub: not pushed: %s is a link to the folder %s (links to folders are not followed)",
+                        name,
+                        target,
+                    )
+            elif entry.is_dir(follow_symlinks=False):
+                visit(path, f"{name}/")
+            elif entry.is_file(follow_symlinks=False):
+                found.append((name, path))
+
+    visit(out, "")
+    return found, outside
+
+
+def _named(name: str, patterns: Sequence[str]) -> bool:
+    """Whether an --include pattern names this file: a pattern with a `/` is matched against the path in the folder,
+    one without against the file's name, wherever it is (`optimizer.pt` names every checkpoint's)."""
+    base = name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(name if "/" in p else base, p) for p in patterns)
+
+
+def _check_include(
+    out: Path,
+    include: Sequence[str],
+    found: list[tuple[str, Path]],
+    outside: list[tuple[str, Path]],
+    include_checkpoints: bool,
+) -> None:
+    names = [n for n, _ in found]
+    for pattern in include:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise HubError(f"--include {pattern!r}: give a file name or a glob pattern, e.g. --include optimizer.pt")
+        linked = [n for n, _ in outside if _named(n, [pattern])]
+        if linked:
+            raise HubError(
+                f"--include {pattern}: {linked[0]} is a link to a place outside {out}; push uploads only what is "
+                "inside the output folder. Copy the file into the folder instead of linking it, or drop the pattern."
+            )
+        matched = [n for n in names if _named(n, [pattern])]
+        if matched and not include_checkpoints and all(n.startswith("checkpoint-") for n in matched):
+            raise HubError(
+                f"--include {pattern}: only {_listing(matched)} match, inside checkpoint folders, which stay local; "
+                "add --include-checkpoints to push the checkpoints too."
+            )
+        if not matched:
+            pickles = sorted({n.rsplit("/", 1)[-1] for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES})
+            close = difflib.get_close_matches(pattern, pickles + names, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            left_out = f" The pickles left out by default are: {', '.join(pickles)}." if pickles else ""
+            raise HubError(f"--include {pattern}: no file in {out} matches it.{hint}{left_out}")
+
+
+def _refuse_outside_model_files(out: Path, outside: list[tuple[str, Path]]) -> None:
+    for name, target in outside:
+        if "/" not in name and any(fnmatch.fnmatchcase(name, p) for p in MODEL_FILES):
+            raise HubError(
+                f"{out / name} is a link to {target}, outside the output folder: push uploads only what is inside "
+                "it, and the repo would have no usable model without this file. Replace the link with the file "
+                f"(cp --remove-destination '{target}' '{out / name}') and push again."
+            )
+
+
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _pushed_text(name: str, path: Path, paths: _LocalPaths, repo_id: str, revision: str | None) -> str | None:
+    """The text to push instead of a link to `path`, or None to push the file as it is."""
+    import yaml
+
+    from .card import card_for_repo
+
+    if not PROVENANCE_FILES.fullmatch(name):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        if name == "README.md":
+            return paths.text(card_for_repo(text, repo_id, revision))
+        if name == "recipe.yaml":
+            return _redacted_recipe(path, paths)
+        data = json.loads(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        # hf_finetune wrote this file as UTF-8 JSON/YAML: something else changed it, and it may hold anything
+        raise HubError(
+            f"{path}: not the file hf_finetune wrote ({type(err).__name__}: {str(err).splitlines()[0]}); nothing was "
+            "uploaded. Restore it (or delete it) and push again."
+        ) from None
+    cleaned = paths.value(data)
+    return None if cleaned == data else json.dumps(cleaned, indent=2, ensure_ascii=False) + "\n"
+
+
+class _LocalPaths:
+    """Rewrites absolute paths of this machine: the output folder by its name (so `OUT/checkpoint-6` reads
+    `NAME/checkpoint-6`), the folders the recipe names (data, model, template) as `.../NAME`, the home folder as `~`,
+    and any other absolute path under a top-level folder of this machine as `.../NAME`."""
+
+    def __init__(self, out: Path) -> None:
+        import yaml
+
+        known: dict[str, str] = {}
+        recipe: Any = None
+        if (out / "recipe.yaml").is_file():
+            try:
+                recipe = yaml.safe_load((out / "recipe.yaml").read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                recipe = None
+        for value in _strings(recipe):
+            if not value or "\n" in value or len(value) > 4096 or value.startswith(("builtin:", "timm:")):
+                continue
+            path = Path(value).expanduser()
+            if path.is_absolute() or path.exists():  # relative ones too: data descriptions name them resolved
+                for form in _forms(path):
+                    known.setdefault(form, f".../{path.name}")
+        for form in _forms(Path.home()):
+            known[form] = "~"
+        for form in _forms(out):
+            known[form] = out.resolve().name
+        self.pairs: list[tuple[str, str]] = []
+        for path, replacement in known.items():
+            if len(path) > 1:  # "/" itself is not a folder to hide
+                for encode in (_as_is, _json_inner, _yaml_double_inner, _yaml_single_inner):
+                    self.pairs.append((encode(path), encode(replacement)))
+        self.pairs.sort(key=lambda pair: len(pair[0]), reverse=True)  # the output folder before the home folder
+        # a known path ends where a name cannot go on: `digits.` ends a sentence, `digits.csv` is another file
+        pattern = "|".join(re.escape(p) for p, _ in dict.fromkeys(self.pairs))
+        self.known = re.compile(rf"(?<![\w.\-/\\])({pattern})(?![\w\-]|\.[\w\-])") if pattern else None
+        self.lookup = dict(self.pairs)
+        self.roots = _top_level_folders()
+
+    def text(self, text: str) -> str:
+        if self.known is not None:
+            text = self.known.sub(lambda m: self.lookup[m.group(1)], text)
+        return ABSOLUTE.sub(self._other, text)
+
+    def value(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return self.text(data)
+        if isinstance(data, dict):
+            return {k: self.value(v) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self.value(v) for v in data]
+        return data
+
+    def _other(self, m: re.Match) -> str:
+        if m.group("first") not in self.roots:
+            return m.group(0)  # "/m/01g317" (an Open Images label) and the like are not paths of this machine
+        return f".../{m.group(0).rstrip('/').rsplit('/', 1)[-1]}"
+
+
+# An absolute POSIX path in free text: starts after a space, quote, bracket or `=`, ends before one.
+ABSOLUTE = re.compile(r"(?<![\w.~\-/\\:])/(?P<first>[^\s/\"'`<>|()\[\]{},;:]+)(?:/[^\s/\"'`<>|()\[\]{},;:]*)*")
+
+
+def _top_level_folders() -> frozenset[str]:
+    try:
+        return frozenset(e.name for e in os.scandir("/") if e.is_dir())
+    except OSError:
+        return frozenset()
+
+
+def _strings(data: Any) -> Iterable[str]:
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for value in data.values():
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)
+
+
+def _forms(path: Path) -> set[str]:
+    """The ways an absolute path to `path` can be written: as given (when absolute) and with links resolved. A
+    relative path tells nothing about the machine: it stays as written."""
+    forms = {str(path)} if path.is_absolute() else set()
+    with contextlib.suppress(OSError, RuntimeError):  # a path that cannot be resolved is kept as written
+        forms |= {str(path.absolute()), str(path.resolve())}
+    return {f.rstrip("/\\") or f for f in forms}
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def _json_inner(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+def _yaml_double_inner(text: str) -> str:
+    import yaml
+
+    dumped = yaml.safe_dump(text, default_style='"', width=float("inf"), allow_unicode=False)
+    return dumped.strip().removesuffix("...").strip()[1:-1]
+
+
+def _yaml_single_inner(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _literal(name: str) -> str:
+    """A delete pattern that matches exactly `name` (huggingface_hub matches delete_patterns with fnmatch)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _stale_files(
+    api: Any, repo_id: str, revision: str | None, pushed: set[str], delete_missing: bool, scratch: Path
+) -> list[str]:
+    """Files on the branch that this push does not bring and that an earlier push of this toolkit left (all of
+    them with `delete_missing`), as the commit will delete them."""
+    remote = api.list_repo_files(repo_id, revision=revision)
+    missing = [f for f in remote if f not in pushed and f != ".gitattributes"]
+    if delete_missing:
+        if missing:
+            logger.info(
+                "hub: --delete-missing: removing %d file(s) from the branch: %s", len(missing), _listing(missing)
+            )
+        return missing
+    earlier: set[str] | None = None
+    if MANIFEST in remote:
+        try:
+            saved = api.hf_hub_download(repo_id, MANIFEST, revision=revision, local_dir=scratch)
+            earlier = set(json.loads(Path(saved).read_text(encoding="utf-8"))["files"])
+        except (ValueError, KeyError, TypeError, OSError):
+            earlier = None  # an unreadable manifest: fall back to the names a model push leaves
+    ours = [f for f in missing if (f in earlier if earlier is not None else EARLIER_PUSH.fullmatch(f))]
+    kept = [f for f in missing if f not in ours]
+    if ours:
+        logger.info("hub: removing %d file(s) an earlier push left on the branch: %s", len(ours), _listing(ours))
+    if kept:
+        logger.info(
+            "hub: keeping %d file(s) on the branch that hf_finetune did not push: %s (--delete-missing removes them)",
+            len(kept),
+            _listing(kept),
+        )
+    return ours
 
 
 def with_retries(fn: Callable[[], T], *, attempts: int, backoff_s: float, what: str) -> T:
@@ -230,10 +550,25 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 
 def _check_output_dir(out: Path) -> None:
+    if out.is_file():
+        raise HubError(f"{out} is a file; give the output folder of a run (training.output_dir)")
     if not out.is_dir():
         raise HubError(f"{out}: no such folder; give the output folder of a run (training.output_dir)")
-    if not (out / "config.json").is_file():
+    if not (out / "config.json").is_file() and not (out / "config.json").is_symlink():
         raise HubError(f"{out} holds no model (config.json is missing); push a folder written by `hf-finetune train`")
+    weights = [p for p in out.iterdir() if any(fnmatch.fnmatchcase(p.name, w) for w in MODEL_FILES[1:])]
+    pickled = sorted(p.name for p in out.glob("pytorch_model*.bin"))
+    if not weights and pickled:
+        raise HubError(
+            f"{out} holds its weights only as {pickled[0]}, a pickle (loading one can run code), which push leaves "
+            "out: save them as safetensors (model.save_pretrained(folder), the default) and push again."
+        )
+    if not weights:
+        raise HubError(
+            f"{out} holds no model weights (no *.safetensors file next to config.json): a run that stopped before "
+            "the end leaves its weights in checkpoint-* folders. Finish it (hf-finetune train "
+            f"{out / 'recipe.yaml'} --resume) and push again."
+        )
 
 
 def _check_repo_id(repo_id: str | None) -> None:
@@ -248,8 +583,9 @@ def _check_repo_id(repo_id: str | None) -> None:
         raise HubError(f"repo id {repo_id!r}: {err}") from None
 
 
-def _redacted_recipe(path: Path) -> str | None:
-    """recipe.yaml with credentials blanked, or None when it holds none (then the file is pushed as it is)."""
+def _redacted_recipe(path: Path, paths: _LocalPaths | None = None) -> str | None:
+    """recipe.yaml with credentials blanked and absolute local paths rewritten, or None when it holds neither (then
+    the file is pushed as it is)."""
     import yaml
 
     from .card import redact_recipe
@@ -258,10 +594,13 @@ def _redacted_recipe(path: Path) -> str | None:
     if not isinstance(raw, dict):
         return None
     redacted = redact_recipe(raw)
-    if redacted.get("training") == (raw.get("training") or {}):
+    if redacted.get("training") != (raw.get("training") or {}):
+        logger.warning("hub: recipe.yaml holds a token under training:; the pushed copy has it blanked")
+    elif paths is None or paths.value(raw) == raw:
         return None
-    logger.warning("hub: recipe.yaml holds a token under training:; the pushed copy has it blanked")
-    return yaml.safe_dump(redacted, sort_keys=False)
+    if paths is not None:
+        redacted = paths.value(redacted)
+    return yaml.safe_dump(redacted, sort_keys=False, allow_unicode=True)
 
 
 def _link(src: Path, dest: Path) -> None:

@@ -151,6 +151,8 @@ class HubSpec:
     private: bool = False
     revision: str | None = None  # branch to push to; default: main
     include_checkpoints: bool = False
+    include: list[str] = field(default_factory=list)  # pickles to push anyway (hf-finetune push --include)
+    delete_missing: bool = False  # also delete files on the branch that hf_finetune did not push
 
 
 @dataclass(frozen=True)

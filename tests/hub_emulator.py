@@ -194,6 +194,14 @@ class HubEmulator:
         self._create_repo({"name": name, "organization": namespace, "visibility": "private" if private else "public"})
         return self.repo(repo_id)
 
+    def add_file(self, repo_id: str, path: str, content: bytes, revision: str = "main") -> str:
+        """Commit one file to a branch outside the clients, as a user uploading it on the website would."""
+        repo = self.repo(repo_id)
+        with self._lock:
+            files = {**repo.commits[repo.branches[revision]], path: Entry(len(content), git_blob_id(content), content)}
+            repo.branches[revision] = self._new_commit(repo, files, f"Upload {path}")
+        return repo.branches[revision]
+
     def repo(self, repo_id: str, repo_type: str = "model") -> Repo:
         return self.repos[(repo_type, repo_id)]
 

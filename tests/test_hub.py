@@ -39,11 +39,12 @@ from transformers import pipeline
 
 snapshot = Path(snapshot_download(repo_id, revision=revision))
 files = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
-# every pushed file but the card (its snippet names the repo) is the local file, byte for byte
+# every pushed file but the card (its snippet names the repo) and the run's provenance (local paths rewritten) is the
+# local file, byte for byte
 same_bytes = {
     f: (snapshot / f).read_bytes() == (Path(local) / f).read_bytes()
     for f in files
-    if (Path(local) / f).is_file() and f != "README.md"
+    if (Path(local) / f).is_file() and f not in ("README.md", "metrics.json", "recipe.yaml")
 }
 card = ModelCard.load(snapshot / "README.md")
 remote = pipeline(task, model=repo_id, revision=revision)(inputs, top_k=None)
@@ -345,3 +346,300 @@ def test_staging_leaves_out_checkpoints_and_secrets_and_retargets_the_card(tmp_p
 
     with_checkpoints = stage_folder(out, tmp_path / "stage2", "me/model", include_checkpoints=True)
     assert "checkpoint-6/model.safetensors" in with_checkpoints
+
+
+# --------------------------------------------------------------------------------------------- what is published
+
+PICKLES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+
+
+def _pickles_in(names) -> list[str]:
+    return [n for n in names if n.rsplit("/", 1)[-1] in PICKLES or n.endswith((".pt", ".pth", ".bin"))]
+
+
+def test_push_never_follows_links_out_of_the_folder_nor_uploads_pickles_unless_named(
+    trained_text: Path, hub, tmp_path: Path
+):
+    out = tmp_path / "run"
+    shutil.copytree(trained_text, out)
+    private = tmp_path / "elsewhere"
+    (private / "keys").mkdir(parents=True)
+    secret = b"secret bytes that live outside the output folder"
+    (private / "id_rsa").write_bytes(secret)
+    (private / "keys" / "more.txt").write_bytes(secret)
+    (out / "notes.txt").symlink_to(private / "id_rsa")  # a file link out of the folder
+    (out / "shared").symlink_to(private / "keys", target_is_directory=True)  # a folder link out of it
+    checkpoint = sorted(p.name for p in out.glob("checkpoint-*"))[0]
+    assert all((out / checkpoint / name).is_file() for name in PICKLES)  # Trainer wrote them …
+    before = _digest(out)
+    clients = Clients(hub.url, hub.token, tmp_path / "home", HF_HUB_DISABLE_XET="1")
+
+    done = clients.cli("push", str(out), "--repo-id", "tester/safe", "--include-checkpoints")
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = hub.files("tester/safe")
+    assert f"{checkpoint}/model.safetensors" in files and f"{checkpoint}/trainer_state.json" in files
+    assert not _pickles_in(files)  # … and none of them went up, the top-level training_args.bin neither
+    assert not any(f.startswith(("notes.txt", "shared")) for f in files)
+    assert all(secret not in hub.read("tester/safe", f) for f in files)
+    # nor any local path: the text model's folder (model.name), its CSV files and the run's folder sit under basetemp
+    basetemp = str(trained_text.parents[1]).encode()
+    assert [f for f in files if basetemp in hub.read("tester/safe", f)] == []
+    assert "from **.../tiny_bert" in hub.read("tester/safe", "README.md").decode()
+    assert f"not pushed: notes.txt is a link to {private / 'id_rsa'}" in done.stderr
+    assert "not pushed: shared is a link to" in done.stderr
+    assert "pickle file(s)" in done.stderr and f"{checkpoint}/optimizer.pt" in done.stderr
+
+    named = clients.cli(
+        "push", str(out), "--repo-id", "tester/safe", "--include-checkpoints", "--include", "optimizer.pt"
+    )
+    assert named.returncode == 0, named.stderr[-3000:]
+    files = hub.files("tester/safe")
+    assert sorted(_pickles_in(files)) == sorted(f"{p.name}/optimizer.pt" for p in out.glob("checkpoint-*"))
+    assert hub.read("tester/safe", f"{checkpoint}/optimizer.pt") == (out / checkpoint / "optimizer.pt").read_bytes()
+    assert _digest(out) == before
+
+
+@pytest.mark.slow  # trains through the CLI, then pushes
+def test_pushed_card_metrics_and_recipe_carry_no_local_paths(digits_folder: Path, tiny_recipe, hub, tmp_path: Path):
+    # a folder name with a space and a non-ASCII letter, as on many laptops
+    base = tmp_path / "Mes données" / "exp 1"
+    data = base / "digits"
+    shutil.copytree(digits_folder, data)
+    recipe = tiny_recipe(
+        data={"source": str(data)}, training={"output_dir": str(base / "out"), "save_strategy": "epoch"}
+    )
+    recipe["training"].update(eval_strategy="epoch", load_best_model_at_end=True)
+    recipe_path = base / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    out = base / "out"
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    trained = clients.cli("train", str(recipe_path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    local = json.loads((out / "metrics.json").read_text())
+    assert str(out) in local["best_checkpoint"] and str(data) in local["run"]["data"]  # the local files have them
+    before = _digest(out)
+
+    done = clients.cli("push", str(out), "--repo-id", "tester/paths", "--include-checkpoints")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _digest(out) == before  # the local folder is only read
+    files = hub.files("tester/paths")
+    # in any spelling (as written, JSON's \u00e9, YAML's \xE9): the part before the first non-ASCII letter is enough
+    leaks = [str(tmp_path), str(Path(str(tmp_path)).resolve()), str(Path.home())]
+    for name in files:
+        content = hub.read("tester/paths", name)
+        assert not [leak for leak in leaks if leak.encode() in content], name
+    card = hub.read("tester/paths", "README.md").decode()
+    assert "Source: imagefolder folder .../digits." in card and "output_dir: out" in card
+    pushed = json.loads(hub.read("tester/paths", "metrics.json"))
+    best = Path(local["best_checkpoint"]).name
+    assert pushed["best_checkpoint"] == f"out/{best}" and pushed["run"]["data"] == "imagefolder folder .../digits"
+    assert pushed["test"] == local["test"] and pushed["label_names"] == local["label_names"]
+    state = json.loads(hub.read("tester/paths", f"{best}/trainer_state.json"))
+    assert state["best_model_checkpoint"] == f"out/{best}"
+    assert yaml.safe_load(hub.read("tester/paths", "recipe.yaml"))["data"]["source"] == ".../digits"
+
+
+def test_files_added_on_the_hub_survive_a_push_and_delete_missing_removes_them(trained_text: Path, hub, tmp_path):
+    repo_id = "tester/kept"
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    first = clients.cli("push", str(trained_text), "--repo-id", repo_id)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads(hub.read(repo_id, ".hf_finetune_push.json"))["files"] == sorted(
+        [*(f for f in hub.files(repo_id) if f != ".gitattributes")]
+    )
+    hub.add_file(repo_id, "notes.md", b"my own notes, uploaded on the website\n")
+    hub.add_file(repo_id, "images/cover.png", b"\x89PNG user image")
+    second = tmp_path / "second-run"  # the next run has no confusion matrix plot
+    shutil.copytree(trained_text, second)
+    (second / "confusion_matrix_test.png").unlink()
+
+    again = clients.cli("push", str(second), "--repo-id", repo_id)
+    assert again.returncode == 0, again.stderr[-3000:]
+    files = hub.files(repo_id)
+    assert hub.read(repo_id, "notes.md") == b"my own notes, uploaded on the website\n"
+    assert "images/cover.png" in files
+    assert "confusion_matrix_test.png" not in files  # what the earlier push left is replaced
+    assert "keeping 2 file(s) on the branch that hf_finetune did not push" in again.stderr
+
+    everything = clients.cli("push", str(second), "--repo-id", repo_id, "--delete-missing")
+    assert everything.returncode == 0, everything.stderr[-3000:]
+    files = hub.files(repo_id)
+    assert "notes.md" not in files and "images/cover.png" not in files
+    assert set(files) == {".gitattributes", ".hf_finetune_push.json", *_digest(second)} - {
+        f for f in _digest(second) if f.startswith("checkpoint-") or f == "training_args.bin"
+    }
+
+
+def test_a_branch_pushed_by_other_means_loses_only_stale_weights(trained_text: Path, hub, tmp_path: Path):
+    repo_id = "tester/by-hand"
+    hub.create_repo(repo_id)
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "notes.md"):
+        hub.add_file(repo_id, name, b"uploaded by hand")
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    done = clients.cli("push", str(trained_text), "--repo-id", repo_id)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = hub.files(repo_id)
+    assert "notes.md" in files and "model.safetensors" in files
+    assert not any(f.startswith("model-0000") for f in files)  # another model's shards would confuse loaders
+
+
+SLURM_SHIMS = {
+    "scontrol": 'printf "node-a\\nnode-b\\n"\n',
+    # srun runs its command on this "node" with the node's own SLURM_NODEID, after its options
+    "srun": 'while [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=1 exec "$@"\n',
+    # records the launcher's argv, one argument per NUL-terminated record
+    "accelerate": 'printf "%s\\0" "$@" > "$ARGV_FILE"\n',
+}
+
+
+def test_slurm_script_passes_overrides_as_written(tmp_path: Path):
+    script = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "slurm_two_nodes.sbatch"
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for name, body in SLURM_SHIMS.items():
+        (shims / name).write_text("#!/bin/bash\n" + body)
+        (shims / name).chmod(0o755)
+    marker = tmp_path / "PWNED"
+    overrides = [
+        "data.source=/shared/my data/pets",
+        'card.title=it\'s "quoted"',
+        f"name=$(touch {marker})",
+        "training.learning_rate=1e-4; rm -rf ~",
+        "--resume",
+    ]
+    env = {
+        "PATH": f"{shims}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "SLURM_NNODES": "2",
+        "ARGV_FILE": str(tmp_path / "argv"),
+    }
+    done = subprocess.run(
+        ["bash", str(script), "resnet50", *overrides], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    argv = (tmp_path / "argv").read_bytes().split(b"\0")[:-1]
+    argv = [a.decode() for a in argv]
+    assert argv[-(len(overrides) + 4) :] == ["-m", "hf_finetune", "train", "resnet50", *overrides]
+    assert argv[argv.index("--machine_rank") + 1] == "1" and argv[argv.index("--main_process_ip") + 1] == "node-a"
+    assert argv[argv.index("--num_processes") + 1] == "16"
+    assert not marker.exists()  # the $(...) was never run
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def _bad_folders(trained_text: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """name → (push arguments, what the error must say); each is refused before anything is uploaded."""
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(trained_text / "config.json", no_weights / "config.json")
+    not_model = tmp_path / "just-data"
+    not_model.mkdir()
+    (not_model / "train.csv").write_text("text,label\n")
+    a_file = tmp_path / "model.safetensors"
+    a_file.write_bytes(b"x")
+    linked = tmp_path / "linked-weights"
+    linked.mkdir()
+    for p in trained_text.iterdir():
+        if p.is_file() and p.name != "model.safetensors":
+            shutil.copy(p, linked / p.name)
+    (linked / "model.safetensors").symlink_to(trained_text / "model.safetensors")
+    outside_named = tmp_path / "outside-named"
+    shutil.copytree(trained_text, outside_named, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (tmp_path / "elsewhere.pt").write_bytes(b"pickle")
+    (outside_named / "extra.pt").symlink_to(tmp_path / "elsewhere.pt")
+    pickled = tmp_path / "pickled-weights"
+    pickled.mkdir()
+    shutil.copy(trained_text / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"pickle")
+    broken = tmp_path / "broken-metrics"
+    shutil.copytree(trained_text, broken, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (broken / "metrics.json").write_text('{"test": {"accuracy": 0.9')  # cut off
+    good = str(trained_text)
+    return {
+        "repo id without a namespace": ([good, "--repo-id", "just-a-name"], "expected USER/NAME"),
+        "repo id with two slashes": ([good, "--repo-id", "a/b/c"], "expected USER/NAME"),
+        "repo id with a space": ([good, "--repo-id", "tester/my model"], "repo id 'tester/my model'"),
+        "missing folder": ([str(tmp_path / "nope"), "--repo-id", "tester/x"], "no such folder"),
+        "a file, not a folder": ([str(a_file), "--repo-id", "tester/x"], "is a file"),
+        "not a model folder": ([str(not_model), "--repo-id", "tester/x"], "config.json is missing"),
+        "no weights": ([str(no_weights), "--repo-id", "tester/x"], "holds no model weights"),
+        "weights only as a pickle": ([str(pickled), "--repo-id", "tester/x"], "only as pytorch_model.bin, a pickle"),
+        "weights linked from outside": ([str(linked), "--repo-id", "tester/x"], "model.safetensors is a link to"),
+        "metrics.json cut off": (
+            [str(broken), "--repo-id", "tester/x"],
+            "metrics.json: not the file hf_finetune wrote",
+        ),
+        "include names no file": ([good, "--repo-id", "tester/x", "--include", "optimiser.pt"], "Did you mean"),
+        "include names a checkpoint file only": (
+            [good, "--repo-id", "tester/x", "--include", "scheduler.pt"],
+            "add --include-checkpoints",
+        ),
+        "include names a link out of the folder": (
+            [str(outside_named), "--repo-id", "tester/x", "--include", "extra.pt"],
+            "extra.pt is a link to a place outside",
+        ),
+    }
+
+
+def test_push_refuses_bad_input_before_any_upload(trained_text: Path, hub, tmp_path: Path):
+    cases = _bad_folders(trained_text, tmp_path)
+    clients = Clients(hub.url, hub.token, tmp_path / "home")
+    before = _digest(trained_text)
+    for name, (args, expected) in cases.items():
+        done = clients.cli("push", *args)
+        assert done.returncode == 2, (name, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and expected in done.stderr, (name, done.stderr[-2000:])
+        assert done.stderr.count("error:") == 1, name
+    assert not hub.repos and not [r for r in hub.requests if r.path != "/api/agent-harnesses"]
+    assert _digest(trained_text) == before
+
+
+def test_staging_rewrites_local_paths_in_every_spelling_and_leaves_the_rest(tmp_path: Path):
+    out = tmp_path / "café runs" / "run"
+    data = tmp_path / "données" / "pets"
+    (out / "checkpoint-6").mkdir(parents=True)
+    data.mkdir(parents=True)
+    (out / "config.json").write_text('{"label": "/m/01g317"}')
+    (out / "model.safetensors").write_bytes(b"weights")
+    (out / "recipe.yaml").write_text(
+        yaml.safe_dump({"data": {"source": str(data)}, "training": {"output_dir": str(out)}})
+    )
+    (out / "checkpoint-6" / "trainer_state.json").write_text(
+        json.dumps({"best_model_checkpoint": f"{out}/checkpoint-6"})
+    )
+    (out / "metrics.json").write_text(
+        json.dumps({"run": {"data": f"imagefolder folder {data}", "log": f"{Path.home()}/x.log"}, "label": "/m/01g317"})
+    )
+    other = Path("/" + next(p.name for p in Path("/").iterdir() if p.is_dir())) / "somewhere" / "else.csv"
+    card = (
+        f'classifier = pipeline("image-classification", model="{out}")\n'
+        f"Source: imagefolder folder {data}.\n"
+        f"{yaml.safe_dump({'source': str(data)})}"  # YAML's own spelling: "\xE9" for é
+        f"also {other}, see https://huggingface.co/docs/hub and /m/01g317 and {data}.csv\n"
+    )
+    (out / "README.md").write_text(card)
+    before = _digest(out)
+
+    staged = stage_folder(out, tmp_path / "stage", "me/model", include_checkpoints=True)
+    stage = tmp_path / "stage"
+    pushed = (stage / "README.md").read_text()
+    assert pushed == (
+        'classifier = pipeline("image-classification", model="me/model")\n'
+        "Source: imagefolder folder .../pets.\n"
+        'source: ".../pets"\n'
+        "also .../else.csv, see https://huggingface.co/docs/hub and /m/01g317 and .../pets.csv\n"
+    )
+    assert json.loads((stage / "metrics.json").read_text()) == {
+        "run": {"data": "imagefolder folder .../pets", "log": "~/x.log"},
+        "label": "/m/01g317",
+    }
+    assert yaml.safe_load((stage / "recipe.yaml").read_text()) == {
+        "data": {"source": ".../pets"},
+        "training": {"output_dir": "run"},
+    }
+    assert json.loads((stage / "checkpoint-6" / "trainer_state.json").read_text()) == {
+        "best_model_checkpoint": "run/checkpoint-6"
+    }
+    assert (stage / "config.json").is_symlink()  # a model file is pushed as it is
+    assert "config.json" in staged and _digest(out) == before
