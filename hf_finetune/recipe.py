@@ -170,6 +170,10 @@ class MetricsSpec:
     metric_for_best_model: str = "accuracy"  # only used as the default when training keeps the best model
 
 
+# Paths and texts as they are: no \xe9 escapes, no long value folded at a space onto the next line.
+_YAML_STYLE: dict[str, Any] = {"sort_keys": False, "allow_unicode": True, "width": 1 << 20}
+
+
 @dataclass(frozen=True)
 class Recipe:
     task: str = "image-classification"
@@ -195,7 +199,7 @@ class Recipe:
         return _plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(self.to_dict(), **_YAML_STYLE)
 
     def for_rerun(self) -> Recipe:
         """This recipe without the one-off actions of the command that ran it: overwriting the output folder,
@@ -223,7 +227,7 @@ class Recipe:
             ]
         if self.training.get("resume_from_checkpoint"):
             lines.append("# The run resumed from a checkpoint; resume_from_checkpoint is left out (use --resume).")
-        return "\n".join(lines) + "\n" + yaml.safe_dump(saved, sort_keys=False, allow_unicode=True)
+        return "\n".join(lines) + "\n" + yaml.safe_dump(saved, **_YAML_STYLE)
 
 
 # --------------------------------------------------------------------------------------------- loading
