@@ -258,7 +258,7 @@ def test_paths_with_spaces_and_non_ascii(tiny_recipe, tmp_path: Path):
     _refused(_cli("train", str(saved), cwd=tmp_path), f"{str(out)!r} already holds results")
     assert _hashes(out) == before
     # what the stop message suggests: resume the saved recipe in its own folder (here with one more epoch)
-    resumed = _cli("train", str(saved), "--resume", "training.num_train_epochs=2", cwd=tmp_path)
+    resumed = _cli("train", str(saved), "training.num_train_epochs=2", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resume: continuing from" in resumed.stderr
     assert "resume_from_checkpoint" not in yaml.safe_load(saved.read_text(encoding="utf-8"))["training"]
