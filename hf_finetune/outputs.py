@@ -234,22 +234,25 @@ def _complete_checkpoints(path: Path) -> list[str]:
 
 
 def _occupied_message(path: Path, manifest: dict[str, Any] | None, ours: set[str], theirs: list[str]) -> str:
-    shown = str(path)
-    if theirs and not ours:
-        what = f"files that are not an hf_finetune run ({_some(theirs)})"
-    elif manifest is None or _finished(path, manifest):
+    head = f"training.output_dir {str(path)!r} already holds"
+    if not ours:
+        return (
+            f"{head} files that are not an hf_finetune run ({_some(theirs)}). Nothing was changed. Choose another "
+            "folder (--output-dir or training.output_dir=…), or pass --overwrite to write the run into it anyway "
+            "(nothing of yours is removed)."
+        )
+    if manifest is None or _finished(path, manifest):
         what = "results of an earlier run"
     elif _complete_checkpoints(path):
         what = f"an earlier run that did not finish (last complete checkpoint: {_complete_checkpoints(path)[-1]})"
     else:
         what = "results of an earlier run"
-    if theirs and ours:
+    if theirs:
         what += f", and files hf_finetune did not write ({_some(theirs)})"
     return (
-        f"training.output_dir {shown!r} already holds {what}. Nothing was changed. Choose another folder "
-        "(--output-dir or training.output_dir=…), pass --overwrite (overwrite: true) to replace the earlier run "
-        "(only what hf_finetune wrote is removed), or --resume (training.resume_from_checkpoint=latest) to continue "
-        "from its newest checkpoint."
+        f"{head} {what}. Nothing was changed. Choose another folder (--output-dir or training.output_dir=…), pass "
+        "--overwrite (overwrite: true) to replace the earlier run (only what hf_finetune wrote is removed), or "
+        "--resume (training.resume_from_checkpoint=latest) to continue from its newest checkpoint."
     )
 
 

@@ -262,3 +262,50 @@ def test_paths_with_spaces_and_non_ascii(tiny_recipe, tmp_path: Path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resume: continuing from" in resumed.stderr
     assert "resume_from_checkpoint" not in yaml.safe_load(saved.read_text(encoding="utf-8"))["training"]
+
+
+def test_what_counts_as_an_earlier_runs_in_folders_left_by_killed_or_older_runs(tmp_path: Path):
+    """The manifest's edge cases, on folders built by hand: a run killed while saving the model, a run killed
+    earlier and a file the user dropped in afterwards, and a folder written before the manifest existed."""
+    import json
+
+    from hf_finetune.errors import OutputDirError
+    from hf_finetune.outputs import MANIFEST_FILE, check_output_dir
+
+    def folder(name: str, files: list[str], manifest: dict | None) -> Path:
+        out = tmp_path / name
+        for f in files:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            (out / f).write_text(f)
+        if manifest is not None:
+            (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+        return out
+
+    # killed while saving the model: whatever appeared since the listing is the model's, odd names included
+    saving = folder(
+        "saving",
+        ["recipe.yaml", "notes.txt", "model.safetensors", "source.spm"],
+        {"entries": ["recipe.yaml"], "finished": False, "listing_before_save": ["notes.txt", "recipe.yaml"]},
+    )
+    plan = check_output_dir(saving, overwrite=True, resume=False)
+    assert plan.remove == [MANIFEST_FILE, "model.safetensors", "recipe.yaml", "source.spm"]
+
+    # killed mid-training; the user dropped a file in later: only names a run writes count as the run's, so the
+    # folder is not taken for a failed run's leftovers and the file is never removed
+    killed = folder(
+        "killed",
+        ["recipe.yaml", "checkpoint-3/model.safetensors", "runs/events", "my_notes.md"],
+        {"entries": ["recipe.yaml"], "finished": False, "listing_at_start": []},
+    )
+    with pytest.raises(OutputDirError, match=r"files hf_finetune did not write \(my_notes\.md\)"):
+        check_output_dir(killed, overwrite=False, resume=False)
+    assert "my_notes.md" not in check_output_dir(killed, overwrite=True, resume=False).remove
+
+    # written before the manifest existed: recognised by recipe.yaml + results; the rest stays
+    legacy = folder("legacy", ["recipe.yaml", "metrics.json", "config.json", "checkpoint-5/x", "data.csv"], None)
+    plan = check_output_dir(legacy, overwrite=True, resume=False)
+    assert plan.remove == ["checkpoint-5", "config.json", "metrics.json", "recipe.yaml"]
+    # a lone recipe.yaml there may be the user's own: not removed, and not silently replaced either
+    lone = folder("lone", ["recipe.yaml"], None)
+    with pytest.raises(OutputDirError, match=r"recipe\.yaml, which hf_finetune did not write"):
+        check_output_dir(lone, overwrite=True, resume=False)
