@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -241,7 +242,7 @@ def _occupied_message(path: Path, manifest: dict[str, Any] | None, ours: set[str
             "folder (--output-dir or training.output_dir=…), or pass --overwrite to write the run into it anyway "
             "(nothing of yours is removed)."
         )
-    if manifest is None or _finished(path, manifest):
+    if _finished(path, manifest or {}):
         what = "results of an earlier run"
     elif _complete_checkpoints(path):
         what = f"an earlier run that did not finish (last complete checkpoint: {_complete_checkpoints(path)[-1]})"
@@ -304,7 +305,7 @@ def _refuse_protected_entries(path: Path, plan: OutputPlan, protected: dict[str,
             raise OutputDirError(
                 f"training.output_dir {str(path)!r}: {what} {str(p)!r} is in {hit!r}, which an earlier run wrote "
                 "there and this run would remove. Nothing was changed. Copy it out of the folder and use the copy "
-                "(e.g. cp OUT/recipe.yaml my_recipe.yaml), or choose another output folder (--output-dir)."
+                f"(e.g. cp {shlex.quote(str(p))} my_recipe.yaml), or choose another output folder (--output-dir)."
             )
 
 
