@@ -55,7 +55,8 @@ def finetune(
     from . import metrics as metrics_lib
     from . import transfer
     from .data import checks, sources
-    from .outputs import RECIPE_FILE, check_output_dir, clear_output_dir, write_text_atomic
+    from .outputs import RECIPE_FILE, check_output_dir, clear_output_dir, recording, start_manifest, write_text_atomic
+    from .recipe import find_recipe
     from .tasks import get_task
     from .trainer import (
         TrainingInterrupted,
@@ -75,10 +76,20 @@ def finetune(
 
     setup_logging()
     started = time.time()
+    recipe_file = find_recipe(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = load_recipe(recipe, _merge_overrides(overrides, kwargs))
     task = get_task(recipe.task)
     out = recipe.output_dir
-    check_output_dir(out, overwrite=recipe.overwrite, resume=bool(recipe.training.get("resume_from_checkpoint")))
+    claim = check_output_dir(  # before anything is loaded: a refused folder costs nothing and nothing is changed
+        out,
+        overwrite=recipe.overwrite,
+        resume=bool(recipe.training.get("resume_from_checkpoint")),
+        protected={
+            "the recipe file": recipe_file,
+            "data.source": recipe.data.source,
+            **{f"data.files.{k}": v for k, v in recipe.data.files.items()},
+        },
+    )
     precision = mixed_precision(recipe.training, dict(os.environ))
     defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
     args = build_training_args(recipe.training, defaults)  # also sets up the processes under accelerate/torchrun
@@ -118,11 +129,11 @@ def finetune(
     )
     compute_metrics.load()  # an unavailable extra metric fails now, not after the first epoch
     if main_process:
-        if recipe.overwrite and not resume:
-            # only now, after every check passed, is the earlier run's folder emptied
-            clear_output_dir(out)
+        # only now, after every check passed, are the earlier run's entries (and only those) removed
+        clear_output_dir(out, claim)
+        start_manifest(out, resume=bool(resume))
         # written first so that a run stopped early can be resumed from its own folder
-        write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
+        write_text_atomic(out / RECIPE_FILE, recipe.to_saved_yaml())
     args.distributed_state.wait_for_everyone()
     run_callbacks = [checkpoint_marker_callback(), *([resume_weights_callback(resume)] if resume else [])]
     trainer = build_trainer(
@@ -162,7 +173,8 @@ def finetune(
         )
 
     files: list[str] = []
-    trainer.save_model(str(out))  # every process: FSDP gathers the shards; only the main one writes
+    with recording(out, enabled=main_process):  # the model's file names vary by model and tokenizer
+        trainer.save_model(str(out))  # every process: FSDP gathers the shards; only the main one writes
     if trainer.is_world_process_zero():
         run = run_info(data, args, best, time.time() - started)
         files = _write_results(out, recipe, data, built, results, run)
@@ -370,9 +382,10 @@ def run_info(data: Any, args: Any, best: str | None, seconds: float) -> dict[str
 def _write_results(out: Path, recipe: Recipe, data: Any, built: Any, results: dict[str, Any], run: dict) -> list[str]:
     from . import metrics as metrics_lib
     from .card import write_model_card
-    from .outputs import METRICS_FILE, RECIPE_FILE, write_json, write_text_atomic
+    from .outputs import METRICS_FILE, RECIPE_FILE, finish_manifest, listing, write_json, write_text_atomic
 
-    write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
+    before = listing(out)
+    write_text_atomic(out / RECIPE_FILE, recipe.to_saved_yaml())
     payload = {"label_names": data.label_names, **results, "run": run}
     if run["best_checkpoint"]:
         payload["best_checkpoint"] = run["best_checkpoint"]
@@ -398,4 +411,4 @@ def _write_results(out: Path, recipe: Recipe, data: Any, built: Any, results: di
         model_description=built.description,
         run=run,
     )
-    return [*files, "README.md"]
+    return finish_manifest(out, [*files, "README.md"], before=before)

@@ -432,12 +432,10 @@ def _hyperparameters(recipe: Recipe, run: dict[str, Any]) -> list[tuple[str, str
 
 
 def _recipe_yaml(recipe: Recipe) -> str:
-    import yaml
+    from .recipe import dump_yaml
 
-    # one line per value, as written: a long path folded over two lines could not be found (and hidden) on a push
-    return yaml.safe_dump(
-        redact_recipe(recipe.to_dict()), sort_keys=False, allow_unicode=True, width=float("inf")
-    ).rstrip()
+    # the recipe as saved with the outputs: without the one-off actions (overwrite, push, resume) of the command
+    return dump_yaml(redact_recipe(recipe.for_rerun().to_dict())).rstrip()
 
 
 def format_duration(seconds: float) -> str:

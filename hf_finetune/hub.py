@@ -586,11 +586,10 @@ def _check_repo_id(repo_id: str | None) -> None:
 def _redacted_recipe(path: Path, paths: _LocalPaths | None = None) -> str | None:
     """recipe.yaml with credentials blanked and absolute local paths rewritten, or None when it holds neither (then
     the file is pushed as it is)."""
-    import yaml
-
     from .card import redact_recipe
+    from .recipe import dump_yaml, read_yaml
 
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = read_yaml(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         return None
     redacted = redact_recipe(raw)
@@ -600,7 +599,7 @@ def _redacted_recipe(path: Path, paths: _LocalPaths | None = None) -> str | None
         return None
     if paths is not None:
         redacted = paths.value(redacted)
-    return yaml.safe_dump(redacted, sort_keys=False, allow_unicode=True)
+    return dump_yaml(redacted)
 
 
 def _link(src: Path, dest: Path) -> None:

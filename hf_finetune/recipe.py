@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -172,6 +173,10 @@ class MetricsSpec:
     metric_for_best_model: str = "accuracy"  # only used as the default when training keeps the best model
 
 
+# Paths and texts as they are: no \xe9 escapes, no long value folded at a space onto the next line.
+_YAML_STYLE: dict[str, Any] = {"sort_keys": False, "allow_unicode": True, "width": 1 << 20}
+
+
 @dataclass(frozen=True)
 class Recipe:
     task: str = "image-classification"
@@ -197,7 +202,35 @@ class Recipe:
         return _plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
+
+    def for_rerun(self) -> Recipe:
+        """This recipe without the one-off actions of the command that ran it: overwriting the output folder,
+        pushing to the Hub, resuming. Those belong to one command line, not to the run, so the copy saved with
+        the outputs can be run again without wiping, publishing or resuming by itself."""
+        training = {k: v for k, v in self.training.items() if k != "resume_from_checkpoint"}
+        return dataclasses.replace(
+            self, overwrite=False, hub=dataclasses.replace(self.hub, push=False), training=training
+        )
+
+    def to_saved_yaml(self) -> str:
+        """The `recipe.yaml` written into the output folder: `for_rerun()`, with a header saying what was left out."""
+        saved = self.for_rerun().to_dict()
+        del saved["overwrite"]  # the default (false); an action, not a setting of the run
+        lines = [
+            "# The resolved recipe of the run in this folder, written by hf_finetune.",
+            "# Resume it:     hf-finetune train <this file> --resume",
+            "# Train again:   hf-finetune train <this file> --output-dir <another folder>",
+        ]
+        if self.hub.push:
+            lines += [
+                f"# The run was set to push to the Hub as {self.hub.repo_id}; hub.push is false here so that running",
+                f"# this file again does not publish again. Push again: hf-finetune push <this folder> --repo-id "
+                f"{self.hub.repo_id}",
+            ]
+        if self.training.get("resume_from_checkpoint"):
+            lines.append("# The run resumed from a checkpoint; resume_from_checkpoint is left out (use --resume).")
+        return "\n".join(lines) + "\n" + dump_yaml(saved)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -260,7 +293,8 @@ def read_yaml(text: str) -> Any:
 
 def dump_yaml(data: Any) -> str:
     """YAML text for a recipe that `read_yaml` (and `yaml.safe_load`) read back unchanged."""
-    return yaml.dump(data, Dumper=RecipeDumper, sort_keys=False, allow_unicode=True)
+    # never folded: a long path split over two lines would escape the push's path redaction
+    return yaml.dump(data, Dumper=RecipeDumper, **_YAML_STYLE)
 
 
 def shipped_dir(name: str) -> Path:
@@ -285,18 +319,48 @@ def accelerate_configs() -> dict[str, Path]:
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A recipe file path from a path or a shipped recipe's name."""
-    path = Path(name_or_path)
+    """A recipe file from a path, or a shipped recipe from a bare name (`quickstart`: no folder, no .yaml).
+
+    A path that does not exist is an error, never a shipped recipe of the same name: `./mine/resnet50.yaml` with a
+    typo in the folder must not quietly train the shipped resnet50 on other data."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
     if path.is_file():
         return path
     shipped = list_recipes()
-    key = str(name_or_path).removesuffix(".yaml").removesuffix(".yml")
-    key = key.split("/")[-1]
-    if key in shipped:
-        return shipped[key]
-    hint = _did_you_mean(key, shipped)
-    raise RecipeError(
-        [f"no recipe file or shipped recipe named {str(name_or_path)!r}{hint}; `hf-finetune recipes ls` lists them"]
+    if _is_bare_name(text):
+        if text in shipped:
+            return shipped[text]
+        raise RecipeError(
+            [
+                f"no shipped recipe named {text!r}{_did_you_mean(text, shipped)}; `hf-finetune recipes ls` lists "
+                "them (a recipe file is given by its path, e.g. ./my_recipe.yaml)"
+            ]
+        )
+    if path.is_dir():
+        raise RecipeError([f"recipe {text!r} is a folder; give a recipe file (.yaml) in it"])
+    hints = []
+    if not path.parent.is_dir():
+        hints.append(f"the folder {str(path.parent)!r} does not exist")
+    else:
+        siblings = {p.name: p for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()}
+        close = difflib.get_close_matches(path.name, list(siblings), n=1, cutoff=0.6)
+        if close:
+            hints.append(f"did you mean {str(siblings[close[0]])!r}?")
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    close = difflib.get_close_matches(stem, list(shipped), n=1, cutoff=0.6)
+    if close:
+        hints.append(f"for the shipped recipe {close[0]!r}, give its bare name: hf-finetune train {close[0]}")
+    raise RecipeError([f"recipe file {text!r}: no such file" + "".join(f"; {h}" for h in hints)])
+
+
+def _is_bare_name(text: str) -> bool:
+    """`quickstart` names a shipped recipe; anything with a folder or a YAML suffix is a path."""
+    separators = {"/", "\\"} | ({os.sep, os.altsep} - {None})
+    return (
+        not any(sep in text for sep in separators)
+        and not text.endswith((".yaml", ".yml"))
+        and text not in ("", ".", "..")
     )
 
 

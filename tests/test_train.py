@@ -97,9 +97,9 @@ def test_overwrite_replaces_the_earlier_run(tiny_recipe):
     out = finetune(tiny_recipe(training={"num_train_epochs": 2, "save_total_limit": 5})).output_dir
     assert len(list(out.glob("checkpoint-*"))) == 2
     stray = out / "stray.txt"
-    stray.write_text("from the earlier run")
+    stray.write_text("the user's, not the earlier run's")
     finetune(tiny_recipe(training={"num_train_epochs": 1}, overwrite=True))
-    assert not stray.exists()
+    assert stray.read_text() == "the user's, not the earlier run's"  # only what hf_finetune wrote is replaced
     assert len(list(out.glob("checkpoint-*"))) == 1
 
 
