@@ -335,8 +335,25 @@ def _raise_if_any_failed(failure: BaseException | None, desc: str) -> None:
         outcome = f"process {dist.get_rank()} failed during {desc}: {type(failure).__name__}: {failure}"
     outcomes: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(outcomes, outcome)
+    message = next((o for o in outcomes if o is not None), None)
+    if message is None:
+        return
+    if failure is None or isinstance(failure, HFFinetuneError):
+        _exit_on_launcher_sigterm(2)
     if failure is not None:
         raise failure
-    message = next((o for o in outcomes if o is not None), None)
-    if message is not None:
-        raise HFFinetuneError(message)
+    raise HFFinetuneError(message)
+
+
+def _exit_on_launcher_sigterm(status: int) -> None:
+    """Every process is now on its way out with the same error. The launcher SIGTERMs whichever are still tearing
+    down when the first one exits; they then end with the error's status (not -15), as if they had been first."""
+    import signal
+    import sys
+
+    def handler(_signum: int, _frame: Any) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    signal.signal(signal.SIGTERM, handler)
