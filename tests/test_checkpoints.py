@@ -19,6 +19,7 @@ import yaml
 from hf_finetune.checkpoints import COMPLETE_MARKER, resolve_resume
 
 PROBE = Path(__file__).parent / "scripts" / "checkpoint_probe.py"
+DELAYED = Path(__file__).parent / "scripts" / "delayed_start.py"
 LAUNCHER_GRACE_S = 30  # torchrun/accelerate: SIGTERM, then SIGKILL 30 s later
 
 
@@ -233,11 +234,13 @@ def test_two_nodes_resuming_rename_incomplete_checkpoints_once(tiny_recipe, tmp_
         command = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-            "-m", "hf_finetune", "train", str(recipe), "--resume",
+            str(DELAYED), "train", str(recipe), "--resume",
         ]  # fmt: skip
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        # node 0 starts late: node 1 (a local main process too) must still leave the renaming to it
+        env = {**_env(), "DELAY_S": "5" if rank == 0 else "0"}
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    nodes = [node(0), node(1)]  # each node's process is its local main process
+    nodes = [node(0), node(1)]
     results = [p.communicate(timeout=240) for p in nodes]
     moved = "was not saved completely"
     assert results[0][1].count(moved) == 20, results[0][1][-3000:]
