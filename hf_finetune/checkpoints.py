@@ -32,10 +32,14 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _is_complete(args: Any, state: Any) -> bool:
-    """Whether this step's checkpoint is already complete (on any process, so all decide alike)."""
+def _never_save_into_a_complete_checkpoint(args: Any, state: Any, control: Any) -> None:
+    """Cancel a save asked for a step whose checkpoint is already complete (a step save, then an epoch-end save at
+    the same step; a stop on the epoch's last step), so a complete checkpoint is never written into. Decided
+    alike on every process: complete if the marker is seen on any."""
     folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-    return _any_process((folder / COMPLETE_MARKER).is_file(), args.device)
+    if control.should_save and _any_process((folder / COMPLETE_MARKER).is_file(), args.device):
+        control.should_save = False
+        logger.info("checkpoints: %s is already complete; not saving it again", folder.name)
 
 
 def checkpoint_marker_callback() -> Any:
@@ -62,13 +66,6 @@ def checkpoint_marker_callback() -> Any:
                     self.limit,
                     ", plus the best" if args.load_best_model_at_end else "",
                 )
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if control.should_save and _is_complete(args, state):
-                control.should_save = False
-                logger.info("checkpoints: checkpoint-%d is already complete; not saving it again", state.global_step)
-
-        on_epoch_end = on_step_end
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             _barrier()
@@ -204,8 +201,9 @@ def stop_on_signals() -> Iterator[Any]:
 
     Launchers (torchrun, accelerate) allow 30 s between SIGTERM and SIGKILL, so nothing else may run after the
     signal: the rest of the current step, one save, and out. Trainer's epoch-end flow would otherwise evaluate and
-    save again at the same step. Yields the callback to give Trainer (add it last, after every callback that may ask
-    for a save); after `train()` returns, `callback.signum` tells whether a signal came.
+    save again at the same step. Yields the callback to give Trainer; add it last: it also cancels any save, asked
+    by whichever callback, into a checkpoint that is already complete. After `train()` returns, `callback.signum`
+    tells whether a signal came.
     """
     import signal
 
@@ -225,7 +223,8 @@ def stop_on_signals() -> Iterator[Any]:
             if self._stopping(args):
                 control.should_training_stop = True
                 control.should_evaluate = False
-                control.should_save = not _is_complete(args, state)
+                control.should_save = True
+            _never_save_into_a_complete_checkpoint(args, state, control)
 
         on_epoch_end = on_step_end
 
@@ -233,7 +232,8 @@ def stop_on_signals() -> Iterator[Any]:
             # the signal came during an evaluation: it is done; save this step (unless complete) and stop
             if self._stopping(args):
                 control.should_training_stop = True
-                control.should_save = not _is_complete(args, state)
+                control.should_save = True
+                _never_save_into_a_complete_checkpoint(args, state, control)
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             # the signal came while this checkpoint was being written: it is the one save

@@ -97,6 +97,19 @@ def test_a_stop_saves_once_without_evaluating(where: str, tiny_recipe, tmp_path:
 
 
 @pytest.mark.slow
+def test_a_second_save_at_the_same_step_does_not_rewrite_the_checkpoint(tiny_recipe, tmp_path: Path):
+    out = tmp_path / "out"
+    # saves every 3 steps, and a user's callback asks for one at each epoch end too: the same steps
+    recipe = _train_recipe(tiny_recipe, out, num_train_epochs=2, save_strategy="steps", save_steps=3)
+    events = tmp_path / "events.jsonl"
+    proc = _probe(_write(recipe, tmp_path / "r.yaml"), events, "--save-at-epoch-end")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [e["step"] for e in _events(events) if e["event"] == "save"] == [3, 6]
+    assert "checkpoint-3 is already complete; not saving it again" in proc.stderr
+    _assert_never_written_after_marker(out)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM to the process", "Ctrl-C to its process group"])
 def test_signal_from_outside_ends_the_cli_within_the_launchers_grace(how: str, tiny_recipe, tmp_path: Path):
     out = tmp_path / "out"

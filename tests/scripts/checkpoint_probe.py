@@ -1,12 +1,13 @@
 """Run `hf_finetune.finetune` in a child process and record, as JSON lines, what Trainer did around a stop.
 
     python checkpoint_probe.py RECIPE.yaml EVENTS.jsonl [--term-at STEP | --term-at-epoch-end EPOCH]
-                               [--kill-after-rotation STEP] [KEY=VALUE ...]
+                               [--kill-after-rotation STEP] [--save-at-epoch-end] [KEY=VALUE ...]
 
 Events: `signal` (sent to this process), `save` (on_save), `eval_batch` (the first evaluation batch of a step),
 `step` (on_step_end). --term-at sends SIGTERM at the end of that optimizer step; --term-at-epoch-end at the end of
 the epoch's last step (before Trainer's epoch-end evaluation and save). --kill-after-rotation SIGKILLs the process
 right after Trainer's own checkpoint rotation for that step, before any `on_save` callback (the completion marker).
+--save-at-epoch-end adds a user callback that asks for a save at every epoch end (on top of the save strategy).
 """
 
 import argparse
@@ -48,6 +49,11 @@ class Probe(TrainerCallback):
         self.record("save", state.global_step)
 
 
+class SaveAtEpochEnd(TrainerCallback):
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_save = True
+
+
 def kill_after_rotation(step: int) -> None:
     original = transformers.trainer.rotate_checkpoints
 
@@ -67,12 +73,14 @@ def main() -> int:
     parser.add_argument("--term-at", type=int)
     parser.add_argument("--term-at-epoch-end", type=float)
     parser.add_argument("--kill-after-rotation", type=int)
+    parser.add_argument("--save-at-epoch-end", action="store_true")
     args = parser.parse_args()
     if args.kill_after_rotation:
         kill_after_rotation(args.kill_after_rotation)
     probe = Probe(args.events, args.term_at, args.term_at_epoch_end)
     try:
-        hf_finetune.finetune(args.recipe, args.overrides, callbacks=[probe])
+        extra = [SaveAtEpochEnd()] if args.save_at_epoch_end else []
+        hf_finetune.finetune(args.recipe, args.overrides, callbacks=[*extra, probe])
     except HFFinetuneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 128 + err.signum if getattr(err, "signum", None) else 2
