@@ -184,6 +184,29 @@ def test_save_total_limit_1_keeps_a_complete_checkpoint_until_the_next_one_is(ti
     _assert_never_written_after_marker(out)
 
 
+@pytest.mark.slow
+def test_save_total_limit_1_with_the_best_model_keeps_only_the_best(tiny_recipe, caplog):
+    from test_train import _WreckAtEpoch
+
+    from hf_finetune import finetune
+
+    caplog.set_level("INFO", logger="hf_finetune")
+    recipe = tiny_recipe(
+        training={
+            "num_train_epochs": 2,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "loss",
+            "save_total_limit": 1,
+        }
+    )
+    result = finetune(recipe, callbacks=[_WreckAtEpoch(2)])  # the first epoch's checkpoint is the best
+    assert "keeping the newest 1 (training.save_total_limit, plus the best)" in caplog.text
+    # as plain Trainer does with save_total_limit 1: the best is kept, the last one deleted once training is over
+    assert [p.name for p in result.output_dir.glob("checkpoint-*")] == [Path(result.best_checkpoint).name]
+    assert json.loads((Path(result.best_checkpoint) / "trainer_state.json").read_text())["epoch"] == 1.0
+    _assert_never_written_after_marker(result.output_dir)
+
+
 def test_resume_sets_incomplete_checkpoints_aside_only_where_asked(tmp_path: Path):
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
