@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .errors import HFFinetuneError
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "hf_finetune_complete.json"
+LAUNCHER_ECHO_S = 5.0  # a repeated signal this soon after the first, under a launcher, is the launcher's echo
 
 
 # --------------------------------------------------------------------------------------------- completion markers
@@ -242,13 +244,19 @@ def stop_on_signals() -> Iterator[Any]:
 
     callback = StopOnSignal()
     owner = os.getpid()
+    # torchrun/accelerate pass the terminal's Ctrl-C on to processes that already got it from the terminal
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
+    first: list[float] = []
 
     def handler(signum: int, _frame: Any) -> None:
         if os.getpid() != owner:
             return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): the trainer decides
         if callback.signum is not None:
+            if launched and time.monotonic() - first[0] < LAUNCHER_ECHO_S:
+                return  # the launcher's copy of the same request
             raise KeyboardInterrupt  # a second signal: stop now, without waiting for the step
         callback.signum = signum
+        first.append(time.monotonic())
         logger.warning(
             "received %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name
         )

@@ -288,3 +288,42 @@ def test_two_nodes_resuming_rename_incomplete_checkpoints_once(tiny_recipe, tmp_
         errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and "no complete checkpoint" in errors[0], stderr[-3000:]
         assert stderr.split("Traceback (most recent call last):")[0].count("error: ") == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_accelerate_launch_saves_on_both_ranks(tiny_recipe, tmp_path: Path):
+    out = tmp_path / "out"
+    recipe = _write(
+        _train_recipe(tiny_recipe, out, num_train_epochs=200, per_device_train_batch_size=8, dataloader_num_workers=1),
+        tmp_path / "r.yaml",
+    )
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), "-m", "hf_finetune", "train", str(recipe),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not any((p / COMPLETE_MARKER).is_file() for p in out.glob("checkpoint-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was completed"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        # a terminal's Ctrl-C reaches the launcher and every rank; the launcher then sends the ranks SIGINT again
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert took < LAUNCHER_GRACE_S, f"{took:.1f} s from Ctrl-C to the end"
+    assert "KeyboardInterrupt" not in stderr and "\ninterrupted" not in stderr, stderr[-4000:]
+    stops = [line for line in stderr.splitlines() if line.startswith("stopped: training stopped by SIGINT at step")]
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-4000:]  # both ranks, at the same step
+    step = int(stops[0].split("at step ")[1].split(";")[0])
+    assert (out / f"checkpoint-{step}" / COMPLETE_MARKER).is_file()
+    assert (out / f"checkpoint-{step}" / "rng_state_1.pth").is_file()
+    _assert_never_written_after_marker(out)
