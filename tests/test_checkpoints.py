@@ -218,6 +218,25 @@ def test_resume_sets_incomplete_checkpoints_aside_only_where_asked(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "incomplete-checkpoint-4"]
 
 
+@pytest.mark.parametrize("launched", [True, False])
+def test_a_launchers_echo_of_ctrl_c_is_not_a_second_signal(launched: bool, monkeypatch):
+    from hf_finetune.checkpoints import stop_on_signals
+
+    if launched:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # set by torchrun and accelerate launch for each rank
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's
+        assert stop.signum == signal.SIGINT
+        if launched:
+            os.kill(os.getpid(), signal.SIGINT)  # the launcher passing it on: still one request to save and stop
+            assert stop.signum == signal.SIGINT
+        else:
+            with pytest.raises(KeyboardInterrupt):  # a user's second Ctrl-C: stop now
+                os.kill(os.getpid(), signal.SIGINT)
+
+
 # --------------------------------------------------------------------------------------------- several processes
 
 
