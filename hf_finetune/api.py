@@ -54,22 +54,25 @@ def finetune(
     """
     from . import metrics as metrics_lib
     from . import transfer
+    from .checkpoints import (
+        checkpoint_marker_callback,
+        interrupted,
+        main_process_first,
+        resolve_resume,
+        resume_weights_callback,
+        stop_on_signals,
+    )
     from .data import checks, sources
     from .outputs import RECIPE_FILE, check_output_dir, clear_output_dir, recording, start_manifest, write_text_atomic
     from .recipe import find_recipe
     from .tasks import get_task
     from .trainer import (
-        TrainingInterrupted,
         avoid_single_sample_last_batch,
         build_trainer,
         build_training_args,
-        checkpoint_marker_callback,
         cross_entropy_loss,
         log_distribution,
         mixed_precision,
-        resolve_resume,
-        resume_weights_callback,
-        stop_on_signals,
         training_defaults,
         verify_best_model,
     )
@@ -97,8 +100,9 @@ def finetune(
     # new heads and from-scratch models are initialised from the global RNG: seed it before they are built, not
     # only when Trainer starts, or two runs of one recipe start from different weights
     _seed(args)
-    with args.main_process_first(desc="data and model"):  # one process fills the caches; the others read them
-        resume = resolve_resume(recipe.training.get("resume_from_checkpoint"), out)
+    with main_process_first(args, "resume", local=False):  # one process sets incomplete checkpoints aside
+        resume = resolve_resume(recipe.training.get("resume_from_checkpoint"), out, set_aside=args.should_save)
+    with main_process_first(args, "data and model"):  # one process fills the caches; the others read them
         data = sources.load_data(recipe.data, task.INPUTS)
         if "image" in task.INPUTS and recipe.data.check_images and main_process:
             checks.check_images(data.splits)
@@ -158,7 +162,7 @@ def finetune(
         trainer.add_callback(stop)
         train_output = trainer.train(resume_from_checkpoint=resume)
     if stop.signum is not None:
-        raise TrainingInterrupted(_interrupted_message(stop.signum, trainer.state.global_step, out), stop.signum)
+        raise interrupted(stop.signum, trainer.state.global_step, out)
     best = verify_best_model(trainer)
 
     results: dict[str, Any] = {"train": dict(train_output.metrics)}
@@ -331,17 +335,6 @@ def _seed(args: Any) -> None:
         enable_full_determinism(args.seed)
     else:
         set_seed(args.seed)
-
-
-def _interrupted_message(signum: int, step: int, out: Path) -> str:
-    import signal
-
-    from .outputs import RECIPE_FILE
-
-    return (
-        f"training stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in {out}. "
-        f"Resume with: hf-finetune train {out / RECIPE_FILE} --resume"
-    )
 
 
 def run_info(data: Any, args: Any, best: str | None, seconds: float) -> dict[str, Any]:
