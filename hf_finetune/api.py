@@ -308,11 +308,13 @@ def _check_pairs_given(inputs: list[Any], pair_column: str | None, output_dir: P
 
 
 def _data_split_name(data: str, split: str, splits: list[str]) -> str:
-    """What `eval --data` reports: the file's name, or `<folder or dataset>:<split>` when it has several splits."""
+    """What `eval --data` reports instead of a role name that would mislead (a lone file loads as "train"): the
+    file's or folder's name, with the data's own split name when it has several (`new_images:test`)."""
     path = Path(data).expanduser()
     if path.is_file():
         return path.name
-    return f"{path.name or data}:{split}" if path.exists() else f"{data}:{split}"
+    name = path.name if path.exists() else data
+    return f"{name}:{split}" if len(splits) > 1 else name
 
 
 def _mixes(recipe: Recipe) -> bool:

@@ -170,6 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(per_class_table(m))
     print(f"\noutputs: {result.output_dir.resolve()}")
     example = '--text "some text"' if result.recipe.task == "text-classification" else "IMAGE.png"
+    if result.recipe.data.text_pair_column:
+        example += ' --text-pair "its second text"'
     print(f"  try:   hf-finetune predict {result.output_dir} {example}")
     return 0
 
