@@ -170,6 +170,28 @@ def test_test_split_none_drops_the_split_and_validation_none_carves(glue_copy: P
     assert {k: len(v) for k, v in carved.splits.items()} == {"train": 54, "validation": 6}  # 10% of train's 60
 
 
+def test_an_unlabelled_validation_split_is_replaced_by_one_carved_from_train(tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hf_finetune.data.sources import load_data
+    from hf_finetune.errors import DataError
+    from hf_finetune.recipe import DataSpec
+    from hf_finetune.tasks.text_classification import INPUTS
+
+    caplog.set_level(logging.INFO, logger="hf_finetune")
+    for split, hidden in (("train", False), ("validation", True)):
+        pq.write_table(pa.table(_glue_rows(40, 5, hidden)), tmp_path / f"{split}.parquet")
+    data = load_data(DataSpec(source=str(tmp_path), text_column="sentence"), INPUTS)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 36, "validation": 4}
+    assert data.unlabelled == ("validation",) and "carved from train instead" in caplog.text
+    assert data.label_names == ["0", "1"]
+
+    # a train split with no label at all cannot be trained on: said so, not "only 0 classes"
+    with pytest.raises(DataError, match=r"split train \(the data's 'validation'\): none of its 40 rows has a label"):
+        load_data(DataSpec(source=str(tmp_path), text_column="sentence", train_split="validation"), INPUTS)
+
+
 def test_a_partly_unlabelled_split_is_refused_with_its_rows(glue_copy: Path, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
