@@ -202,64 +202,166 @@ def evaluate(
     output_dir: str | Path,
     data: str | None = None,
     split: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a saved model on its recipe's data (or `data`, any source a recipe takes) — nothing is written."""
+    """Metrics of a saved model — nothing is written.
+
+    On the recipe's own data (its splits, caps and carved validation split, as in training) the numbers are those
+    training wrote to metrics.json: same loss settings (class weights, label smoothing), `metrics.top_k` and
+    `metrics.extra`. `data` (any source a recipe takes) is evaluated whole: no row caps, no carving; its split is
+    reported by the data's name (`new.csv`, or `new_folder:test` for a folder or dataset with several splits).
+    """
     import tempfile
 
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     from . import metrics as metrics_lib
-    from .data import sources
+    from .data import checks, sources
+    from .errors import HFFinetuneError
     from .tasks import get_task, task_of_saved
+    from .trainer import build_trainer, cross_entropy_loss
 
     setup_logging()
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise HFFinetuneError(f"batch size {batch_size!r}: give a whole number of at least 1")
     output_dir = Path(output_dir)
     task = get_task(task_of_saved(output_dir))
+    recipe = _saved_recipe(output_dir, task.NAME)
     built = task.load_trained(output_dir)
     labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
-    recipe = _saved_recipe(output_dir, task.NAME)
     spec = recipe.data
     if data is not None:
-        spec = replace(spec, source=data, files={}, validation_split=None, test_split=None, train_split="train")
+        # new data is evaluated whole: the recipe's row caps and split choices were about its own data
+        spec = replace(
+            spec,
+            source=data,
+            files={},
+            validation_split=None,
+            test_split=None,
+            train_split="train",
+            max_train_samples=None,
+            max_eval_samples=None,
+        )
     loaded = sources.load_data(spec, task.INPUTS, label_names=labels, carve_validation=data is None)
     if split is None:
-        split = next(s for s in ("test", "validation", "train") if s in loaded.splits)
+        split = next((s for s in ("test", "validation", "train") if s in loaded.splits), None)
+        if split is None:
+            raise DataError(f"{loaded.description}: no split has labels ({list(loaded.unlabelled)} are hidden)")
     if split not in loaded.splits:
+        if split in loaded.unlabelled:
+            raise DataError(
+                f"--split {split!r} has no labels (every row is -1 or empty: hidden, as GLUE's test sets), so it "
+                f"cannot be scored; the splits with labels are {list(loaded.splits)}"
+            )
         raise DataError(f"--split {split!r}: the data has splits {list(loaded.splits)}")
     chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
+    if "image" in task.INPUTS and spec.check_images:
+        checks.check_images(chosen)  # a truncated file is named here, not a traceback mid-evaluation
     prepared = task.prepare(built, chosen, recipe)
-    compute_metrics = metrics_lib.ClassificationMetrics(labels)
-    prefix = SPLIT_PREFIX.get(split, split)
+    compute_metrics = metrics_lib.ClassificationMetrics(labels, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
+    compute_metrics.load()
+    smoothing = float(recipe.training.get("label_smoothing_factor") or 0.0)
+    weights = _saved_class_weights(recipe, output_dir, loaded if data is None else None, labels)
+    prefix = SPLIT_PREFIX.get(split, split) if data is None else "eval"
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp,
-            per_device_eval_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size or recipe.training.get("per_device_eval_batch_size", 8),
+            label_smoothing_factor=smoothing,
             dataloader_pin_memory=torch.cuda.is_available(),
             report_to="none",
             **task.training_defaults(),
         )
-        trainer = Trainer(
+        trainer = build_trainer(
             model=built.model,
             args=args,
-            data_collator=prepared.collate,
+            train_dataset=None,
+            eval_dataset=None,
+            collate=prepared.collate,
+            processor=None,
             compute_metrics=compute_metrics,
-            preprocess_logits_for_metrics=metrics_lib.make_preprocess_logits(1),
+            preprocess_logits=metrics_lib.make_preprocess_logits(max([1, *recipe.metrics.top_k])),
+            # as in training: the toolkit's loss when it has class weights (or mixup: the same on hard labels)
+            loss=cross_entropy_loss(weights, smoothing) if weights or _mixes(recipe) else None,
         )
         scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
     result = _split_metrics(scalars, prefix, compute_metrics.last_report)
-    result["split"] = split
+    result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))
     result["data"] = loaded.description
     return result
 
 
-def predict(output_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k labels and scores for each input — image files or texts, as the saved model's task takes."""
+def predict(
+    output_dir: str | Path, inputs: Sequence[str | Path | tuple[str, str]], top_k: int = 5
+) -> list[dict[str, Any]]:
+    """Top-k labels and scores for each input — image files or texts, as the saved model's task takes.
+
+    A model trained on sentence pairs takes `(text, text_pair)` tuples."""
+    from .errors import HFFinetuneError
     from .tasks import get_task, task_of_saved
 
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise HFFinetuneError(f"top_k {top_k!r}: give a whole number of at least 1 (how many labels to list)")
     task = get_task(task_of_saved(output_dir))
-    return task.predict(task.load_trained(output_dir), list(inputs), top_k)
+    inputs = list(inputs)
+    if task.NAME == "text-classification":
+        pair_column = _saved_recipe(Path(output_dir), task.NAME).data.text_pair_column
+        _check_pairs_given(inputs, pair_column, Path(output_dir))
+    return task.predict(task.load_trained(output_dir), inputs, top_k)
+
+
+def _check_pairs_given(inputs: list[Any], pair_column: str | None, output_dir: Path) -> None:
+    pairs = [isinstance(x, (tuple, list)) for x in inputs]
+    if pair_column and not all(pairs):
+        raise DataError(
+            f"{output_dir} was trained on sentence pairs (data.text_pair_column: {pair_column}): give each input as "
+            "a pair (text, text_pair); on the command line --text A --text-pair B, or a .csv with both columns"
+        )
+    if not pair_column and any(pairs):
+        raise DataError(f"{output_dir} was trained on single texts, not pairs: give one text per input")
+    bad = [i for i, x in enumerate(inputs) if pairs[i] and len(x) != 2]
+    if bad:
+        raise DataError(f"inputs {bad[:10]}: a sentence pair is two texts (text, text_pair)")
+
+
+def _data_split_name(data: str, split: str, splits: list[str]) -> str:
+    """What `eval --data` reports instead of a role name that would mislead (a lone file loads as "train"): the
+    file's or folder's name, with the data's own split name when it has several (`new_images:test`)."""
+    path = Path(data).expanduser()
+    if path.is_file():
+        return path.name
+    name = path.name if path.exists() else data
+    return f"{name}:{split}" if len(splits) > 1 else name
+
+
+def _mixes(recipe: Recipe) -> bool:
+    aug = recipe.augmentation
+    return bool(aug.mixup_alpha or aug.cutmix_alpha)
+
+
+def _saved_class_weights(recipe: Recipe, output_dir: Path, loaded: Any, labels: list[str]) -> list[float] | None:
+    """The class weights training used: the recipe's list, or `balanced` from the train class counts it recorded."""
+    import json
+
+    from .outputs import METRICS_FILE
+
+    setting = recipe.loss.class_weights
+    if setting is None or isinstance(setting, list):
+        return class_weights(setting, [], labels)
+    saved = output_dir / METRICS_FILE
+    counts = {}
+    if saved.is_file():
+        run = json.loads(saved.read_text(encoding="utf-8")).get("run") or {}
+        counts = ((run.get("splits") or {}).get("train") or {}).get("class_counts") or {}
+    if counts:
+        train_labels = [i for i, name in enumerate(labels) for _ in range(int(counts.get(name, 0)))]
+    elif loaded is not None and "train" in loaded.splits:
+        train_labels = loaded.splits["train"]["label"]
+    else:
+        logger.warning("loss: class_weights balanced, but train's class counts are unknown; the loss is unweighted")
+        return None
+    return class_weights(setting, train_labels, labels)
 
 
 # --------------------------------------------------------------------------------------------- helpers

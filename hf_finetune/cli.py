@@ -63,16 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("output_dir", help="a folder written by `hf-finetune train`")
     ev.add_argument("--data", help="another data source (any data.source a recipe takes); default: the recipe's")
     ev.add_argument("--split", help="split to evaluate; default: test, else validation")
-    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument(
+        "--batch-size", type=_positive_int, help="default: the recipe's training.per_device_eval_batch_size"
+    )
 
     pr = sub.add_parser("predict", help="top-k labels for image files or texts, as JSON lines")
     pr.add_argument("output_dir")
     pr.add_argument("images", nargs="*", help="image files (image models)")
     pr.add_argument("--text", action="append", default=[], help="a text to classify (text models; repeatable)")
     pr.add_argument(
-        "--file", help="inputs, one per line (.txt: texts or image paths), or a .csv with the recipe's text column"
+        "--text-pair",
+        action="append",
+        default=[],
+        help="models trained on sentence pairs: the second text of the pair, one per --text, in the same order",
     )
-    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument(
+        "--file",
+        help="inputs, one per line (.txt: texts or image paths), or a .csv with the recipe's text column "
+        "(and its text_pair_column, for a model trained on pairs)",
+    )
+    pr.add_argument("--top-k", type=_positive_int, default=5, help="how many labels to list per input (default 5)")
 
     push = sub.add_parser("push", help="upload a trained output folder to the Hugging Face Hub")
     push.add_argument("output_dir")
@@ -111,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEBUG_HELP = "on an error, show the full traceback with its original cause (also: HF_FINETUNE_DEBUG=1)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +236,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(per_class_table(m))
     print(f"\noutputs: {result.output_dir.resolve()}")
     example = '--text "some text"' if result.recipe.task == "text-classification" else "IMAGE.png"
+    if result.recipe.data.text_pair_column:
+        example += ' --text-pair "its second text"'
     print(f"  try:   hf-finetune predict {result.output_dir} {example}")
     return 0
 
@@ -232,6 +254,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import per_class_table
 
     result = evaluate(args.output_dir, data=args.data, split=args.split, batch_size=args.batch_size)
+    print(
+        f"{result['split']}: accuracy {result['accuracy']:.4f}  macro-F1 {result['f1_macro']:.4f}  "
+        f"({result.get('num_samples')} rows of {result['data']})",
+        file=sys.stderr,
+    )
     print(per_class_table(result), file=sys.stderr)
     print(json.dumps(result))
     return 0
@@ -242,33 +269,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks import task_of_saved
 
     task = task_of_saved(args.output_dir)
-    inputs = [*args.images, *args.text]
-    if args.file:
-        inputs += _read_inputs(Path(args.file), Path(args.output_dir))
-    if not inputs:
-        what = "--text TEXT or --file FILE" if task == "text-classification" else "IMAGE files or --file FILE"
-        raise HFFinetuneError(f"nothing to predict: give {what}")
+    output_dir = Path(args.output_dir)
+    pair_column = _saved_data(output_dir).get("text_pair_column") if task == "text-classification" else None
     if task == "text-classification" and args.images:
         raise HFFinetuneError(f"{args.output_dir} is a text model: pass texts with --text (or --file), not positionals")
-    if task != "text-classification" and args.text:
+    if task != "text-classification" and (args.text or args.text_pair):
         raise HFFinetuneError(f"{args.output_dir} is an image model: --text does not apply; pass image files")
+    if args.text_pair and not pair_column:
+        raise HFFinetuneError(
+            f"--text-pair: {args.output_dir} was trained on single texts (its recipe sets no data.text_pair_column)"
+        )
+    inputs: list = [*args.images]
+    if pair_column:
+        if len(args.text_pair) != len(args.text):
+            raise HFFinetuneError(
+                f"{args.output_dir} was trained on sentence pairs: give one --text-pair for each --text "
+                f"(got {len(args.text)} --text and {len(args.text_pair)} --text-pair), or a .csv with --file"
+            )
+        inputs += list(zip(args.text, args.text_pair, strict=True))
+    else:
+        inputs += args.text
+    if args.file:
+        inputs += _read_inputs(Path(args.file), output_dir)
+    if not inputs:
+        what = "--text TEXT or --file FILE" if task == "text-classification" else "IMAGE files or --file FILE"
+        if pair_column:
+            what = "--text A --text-pair B, or --file FILE.csv"
+        raise HFFinetuneError(f"nothing to predict: give {what}")
     for row in predict(args.output_dir, inputs, top_k=args.top_k):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 
 
-def _read_inputs(path: Path, output_dir: Path) -> list[str]:
-    """Lines of a .txt file, or the text column of a .csv (the column the model was trained on, else `text`)."""
+def _saved_data(output_dir: Path) -> dict:
+    """The `data:` section of a trained folder's recipe.yaml (empty when it has none)."""
+    import yaml
+
+    saved = output_dir / "recipe.yaml"
+    return ((yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}) or {}).get("data") or {}
+
+
+def _read_inputs(path: Path, output_dir: Path) -> list[str] | list[tuple[str, str]]:
+    """Lines of a .txt file, or the text column of a .csv (the column the model was trained on, else `text`) — and
+    its text_pair column too for a model trained on sentence pairs, as (text, text_pair)."""
     if not path.is_file():
         raise HFFinetuneError(f"--file {path}: no such file")
     import csv
     import io
 
-    import yaml
-
-    saved = output_dir / "recipe.yaml"
-    data = ((yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}) or {}).get("data") or {}
+    data = _saved_data(output_dir)
     encoding = data.get("encoding") or "utf-8"  # the encoding the model's training files used
+    pair_column = data.get("text_pair_column")
     raw = path.read_bytes()
     try:
         text = raw.decode(encoding)
@@ -278,12 +329,22 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str]:
             f"--file {path}, line {line}: not valid {encoding}; re-save it as UTF-8 (or train with data.encoding)"
         ) from None
     if path.suffix.lower() != ".csv":
+        if pair_column:
+            raise HFFinetuneError(
+                f"--file {path}: {output_dir} was trained on sentence pairs; give a .csv with columns "
+                f"{data.get('text_column') or 'text'!r} and {pair_column!r}"
+            )
         return [line for line in text.splitlines() if line.strip()]
-    column = data.get("text_column") or "text"
+    columns = [data.get("text_column") or "text", *([pair_column] if pair_column else [])]
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if column not in (reader.fieldnames or []):
-        raise HFFinetuneError(f"--file {path}: no column {column!r}; its columns are {reader.fieldnames}")
-    return [row[column] for row in reader]
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise HFFinetuneError(
+            f"--file {path}: no column {', '.join(map(repr, missing))}; its columns are {reader.fieldnames}"
+        )
+    if pair_column:
+        return [(row[columns[0]], row[pair_column]) for row in reader]
+    return [row[columns[0]] for row in reader]
 
 
 def cmd_push(args: argparse.Namespace) -> int:

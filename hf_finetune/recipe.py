@@ -80,8 +80,8 @@ class DataSpec:
     encoding: str | None = None  # CSV/JSON text encoding, e.g. latin-1; default UTF-8
     empty_text: str = "error"  # rows with an empty or null text: "error" (stop, counted) or "skip" (warn, drop)
     train_split: str = "train"
-    validation_split: str | None = None  # None: use "validation"/"valid"/"val"/"dev" if present, else split train
-    test_split: str | None = None  # None: use "test" if present
+    validation_split: str | None = None  # None: "validation"/"valid"/"val"/"dev" if present; "none": split train
+    test_split: str | None = None  # None: use "test" if present; "none": no test split
     validation_size: float = 0.1
     seed: int = 42
     max_train_samples: int | None = None

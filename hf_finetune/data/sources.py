@@ -32,6 +32,8 @@ class LoadedData:
     splits: Any  # datasets.DatasetDict
     label_names: list[str]
     description: str  # where it came from, for logs and the model card
+    # splits the data has but whose labels are all hidden (GLUE's test sets: -1): left out of `splits`
+    unlabelled: tuple[str, ...] = ()
 
     @property
     def has_test(self) -> bool:
@@ -52,11 +54,14 @@ def load_data(
     `label_names` (a trained model's) fixes the class ids instead of learning them from train.
     """
     raw, description, base_dirs = _load_raw(spec)
-    raw, origin = _select_splits(raw, spec)
+    # a trained model's labels (evaluation) need no train split: a folder of test images is enough
+    raw, origin = _select_splits(raw, spec, need_train=label_names is None)
     _check_not_empty(raw, origin, description)
     # base_dirs is keyed by the data's own split names; _select_splits renamed them (e.g. val → validation)
     base_dirs = {role: base_dirs[name] for role, name in origin.items() if name in base_dirs}
     raw = _canonical_columns(raw, spec, inputs, base_dirs)
+    # before the text checks: a split that cannot be scored is not used at all, so its texts do not matter
+    raw, unlabelled = _drop_unlabelled(raw, spec, origin)
     if any(column in TEXT_COLUMNS for column in inputs):
         from .checks import check_texts
 
@@ -69,7 +74,7 @@ def load_data(
     raw = _limit(raw, spec)
     sizes = ", ".join(f"{k}={len(v)}" for k, v in raw.items())
     logger.info("data: %s → %s; %d classes", description, sizes, len(label_names))
-    return LoadedData(splits=raw, label_names=label_names, description=description)
+    return LoadedData(splits=raw, label_names=label_names, description=description, unlabelled=unlabelled)
 
 
 # --------------------------------------------------------------------------------------------- raw loading
@@ -232,34 +237,53 @@ def _looks_like_path(source: str) -> bool:
 # --------------------------------------------------------------------------------------------- shaping
 
 
-def _select_splits(raw: Any, spec: DataSpec) -> tuple[Any, dict[str, str]]:
+def _select_splits(raw: Any, spec: DataSpec, need_train: bool = True) -> tuple[Any, dict[str, str]]:
     """Keep train/validation/test only, under those names; also return role → the data's own split name."""
     import datasets
 
     available = list(raw)
-    if spec.train_split not in raw:
+    if spec.train_split not in raw and need_train:
         raise DataError(
             f"data.train_split {spec.train_split!r} not found; the data has splits {available}. "
             "Set data.train_split to one of them."
         )
-    origin = {"train": spec.train_split}
+    origin = {"train": spec.train_split} if spec.train_split in raw else {}
     for role, asked, defaults in (
         ("validation", spec.validation_split, VALIDATION_NAMES),
         ("test", spec.test_split, ("test",)),
     ):
+        if is_none_split(asked):
+            logger.info(
+                "data: data.%s_split is none: %s",
+                role,
+                "no validation split is taken from the data; one is carved from train"
+                if role == "validation"
+                else "no test split is used",
+            )
+            continue
         if asked is not None:
             if asked not in raw:
-                fallback = "carve one from train" if role == "validation" else "have none"
+                fallback = "carve one from train" if role == "validation" else "use no test split"
                 raise DataError(
                     f"data.{role}_split {asked!r} not found; the data has splits {available}. "
-                    f"Set data.{role}_split to one of them, or to null to {fallback}."
+                    f"Set data.{role}_split to one of them, or to none to {fallback}."
                 )
             origin[role] = asked
         else:
             found = next((n for n in defaults if n in raw and n != spec.train_split), None)
             if found:
                 origin[role] = found
+    if not origin:
+        raise DataError(
+            f"the data has splits {available}, none of them train, validation ({'/'.join(VALIDATION_NAMES)}) or test"
+        )
     return datasets.DatasetDict({role: raw[name] for role, name in origin.items()}), origin
+
+
+def is_none_split(asked: str | None) -> bool:
+    """`data.test_split: none` (or `validation_split`): leave that split out even if the data has one. YAML reads
+    `none` as the string; `null` keeps the default (take the split of the usual name if there is one)."""
+    return isinstance(asked, str) and asked.strip().lower() == "none"
 
 
 def _check_not_empty(raw: Any, origin: dict[str, str], description: str) -> None:
@@ -327,6 +351,36 @@ def _paths_to_images(ds: Any, feature: Any, column: str, split: str, base: Path 
     return ds.cast_column("image", datasets.Image())
 
 
+def _drop_unlabelled(raw: Any, spec: DataSpec, origin: dict[str, str]) -> tuple[Any, tuple[str, ...]]:
+    """Leave out validation/test splits in which no row has a label: hidden labels, as GLUE and SuperGLUE publish
+    their test sets (every label -1), cannot be scored. Said once here; the rest of the run never sees them."""
+    import datasets
+
+    kept, dropped = {}, []
+    for role, ds in raw.items():
+        if any(k is not None for k in _label_keys(ds)):
+            kept[role] = ds
+            continue
+        named = role if origin.get(role, role) == role else f"{role} (the data's {origin[role]!r})"
+        if role == "train":
+            raise DataError(
+                f"split {named}: none of its {len(ds)} rows has a label in column {spec.label_column!r} (all empty "
+                "or -1, which datasets uses for a hidden label); a model cannot be trained on it. "
+                "Check data.label_column, or point data.train_split at a labelled split."
+            )
+        dropped.append(role)
+        what = "; a validation split is carved from train instead" if role == "validation" else ""
+        logger.info(
+            "data: split %s has no labels (all %d rows are -1 or empty: hidden labels, as in GLUE's test sets), so "
+            "it is not used for metrics%s. Set data.%s_split: none to leave it out explicitly.",
+            named,
+            len(ds),
+            what,
+            role,
+        )
+    return datasets.DatasetDict(kept), tuple(dropped)
+
+
 def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> tuple[Any, list[str]]:
     """Labels become one ClassLabel for every split.
 
@@ -341,7 +395,7 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
     elif isinstance(raw["train"].features["label"], datasets.ClassLabel):
         names = list(raw["train"].features["label"].names)
     else:
-        values = {v for v in raw["train"]["label"] if v is not None}
+        values = {v for v in raw["train"]["label"] if not _is_hidden(v)}
         fractional = sorted(v for v in values if isinstance(v, float) and not v.is_integer())
         if fractional:
             raise DataError(
@@ -356,20 +410,27 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
             "needs at least two. Check data.label_column and the data."
         )
     index = {n: i for i, n in enumerate(names)}
+    # A ClassLabel may name classes train has no row of (imagefolder takes the class folders of every split): a class
+    # that only validation or test has would become an output the model never learnt, so it is refused, as for CSVs.
+    in_train = set(keys["train"]) if known is None else set(index)
     class_label = datasets.ClassLabel(names=names)
     out = {}
     for split, ds in raw.items():
         if any(k is None for k in keys[split]):
-            missing = sum(k is None for k in keys[split])
+            missing = [i for i, k in enumerate(keys[split]) if k is None]
+            shown = ", ".join(str(i + 1) for i in missing[:10]) + (" …" if len(missing) > 10 else "")
             raise DataError(
-                f"split {split!r}: {missing} rows have no label in column {spec.label_column!r}; every row needs one"
+                f"split {split!r}: {len(missing)} of {len(keys[split])} rows have no label in column "
+                f"{spec.label_column!r} (empty, or -1, which datasets uses for a hidden label; rows {shown}); "
+                "every row of a split used for training or metrics needs one. Label or remove them."
             )
-        unknown = sorted({k for k in keys[split] if k not in index})
+        unknown = sorted({k for k in keys[split] if k not in index or k not in in_train})
         if unknown:
             whose = "the model" if known is not None else "split 'train'"
+            listed = [n for n in names if n in in_train]
             raise DataError(
                 f"split {split!r} has labels {unknown[:10]} that {whose} does not have "
-                f"(known labels: {names[:20]}{'…' if len(names) > 20 else ''}); every class must appear in train"
+                f"(known labels: {listed[:20]}{'…' if len(listed) > 20 else ''}); every class must appear in train"
             )
         ds = ds.remove_columns("label").add_column("label", [index[k] for k in keys[split]])
         out[split] = ds.cast_column("label", class_label)
@@ -387,8 +448,13 @@ def _label_keys(ds: Any) -> list[str | None]:
     return [_label_key(v) for v in values]
 
 
+def _is_hidden(value: Any) -> bool:
+    """No label: missing, or the number -1 (datasets' ClassLabel convention, kept by exports to plain integers)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == -1)
+
+
 def _label_key(value: Any) -> str | None:
-    if value is None:
+    if _is_hidden(value):
         return None
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

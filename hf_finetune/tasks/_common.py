@@ -47,6 +47,30 @@ def hub_kwargs(spec: ModelSpec) -> dict[str, Any]:
     return {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
 
 
+def saved_trust_remote_code(path: str | Path) -> bool:
+    """Whether the run that wrote `path` trusted the model's own code (`model.trust_remote_code` in its recipe.yaml):
+    only then is the code shipped in the folder run again when it is loaded."""
+    import yaml
+
+    recipe = Path(path) / "recipe.yaml"
+    if not recipe.is_file():
+        return False
+    model = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("model") or {}
+    return model.get("trust_remote_code") is True
+
+
+def load_error(path: str | Path, task_words: str, err: Exception) -> str:
+    """Why a saved folder does not load, with the fix when its model needs its own code."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    if "trust_remote_code" in str(err):
+        return (
+            f"{path}: its model runs code shipped in the folder, and the recipe.yaml there does not say "
+            f"model.trust_remote_code: true. Read that code; if you trust it, set model.trust_remote_code: true in "
+            f"{Path(path) / 'recipe.yaml'} ({type(err).__name__}: {first})"
+        )
+    return f"{path}: not a saved {task_words} model ({type(err).__name__}: {first})"
+
+
 def load_classifier(spec: ModelSpec, name: str, label_names: list[str], auto_class: Any, task_words: str) -> Any:
     """`auto_class.from_pretrained` (or `from_config` when not pretrained) with a head for `label_names`.
 
@@ -55,11 +79,13 @@ def load_classifier(spec: ModelSpec, name: str, label_names: list[str], auto_cla
     """
     from transformers import AutoConfig
 
+    from .. import models  # noqa: F401  (the toolkit's own model types: a simple_cnn folder is named as such)
+
     common = hub_kwargs(spec)
     try:
         original = AutoConfig.from_pretrained(name, **common)
     except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
-        raise ModelError(not_found(spec.name, err)) from None
+        raise ModelError(unknown_model_type(spec, name, err) or not_found(spec.name, err)) from None
     try:
         # num_labels follows from id2label; passing both makes transformers warn about the old label map
         config = AutoConfig.from_pretrained(name, **common, **label_maps(label_names, False), **spec.config)
@@ -79,6 +105,36 @@ def load_classifier(spec: ModelSpec, name: str, label_names: list[str], auto_cla
     if spec.pretrained and original.num_labels == len(label_names) and label_names_of(original) != label_names:
         reset_head(model)
     return model
+
+
+def unknown_model_type(spec: ModelSpec, name: str, err: Exception) -> str | None:
+    """For a local folder whose config.json names a model type this transformers lacks: whether its own code
+    would help (auto_map), rather than transformers' guess that it is out of date."""
+    import json
+
+    config = Path(name).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    model_type = saved.get("model_type")
+    if saved.get("auto_map") and not spec.trust_remote_code:
+        return (
+            f"model.name {spec.name!r}: its model type {model_type!r} is defined by code shipped in the folder "
+            f"(auto_map in config.json: {sorted(saved['auto_map'].values())}). Read that code; if you trust it, "
+            "set model.trust_remote_code: true"
+        )
+    if "does not recognize this architecture" not in str(err):
+        return None
+    import transformers
+
+    return (
+        f"model.name {spec.name!r}: model type {model_type!r} (config.json) is not one transformers "
+        f"{transformers.__version__} knows, and the folder ships no code for it (no auto_map). If it is a newer "
+        "transformers architecture, upgrade transformers; otherwise pick a transformers model"
+    )
 
 
 def not_found(name: str, err: Exception) -> str:
@@ -110,7 +166,9 @@ def reset_head(model: Any) -> None:
 
 def scores_to_rows(keys: list[str], key_name: str, probs: Any, id2label: dict[int, str], k: int) -> list[dict]:
     """Top-k labels and scores per input, as `predict` prints them (one JSON line each)."""
-    scores, ids = probs.topk(max(1, min(k, probs.shape[-1])), dim=-1)
+    if k < 1:
+        raise ValueError(f"top_k must be at least 1, got {k}")
+    scores, ids = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [
         {
             key_name: key,

@@ -30,7 +30,9 @@ from ._common import (
     hub_kwargs,
     label_maps,
     load_classifier,
+    load_error,
     load_weights_file,
+    saved_trust_remote_code,
     scores_to_rows,
 )
 
@@ -239,14 +241,13 @@ def load_trained(path: str | Path) -> BuiltModel:
 
     from .. import models  # noqa: F401  (registers simple_cnn)
 
+    trust = saved_trust_remote_code(path)  # the folder's own code runs only if training trusted it
     try:
-        model = AutoModelForImageClassification.from_pretrained(str(path))
+        model = AutoModelForImageClassification.from_pretrained(str(path), trust_remote_code=trust)
     except Exception as err:
-        raise ModelError(
-            f"{path}: not a saved image-classification model ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from None
+        raise ModelError(load_error(path, "image-classification", err)) from None
     try:
-        processor = AutoImageProcessor.from_pretrained(str(path))
+        processor = AutoImageProcessor.from_pretrained(str(path), trust_remote_code=trust)
     except Exception:
         processor = None
     if processor is None and getattr(model.config, "model_type", "") != "simple_cnn":

@@ -15,7 +15,16 @@ from typing import Any
 
 from ..errors import DataError, ModelError
 from ..recipe import ModelSpec, Recipe
-from ._common import BuiltModel, Prepared, hub_kwargs, load_classifier, load_weights_file, scores_to_rows
+from ._common import (
+    BuiltModel,
+    Prepared,
+    hub_kwargs,
+    load_classifier,
+    load_error,
+    load_weights_file,
+    saved_trust_remote_code,
+    scores_to_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +81,12 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     return BuiltModel(model, tokenizer, description)
 
 
-def _load_tokenizer(name: str, spec: ModelSpec | None = None) -> Any:
+def _load_tokenizer(name: str, spec: ModelSpec | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **(hub_kwargs(spec) if spec else {}))
+        options = hub_kwargs(spec) if spec else {"trust_remote_code": trust_remote_code}
+        tokenizer = AutoTokenizer.from_pretrained(name, **options)
     except Exception as err:
         raise ModelError(f"model {name!r}: no tokenizer could be loaded ({type(err).__name__}: {err})") from None
     if not getattr(tokenizer, "is_fast", False):
@@ -207,32 +217,44 @@ def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepar
 
 
 def load_trained(path: str | Path) -> BuiltModel:
+    """A model saved by `finetune`, with its tokenizer; code shipped in the folder runs only if its recipe said
+    `model.trust_remote_code: true`."""
     from transformers import AutoModelForSequenceClassification
 
+    trust = saved_trust_remote_code(path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=trust)
     except Exception as err:
-        raise ModelError(
-            f"{path}: not a saved text-classification model ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from None
-    return BuiltModel(model, _load_tokenizer(str(path)), str(path))
+        raise ModelError(load_error(path, "text-classification", err)) from None
+    return BuiltModel(model, _load_tokenizer(str(path), trust_remote_code=trust), str(path))
 
 
-def predict(built: BuiltModel, texts: list[str], top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
-    """Top-k labels per text."""
+def predict(
+    built: BuiltModel, texts: list[str | tuple[str, str]], top_k: int, batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """Top-k labels per text, or per `(text, text_pair)` for a model trained on sentence pairs."""
     import torch
 
-    empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
+    pairs = bool(texts) and isinstance(texts[0], (tuple, list))
+    parts = [list(t) if pairs else [t] for t in texts]
+    empty = [i for i, row in enumerate(parts) if any(not isinstance(t, str) or not t.strip() for t in row)]
     if empty:
         raise DataError(f"{len(empty)} of the texts to predict are empty (positions {empty[:10]}); remove them")
     tokenizer, model = built.processor, built.model
     max_length = max_length_for(tokenizer, model, None)
     model.eval()
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        batch = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    for start in range(0, len(parts), batch_size):
+        chunk = parts[start : start + batch_size]
+        columns = [[row[0] for row in chunk], *([[row[1] for row in chunk]] if pairs else [])]
+        batch = tokenizer(*columns, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         with torch.no_grad():
             probs = model(**batch).logits.softmax(-1)
-        rows += scores_to_rows(chunk, "text", probs, model.config.id2label, top_k)
+        scored = scores_to_rows(columns[0], "text", probs, model.config.id2label, top_k)
+        if pairs:
+            scored = [
+                {"text": r["text"], "text_pair": b, "predictions": r["predictions"]}
+                for r, b in zip(scored, columns[1], strict=True)
+            ]
+        rows += scored
     return rows
