@@ -554,6 +554,38 @@ def _check_training_values(training: dict[str, Any], problems: list[str]) -> Non
             f"training.num_train_epochs: expected a number of epochs > 0 (e.g. 3, or 0.5 for half an epoch), "
             f"got {epochs!r}: nothing would be trained; or set training.max_steps"
         )
+    scheduler_kwargs = training.get("lr_scheduler_kwargs")
+    if isinstance(scheduler_kwargs, dict) and scheduler_kwargs:
+        problems.extend(_scheduler_kwargs_problems(training.get("lr_scheduler_type", "linear"), scheduler_kwargs))
+
+
+def _scheduler_kwargs_problems(name: Any, kwargs: dict[str, Any]) -> list[str]:
+    """Options the scheduler function does not take: a TypeError when training starts, or (constant schedules)
+    silently dropped by transformers.get_scheduler."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    try:
+        kind = SchedulerType(name)
+    except ValueError:
+        return []  # TrainingArguments names an unknown lr_scheduler_type itself
+    if kind in (SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP):
+        return [
+            f"training.lr_scheduler_kwargs: lr_scheduler_type {kind.value!r} takes no options, got {sorted(kwargs)}; "
+            "remove them or choose a scheduler that uses them"
+        ]
+    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []  # passed on to a torch scheduler that checks them itself
+    takes = [n for n in params if n not in ("optimizer", "num_warmup_steps", "num_training_steps")]
+    where = f"not an option of the {kind.value!r} scheduler"
+    return [
+        f"training.lr_scheduler_kwargs.{key}: {where}{_did_you_mean(key, takes)}; it takes {takes}"
+        for key in kwargs
+        if key not in takes
+    ]
 
 
 def _finish(recipe: Recipe, problems: list[str]) -> Recipe:
