@@ -147,8 +147,8 @@ CASES = [
     case(
         "csv-empty-label",
         TEXT + "|data.files.train={case}/sans étiquette.csv" + OUT,
-        "sans étiquette.csv",
-        "sentiment",
+        "split 'train'",
+        "'sentiment' (rows 21,",
         files={"sans étiquette.csv": "review,sentiment\n" + "good day,positive\nbad day,negative\n" * 10 + "meh,\n"},
         slow=True,
     ),
@@ -160,10 +160,10 @@ CASES = [
         slow=True,
     ),
     case(
-        "non-image-file",
+        "text-file-named-jpg",
         TRAIN + "|data.source={case}/images" + OUT,
-        "notes.txt",
-        files={"images": ("copy", "{images}"), "images/train/un/notes.txt": "pas une image"},
+        "photo.jpg",
+        files={"images": ("copy", "{images}"), "images/train/un/photo.jpg": "pas une image"},
         slow=True,
     ),
     case(
@@ -294,6 +294,19 @@ def _png(size: int = 16, shade: int = 128) -> bytes:
     return buffer.getvalue()
 
 
+def _noise_png() -> bytes:
+    """An image that does not compress to a few bytes, so cutting it in half really truncates the pixel data."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -395,7 +408,8 @@ def _make_files(files: dict[str, object], places: dict[str, Path]) -> None:
         elif isinstance(content, tuple) and content[0] == "png":
             path.write_bytes(_png())
         elif isinstance(content, tuple) and content[0] == "truncated-png":
-            path.write_bytes(_png(64)[:200])
+            whole = _noise_png()
+            path.write_bytes(whole[: len(whole) // 2])
         elif isinstance(content, bytes):
             path.write_bytes(content)
         else:

@@ -360,9 +360,11 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
     out = {}
     for split, ds in raw.items():
         if any(k is None for k in keys[split]):
-            missing = sum(k is None for k in keys[split])
+            missing = [i + 1 for i, k in enumerate(keys[split]) if k is None]
+            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
             raise DataError(
-                f"split {split!r}: {missing} rows have no label in column {spec.label_column!r}; every row needs one"
+                f"split {split!r}: {len(missing)} rows have no label in column {spec.label_column!r} (rows {shown}, "
+                "counting data rows from 1 in the split's own order); every row needs one"
             )
         unknown = sorted({k for k in keys[split] if k not in index})
         if unknown:
