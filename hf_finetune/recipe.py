@@ -391,6 +391,7 @@ def load_recipe(
     recipe_obj = _build(Recipe, raw, "", problems)
     # keys and types everywhere first; the checks that combine values only make sense once those are right
     recipe_obj = dataclasses.replace(recipe_obj, training=_check_training(recipe_obj.training, problems))
+    _check_training_values(recipe_obj.training, problems)
     if not problems:
         recipe_obj = _finish(recipe_obj, problems)
         _check_mixing(recipe_obj, problems)
@@ -688,6 +689,88 @@ def _choice_problem(value: Any, choices: list[str]) -> str:
         word = "no" if not value and "no" in choices else None
         return text + (f"; write {word!r} in quotes" if word else "; write the value in quotes")
     return text + _did_you_mean(str(value), choices)
+
+
+# TrainingArguments takes these values without complaint, but they train nothing, crash mid-run or are silently
+# ignored; (rule, what to write instead) per key. `x` is the value, already of the field's type.
+_TRAINING_RANGES: dict[str, tuple[Any, str]] = {
+    "learning_rate": (lambda x: x >= 0, "a learning rate >= 0, e.g. 5e-5"),
+    "per_device_train_batch_size": (lambda x: x >= 1, "a batch size of at least 1"),
+    "per_device_eval_batch_size": (lambda x: x >= 1, "a batch size of at least 1"),
+    "gradient_accumulation_steps": (lambda x: x >= 1, "at least 1 (1: no accumulation)"),
+    "eval_accumulation_steps": (lambda x: x >= 1, "at least 1, or null to keep predictions on the device"),
+    "weight_decay": (lambda x: x >= 0, "a weight decay >= 0, e.g. 0.01"),
+    "warmup_steps": (
+        lambda x: 0 <= x < 1 or x == int(x),
+        "a fraction of the run below 1 (e.g. 0.1) or a whole number of steps >= 0",
+    ),
+    "label_smoothing_factor": (lambda x: 0 <= x < 1, "a smoothing factor in [0, 1), e.g. 0.1"),
+    "save_total_limit": (lambda x: x >= 1, "at least 1, or null to keep every checkpoint"),
+    "max_grad_norm": (lambda x: x >= 0, "a norm >= 0 (0 turns clipping off), e.g. 1.0"),
+    "adam_beta1": (lambda x: 0 <= x < 1, "a value in [0, 1), e.g. 0.9"),
+    "adam_beta2": (lambda x: 0 <= x < 1, "a value in [0, 1), e.g. 0.999"),
+    "adam_epsilon": (lambda x: x >= 0, "a value >= 0, e.g. 1e-8"),
+    "seed": (lambda x: 0 <= x < 2**32, "a seed between 0 and 2**32 - 1"),
+    "data_seed": (lambda x: 0 <= x < 2**32, "a seed between 0 and 2**32 - 1, or null to use seed"),
+    "dataloader_num_workers": (lambda x: x >= 0, "0 (load in the main process) or more worker processes"),
+    "logging_steps": (lambda x: x > 0, "a number of steps >= 1, or a fraction of the run below 1"),
+    "eval_steps": (lambda x: x > 0, "a number of steps >= 1, a fraction of the run below 1, or null"),
+    "save_steps": (lambda x: x > 0, "a number of steps >= 1, or a fraction of the run below 1"),
+    "eval_delay": (lambda x: x >= 0, "a number of epochs or steps >= 0 to wait before the first evaluation"),
+}
+
+
+def _check_training_values(training: dict[str, Any], problems: list[str]) -> None:
+    """Numeric `training:` values that TrainingArguments accepts but that make no sense, all reported at once."""
+    for key, (ok, expected) in _TRAINING_RANGES.items():
+        value = training.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            problems.append(f"training.{key}: expected {expected}, got {value!r}")
+    max_steps = training.get("max_steps")
+    if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
+        problems.append(
+            f"training.max_steps: expected a positive number of steps, or -1 (the default) to train for "
+            f"num_train_epochs, got {max_steps!r}"
+        )
+    epochs = training.get("num_train_epochs")
+    steps_set = isinstance(max_steps, int) and max_steps > 0  # then max_steps decides and epochs are not used
+    if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs <= 0 and not steps_set:
+        problems.append(
+            f"training.num_train_epochs: expected a number of epochs > 0 (e.g. 3, or 0.5 for half an epoch), "
+            f"got {epochs!r}: nothing would be trained; or set training.max_steps"
+        )
+    scheduler_kwargs = training.get("lr_scheduler_kwargs")
+    if isinstance(scheduler_kwargs, dict) and scheduler_kwargs:
+        problems.extend(_scheduler_kwargs_problems(training.get("lr_scheduler_type", "linear"), scheduler_kwargs))
+
+
+def _scheduler_kwargs_problems(name: Any, kwargs: dict[str, Any]) -> list[str]:
+    """Options the scheduler function does not take: a TypeError when training starts, or (constant schedules)
+    silently dropped by transformers.get_scheduler."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    try:
+        kind = SchedulerType(name)
+    except ValueError:
+        return []  # TrainingArguments names an unknown lr_scheduler_type itself
+    if kind in (SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP):
+        return [
+            f"training.lr_scheduler_kwargs: lr_scheduler_type {kind.value!r} takes no options, got {sorted(kwargs)}; "
+            "remove them or choose a scheduler that uses them"
+        ]
+    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []  # passed on to a torch scheduler that checks them itself
+    takes = [n for n in params if n not in ("optimizer", "num_warmup_steps", "num_training_steps")]
+    where = f"not an option of the {kind.value!r} scheduler"
+    return [
+        f"training.lr_scheduler_kwargs.{key}: {where}{_did_you_mean(key, takes)}; it takes {takes}"
+        for key in kwargs
+        if key not in takes
+    ]
 
 
 def _finish(recipe: Recipe, problems: list[str]) -> Recipe:

@@ -417,12 +417,13 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
     out = {}
     for split, ds in raw.items():
         if any(k is None for k in keys[split]):
-            missing = [i for i, k in enumerate(keys[split]) if k is None]
-            shown = ", ".join(str(i + 1) for i in missing[:10]) + (" …" if len(missing) > 10 else "")
+            missing = [i + 1 for i, k in enumerate(keys[split]) if k is None]
+            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
             raise DataError(
                 f"split {split!r}: {len(missing)} of {len(keys[split])} rows have no label in column "
-                f"{spec.label_column!r} (empty, or -1, which datasets uses for a hidden label; rows {shown}); "
-                "every row of a split used for training or metrics needs one. Label or remove them."
+                f"{spec.label_column!r} (empty, or -1, which datasets uses for a hidden label; rows {shown}, counting "
+                "data rows from 1 in the split's own order); every row of a split used for training or metrics needs "
+                "one. Label or remove them."
             )
         unknown = sorted({k for k in keys[split] if k not in index or k not in in_train})
         if unknown:

@@ -71,6 +71,54 @@ def load_error(path: str | Path, task_words: str, err: Exception) -> str:
     return f"{path}: not a saved {task_words} model ({type(err).__name__}: {first})"
 
 
+# Keywords every transformers config's __init__ takes besides its fields (PreTrainedConfig.__post_init__).
+_CONFIG_INIT_KEYWORDS = {
+    "attn_implementation",
+    "experts_implementation",
+    "output_attentions",
+    "per_layer_config",
+    "rope_scaling",
+    "rope_theta",
+}
+
+
+def check_config_keys(given: dict[str, Any], config: Any, what: str) -> None:
+    """Refuse `model.config` keys the model's config does not know: transformers configs keep any extra keyword as a
+    silent attribute, so a typo would otherwise train the default model. `config` is the config class or a loaded
+    config (whose own attributes, e.g. extra keys from its config.json, count as known)."""
+    import dataclasses
+    import difflib
+    import inspect
+
+    from_data = [k for k in given if k in ("num_labels", "id2label", "label2id")]
+    if from_data:
+        raise ModelError(
+            f"model.config.{from_data[0]}: the labels come from the data (its class names), not the recipe; "
+            "remove the key (rename classes in the data instead)"
+        )
+    cls = config if isinstance(config, type) else type(config)
+    known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    known |= _CONFIG_INIT_KEYWORDS
+    known |= set(getattr(cls, "attribute_map", None) or {})
+    known |= {n for n in dir(cls) if not callable(getattr(cls, n, None))}  # properties (num_labels…), class values
+    if not isinstance(config, type):
+        known |= set(vars(config))
+    if "__init__" in vars(cls):  # configs with their own __init__ (remote code) take its parameters
+        known |= set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "args"}
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        choices = sorted(k for k in known if not k.startswith("_"))
+        hints = [
+            f"{k!r}" + "".join(f" (did you mean {c!r}?)" for c in difflib.get_close_matches(k, choices, 1))
+            for k in unknown
+        ]
+        raise ModelError(
+            f"model.config: {', '.join(hints)} {'is' if len(unknown) == 1 else 'are'} not "
+            f"{'an option' if len(unknown) == 1 else 'options'} of {what} ({cls.__name__}); fix the spelling or "
+            "remove the key"
+        )
+
+
 def load_classifier(spec: ModelSpec, name: str, label_names: list[str], auto_class: Any, task_words: str) -> Any:
     """`auto_class.from_pretrained` (or `from_config` when not pretrained) with a head for `label_names`.
 
@@ -86,6 +134,7 @@ def load_classifier(spec: ModelSpec, name: str, label_names: list[str], auto_cla
         original = AutoConfig.from_pretrained(name, **common)
     except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
         raise ModelError(unknown_model_type(spec, name, err) or not_found(spec.name, err)) from None
+    check_config_keys(spec.config, original, f"the model {spec.name!r}")
     try:
         # num_labels follows from id2label; passing both makes transformers warn about the old label map
         config = AutoConfig.from_pretrained(name, **common, **label_maps(label_names, False), **spec.config)

@@ -27,6 +27,7 @@ from ..recipe import AugmentationSpec, ModelSpec, Recipe
 from ._common import (
     BuiltModel,
     Prepared,
+    check_config_keys,
     hub_kwargs,
     label_maps,
     load_classifier,
@@ -84,6 +85,7 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
 def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     from ..models import SimpleCNNConfig, SimpleCNNForImageClassification
 
+    check_config_keys(spec.config, SimpleCNNConfig, "simple_cnn")
     options = dict(spec.config)
     if spec.image_size:
         options["image_size"] = spec.image_size
@@ -129,6 +131,7 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
             arch, pretrained=spec.pretrained and not spec.weights, num_classes=len(label_names), **model_args
         )
     except Exception as err:  # network, missing weights or bad model_args: all end the run the same way
+        _check_timm_option(arch, err, model_args)
         raise ModelError(
             f"model.name {spec.name!r}: timm.create_model failed ({type(err).__name__}: {err}). "
             + ("Pretrained weights come from the Hub; offline, set model.pretrained: false." if spec.pretrained else "")
@@ -152,6 +155,29 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
     processor = _timm_processor(pretrained_cfg, arch)
     kind = f"from {spec.weights}" if spec.weights else "pretrained" if spec.pretrained else "random init"
     return BuiltModel(model, processor, f"timm {arch} ({kind})", preprocess_from_model(model, processor))
+
+
+def _check_timm_option(arch: str, err: Exception, model_args: dict[str, Any]) -> None:
+    """A `model.config` key the timm model class does not take, named with the options it does take."""
+    import inspect
+    import re
+    import sys
+
+    import timm
+
+    found = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(err))
+    if not isinstance(err, TypeError) or not found or found.group(2) not in model_args:
+        return
+    class_name, key = found.groups()
+    module = sys.modules.get(timm.models.model_entrypoint(arch).__module__)
+    model_class = getattr(module, class_name, None)
+    options = [] if model_class is None else list(inspect.signature(model_class).parameters)
+    options = [o for o in options if o not in ("args", "kwargs", "num_classes")]
+    close = difflib.get_close_matches(key, options, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ModelError(
+        f"model.config.{key}: not an option of timm's {arch} ({class_name}){hint}; it takes {options}"
+    ) from None
 
 
 def zero_head(model: Any) -> None:
