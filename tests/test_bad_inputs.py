@@ -84,8 +84,9 @@ CASES = [
         "min_lr",
     ),
     # ---- recipe: names and types
-    case("eval-strategy-no", TRAIN + "|training.eval_strategy=no" + OUT, "training.eval_strategy", "'no'"),  # h4
-    case("eval-strategy-no-validate", "validate|{recipe}|training.eval_strategy=no", "training.eval_strategy"),  # h4
+    # `no` itself is read as the string transformers takes (YAML 1.2); a real boolean is refused with the fix
+    case("eval-strategy-false", TRAIN + "|training.eval_strategy=false" + OUT, "training.eval_strategy", "'no'"),
+    case("eval-strategy-false-validate", "validate|{recipe}|training.eval_strategy=false", "training.eval_strategy"),
     case("training-key-typo", TRAIN + "|training.learnig_rate=0.1" + OUT, "training.learnig_rate", "learning_rate"),
     case("section-typo", TRAIN + "|trainig.num_train_epochs=1" + OUT, "trainig", "'training'"),
     case("task-typo", TRAIN + "|task=image-classfication" + OUT, "task", "'image-classification'"),
