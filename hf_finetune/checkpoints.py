@@ -347,21 +347,16 @@ def _raise_if_any_failed(failure: BaseException | None, desc: str) -> None:
     if message is None:
         return
     if failure is None or isinstance(failure, HFFinetuneError):
-        _exit_on_launcher_sigterm(2)
+        _ignore_launcher_sigterm()
     if failure is not None:
         raise failure
     raise HFFinetuneError(message)
 
 
-def _exit_on_launcher_sigterm(status: int) -> None:
+def _ignore_launcher_sigterm() -> None:
     """Every process is now on its way out with the same error. The launcher SIGTERMs whichever are still tearing
-    down when the first one exits; they then end with the error's status (not -15), as if they had been first."""
+    down when the first one exits; ignoring it lets them end with the error's own status (not -15) moments later.
+    (A Python handler would not do: the interpreter's shutdown restores the default action, but keeps "ignore".)"""
     import signal
-    import sys
 
-    def handler(_signum: int, _frame: Any) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
