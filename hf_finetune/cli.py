@@ -253,8 +253,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate
     from .metrics import per_class_table
 
-    if args.batch_size < 1:
-        raise HFFinetuneError(f"--batch-size: expected at least 1, got {args.batch_size}")
     result = evaluate(args.output_dir, data=args.data, split=args.split, batch_size=args.batch_size)
     print(
         f"{result['split']}: accuracy {result['accuracy']:.4f}  macro-F1 {result['f1_macro']:.4f}  "

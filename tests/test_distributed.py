@@ -109,7 +109,7 @@ def test_reported_loss_is_the_mean_loss_under_two_ranks(tiny_recipe, tiny_vit_di
     def run(processes: int) -> float:
         out = tmp_path / f"p{processes}"
         recipe = tiny_recipe(
-            model={"name": str(tiny_vit_dir)},
+            model={"name": str(tiny_vit_dir), "config": {}},
             data={"max_train_samples": 80},
             training={
                 "num_train_epochs": 1,

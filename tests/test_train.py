@@ -130,7 +130,7 @@ def test_best_model_is_really_loaded_when_it_is_not_the_last_epoch(which, tiny_r
     from safetensors.torch import load_file
 
     caplog.set_level("INFO", logger="hf_finetune")
-    model = {"name": str(tiny_vit_dir)} if which == "vit" else {}
+    model = {"name": str(tiny_vit_dir), "config": {}} if which == "vit" else {}
     recipe = tiny_recipe(
         model=model,
         training={
@@ -174,7 +174,7 @@ def test_timm_architecture_end_to_end(tiny_recipe, digits_folder: Path):
 
 
 def test_transformers_model_folder_gets_a_new_head(tiny_recipe, tiny_vit_dir: Path):
-    result = finetune(tiny_recipe(model={"name": str(tiny_vit_dir)}, training={"num_train_epochs": 1}))
+    result = finetune(tiny_recipe(model={"name": str(tiny_vit_dir), "config": {}}, training={"num_train_epochs": 1}))
     config = json.loads((result.output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "one", "1": "two", "2": "zero"}
     from safetensors.torch import load_file
