@@ -265,6 +265,8 @@ def load_recipe(
     # keys and types everywhere first; the checks that combine values only make sense once those are right
     recipe_obj = dataclasses.replace(recipe_obj, training=_check_training(recipe_obj.training, problems))
     _check_training_values(recipe_obj.training, problems)
+    if not 0 <= recipe_obj.data.seed < 2**32:  # numpy's seeding refuses it only once the data is loaded
+        problems.append(f"data.seed: expected a seed between 0 and 2**32 - 1, got {recipe_obj.data.seed}")
     if not problems:
         recipe_obj = _finish(recipe_obj, problems)
     if problems:

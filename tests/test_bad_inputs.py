@@ -62,6 +62,7 @@ CASES = [
     case("save-total-limit-zero", TRAIN + "|training.save_total_limit=0" + OUT, "training.save_total_limit"),
     case("warmup-fractional-steps", TRAIN + "|training.warmup_steps=2.5" + OUT, "training.warmup_steps", "2.5"),
     case("seed-negative", TRAIN + "|training.seed=-1" + OUT, "training.seed"),
+    case("data-seed-negative", TRAIN + "|data.seed=-1" + OUT, "data.seed", "got -1"),
     case("workers-negative", TRAIN + "|training.dataloader_num_workers=-1" + OUT, "dataloader_num_workers"),
     case(
         "all-at-once",
