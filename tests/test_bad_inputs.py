@@ -84,6 +84,8 @@ CASES = [
         "training.lr_scheduler_kwargs",
         "min_lr",
     ),
+    case("tracker-not-installed", TRAIN + "|training.report_to=wandb" + OUT, "training.report_to", "'wandb'"),
+    case("tracker-typo", "validate|{recipe}|training.report_to=[tensorbord]", "'tensorbord'", "'tensorboard'"),
     # ---- recipe: names and types
     case("eval-strategy-no", TRAIN + "|training.eval_strategy=no" + OUT, "training.eval_strategy", "'no'"),  # h4
     case("eval-strategy-no-validate", "validate|{recipe}|training.eval_strategy=no", "training.eval_strategy"),  # h4
