@@ -392,6 +392,8 @@ def load_recipe(
     # keys and types everywhere first; the checks that combine values only make sense once those are right
     recipe_obj = dataclasses.replace(recipe_obj, training=_check_training(recipe_obj.training, problems))
     _check_training_values(recipe_obj.training, problems)
+    if not 0 <= recipe_obj.data.seed < 2**32:  # numpy's seeding refuses it only once the data is loaded
+        problems.append(f"data.seed: expected a seed between 0 and 2**32 - 1, got {recipe_obj.data.seed}")
     if not problems:
         recipe_obj = _finish(recipe_obj, problems)
         _check_mixing(recipe_obj, problems)
@@ -739,9 +741,32 @@ def _check_training_values(training: dict[str, Any], problems: list[str]) -> Non
             f"training.num_train_epochs: expected a number of epochs > 0 (e.g. 3, or 0.5 for half an epoch), "
             f"got {epochs!r}: nothing would be trained; or set training.max_steps"
         )
+    report_to = training.get("report_to")
+    named = [report_to] if isinstance(report_to, str) else report_to if isinstance(report_to, list) else []
+    if [n for n in named if n not in ("none", "all")]:
+        problems.extend(_report_to_problems(named))
     scheduler_kwargs = training.get("lr_scheduler_kwargs")
     if isinstance(scheduler_kwargs, dict) and scheduler_kwargs:
         problems.extend(_scheduler_kwargs_problems(training.get("lr_scheduler_type", "linear"), scheduler_kwargs))
+
+
+def _report_to_problems(names: list[Any]) -> list[str]:
+    """Trackers Trainer cannot start: it raises (unknown name, package missing) only when the run is set up."""
+    from transformers.integrations import integration_utils
+
+    installed = integration_utils.get_available_reporting_integrations()
+    out = []
+    for name in names:
+        if name in ("none", "all") or name in installed:
+            continue
+        if name not in integration_utils.INTEGRATION_TO_CALLBACK:
+            known = list(integration_utils.INTEGRATION_TO_CALLBACK)
+            out.append(
+                f"training.report_to: {name!r} is not a tracker transformers knows{_did_you_mean(str(name), known)}"
+            )
+        else:
+            out.append(f"training.report_to: {name!r} is not installed; pip install it, or set report_to: none")
+    return out
 
 
 def _scheduler_kwargs_problems(name: Any, kwargs: dict[str, Any]) -> list[str]:

@@ -62,6 +62,7 @@ CASES = [
     case("save-total-limit-zero", TRAIN + "|training.save_total_limit=0" + OUT, "training.save_total_limit"),
     case("warmup-fractional-steps", TRAIN + "|training.warmup_steps=2.5" + OUT, "training.warmup_steps", "2.5"),
     case("seed-negative", TRAIN + "|training.seed=-1" + OUT, "training.seed"),
+    case("data-seed-negative", TRAIN + "|data.seed=-1" + OUT, "data.seed", "got -1"),
     case("workers-negative", TRAIN + "|training.dataloader_num_workers=-1" + OUT, "dataloader_num_workers"),
     case(
         "all-at-once",
@@ -83,6 +84,8 @@ CASES = [
         "training.lr_scheduler_kwargs",
         "min_lr",
     ),
+    case("tracker-not-installed", TRAIN + "|training.report_to=wandb" + OUT, "training.report_to", "'wandb'"),
+    case("tracker-typo", "validate|{recipe}|training.report_to=[tensorbord]", "'tensorbord'", "'tensorboard'"),
     # ---- recipe: names and types
     # `no` itself is read as the string transformers takes (YAML 1.2); a real boolean is refused with the fix
     case("eval-strategy-false", TRAIN + "|training.eval_strategy=false" + OUT, "training.eval_strategy", "'no'"),
@@ -218,7 +221,7 @@ CASES = [
         "does not fit",
         slow=True,
     ),
-    case("text-task-image-model", TEXT + "|model.name={vit}" + OUT, "image", slow=True),  # h5
+    case("text-task-image-model", TEXT + "|model.name={vit}" + OUT, "{vit}", "image", slow=True),  # h5
     # ---- output folder
     case(
         "output-holds-earlier-run",
@@ -507,3 +510,38 @@ def test_corrected_rerun_succeeds(bad, good, files, remove, world: dict[str, Pat
 
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     assert (places["out"] / "metrics.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------- what stays accepted
+
+
+def test_sensible_values_next_to_the_refused_ones_are_accepted():
+    """The range checks refuse only nonsense: epochs are unused once max_steps is set, 0 is a valid learning rate
+    and warm-up fraction, and a scheduler's real options pass."""
+    from hf_finetune.recipe import load_recipe
+
+    base = {"model": {"name": "simple_cnn"}, "data": {"source": "builtin:digits"}}
+    training = {
+        "num_train_epochs": 0,
+        "max_steps": 5,
+        "learning_rate": 0,
+        "warmup_steps": 0.0,
+        "save_total_limit": 1,
+        "label_smoothing_factor": 0.1,
+        "lr_scheduler_type": "cosine_with_restarts",
+        "lr_scheduler_kwargs": {"num_cycles": 2},
+    }
+    recipe = load_recipe({**base, "training": training})
+    assert recipe.training["max_steps"] == 5 and recipe.training["lr_scheduler_kwargs"] == {"num_cycles": 2}
+
+
+def test_known_config_keys_are_honoured(tiny_vit_dir: Path):
+    """A real field, a keyword every transformers config takes, and a simple_cnn option reach the built model."""
+    from hf_finetune.recipe import ModelSpec
+    from hf_finetune.tasks import image_classification
+
+    spec = ModelSpec(name=str(tiny_vit_dir), config={"hidden_dropout_prob": 0.25, "attn_implementation": "eager"})
+    vit = image_classification.build_model(spec, ["a", "b"]).model
+    assert vit.config.hidden_dropout_prob == 0.25 and vit.config._attn_implementation == "eager"
+    cnn = image_classification.build_model(ModelSpec(name="simple_cnn", config={"filters": [3]}), ["a", "b"]).model
+    assert cnn.config.filters == [3]
