@@ -260,9 +260,9 @@ def test_an_error_on_the_main_process_ends_both_ranks_alike(digits_folder: Path,
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=240, env=_env())
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 2 and errors[0] == errors[1], proc.stderr[-4000:]
-    assert "cannot be decoded" in errors[0] and str(broken) in proc.stderr
+    # the same message from each rank; both write to one pipe, so a line may not start where the message does
+    assert proc.stderr.count("error: 1 of 121 images cannot be decoded") == 2, proc.stderr[-4000:]
+    assert str(broken) in proc.stderr
     # both ranks exit 2 on their own error (the launcher lists every failed rank with its status)
     assert proc.stderr.count("exitcode  : 2 ") == 2, proc.stderr[-4000:]
     assert "exitcode  : -15" not in proc.stderr
