@@ -617,7 +617,8 @@ def test_staging_rewrites_local_paths_in_every_spelling_and_leaves_the_rest(tmp_
     card = (
         f'classifier = pipeline("image-classification", model="{out}")\n'
         f"Source: imagefolder folder {data}.\n"
-        f"{yaml.safe_dump({'source': str(data)})}"  # YAML's own spelling: "\xE9" for é
+        # YAML's own spelling: "\xE9" for é (on one line, as the card writes it, however long the tmp path is)
+        f"{yaml.safe_dump({'source': str(data)}, width=float('inf'))}"
         f"also {other}, see https://huggingface.co/docs/hub and /m/01g317 and {data}.csv\n"
     )
     (out / "README.md").write_text(card)
