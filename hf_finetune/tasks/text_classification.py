@@ -208,6 +208,9 @@ def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepar
     )
 
     tokenize = Tokenize(tokenizer, max_length, pairs, pad_to_max)
+    # a fast tokenizer keeps its last truncation/padding settings, and `datasets` hashes that state into each split's
+    # cache fingerprint: one call first puts it where every `map` leaves it, so the cache is found again next run
+    tokenize({"text": [""], **({"text_pair": [""]} if pairs else {})})
     ready = {
         name: ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {name}")
         for name, ds in splits.items()
