@@ -117,15 +117,8 @@ def test_sigterm_from_outside_ends_the_cli_within_the_launchers_grace(tiny_recip
         _train_recipe(tiny_recipe, out, num_train_epochs=200, logging_strategy="epoch"), tmp_path / "r.yaml"
     )
     command = [sys.executable, "-m", "hf_finetune", "train", str(recipe)]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
-    )
+    proc = _start_past_a_checkpoint(command, out)
     try:
-        deadline = time.monotonic() + 240
-        while not any((p / COMPLETE_MARKER).is_file() for p in out.glob("checkpoint-*")):
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was completed"
-            time.sleep(0.05)
-        time.sleep(0.5)  # somewhere inside a later epoch
         before = {s: _hashes(p) for s, p in _checkpoints(out).items() if (p / COMPLETE_MARKER).is_file()}
         signum = signal.SIGTERM
         sent = time.monotonic()
@@ -237,6 +230,24 @@ def test_a_launchers_echo_of_ctrl_c_is_not_a_second_signal(launched: bool, monke
 # --------------------------------------------------------------------------------------------- several processes
 
 
+def _start_past_a_checkpoint(command: list[str], out: Path) -> subprocess.Popen:
+    """Start a training command in its own process group; return once it has completed a checkpoint in `out` and
+    trained half a second further (somewhere inside a later epoch)."""
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not any((p / COMPLETE_MARKER).is_file() for p in out.glob("checkpoint-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was completed"
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        raise
+    time.sleep(0.5)
+    return proc
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -318,15 +329,8 @@ def test_ctrl_c_under_accelerate_launch_saves_on_both_ranks(tiny_recipe, tmp_pat
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()), "-m", "hf_finetune", "train", str(recipe),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
-    )
+    proc = _start_past_a_checkpoint(command, out)
     try:
-        deadline = time.monotonic() + 240
-        while not any((p / COMPLETE_MARKER).is_file() for p in out.glob("checkpoint-*")):
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was completed"
-            time.sleep(0.05)
-        time.sleep(0.5)
         # a terminal's Ctrl-C reaches the launcher and every rank; the launcher then sends the ranks SIGINT again
         os.killpg(proc.pid, signal.SIGINT)
         sent = time.monotonic()
