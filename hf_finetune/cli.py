@@ -303,10 +303,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _saved_data(output_dir: Path) -> dict:
     """The `data:` section of a trained folder's recipe.yaml (empty when it has none)."""
-    import yaml
+    from .recipe import read_saved_recipe
 
-    saved = output_dir / "recipe.yaml"
-    return ((yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}) or {}).get("data") or {}
+    return read_saved_recipe(output_dir).get("data") or {}
 
 
 def _read_inputs(path: Path, output_dir: Path) -> list[str] | list[tuple[str, str]]:

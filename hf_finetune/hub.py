@@ -317,13 +317,13 @@ class _LocalPaths:
     def __init__(self, out: Path) -> None:
         import yaml
 
+        from .recipe import read_saved_recipe
+
         known: dict[str, str] = {}
-        recipe: Any = None
-        if (out / "recipe.yaml").is_file():
-            try:
-                recipe = yaml.safe_load((out / "recipe.yaml").read_text(encoding="utf-8"))
-            except (yaml.YAMLError, UnicodeDecodeError):
-                recipe = None
+        try:
+            recipe: Any = read_saved_recipe(out)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            recipe = None
         for value in _strings(recipe):
             if not value or "\n" in value or len(value) > 4096 or value.startswith(("builtin:", "timm:")):
                 continue

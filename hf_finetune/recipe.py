@@ -291,6 +291,13 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: plain data only
 
 
+def read_saved_recipe(output_dir: str | Path) -> dict[str, Any]:
+    """The raw mapping of an output folder's `recipe.yaml`, read as recipes are; {} when it has none."""
+    saved = Path(output_dir) / "recipe.yaml"
+    raw = read_yaml(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    return raw if isinstance(raw, dict) else {}
+
+
 def dump_yaml(data: Any) -> str:
     """YAML text for a recipe that `read_yaml` (and `yaml.safe_load`) read back unchanged."""
     # never folded: a long path split over two lines would escape the push's path redaction

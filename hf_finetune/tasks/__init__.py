@@ -30,14 +30,12 @@ def get_task(name: str) -> ModuleType:
 
 def task_of_saved(path: str | Path) -> str:
     """The task of a saved output folder: from its resolved recipe, else from the model's architecture."""
-    import yaml
+    from ..recipe import read_saved_recipe
 
     path = Path(path)
-    recipe = path / "recipe.yaml"
-    if recipe.is_file():
-        task = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("task")
-        if task in MODULES:
-            return task
+    task = read_saved_recipe(path).get("task")
+    if task in MODULES:
+        return task
     config = path / "config.json"
     if config.is_file():
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []

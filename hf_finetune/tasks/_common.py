@@ -50,13 +50,10 @@ def hub_kwargs(spec: ModelSpec) -> dict[str, Any]:
 def saved_trust_remote_code(path: str | Path) -> bool:
     """Whether the run that wrote `path` trusted the model's own code (`model.trust_remote_code` in its recipe.yaml):
     only then is the code shipped in the folder run again when it is loaded."""
-    import yaml
+    from ..recipe import read_saved_recipe
 
-    recipe = Path(path) / "recipe.yaml"
-    if not recipe.is_file():
-        return False
-    model = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("model") or {}
-    return model.get("trust_remote_code") is True
+    model = read_saved_recipe(path).get("model") or {}
+    return isinstance(model, dict) and model.get("trust_remote_code") is True
 
 
 def load_error(path: str | Path, task_words: str, err: Exception) -> str:
