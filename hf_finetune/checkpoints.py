@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import HFFinetuneError
+from .errors import HFFinetuneError, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -187,14 +187,6 @@ def resume_weights_callback(checkpoint: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- stopping on signals
-
-
-class TrainingInterrupted(HFFinetuneError):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
 
 
 @contextlib.contextmanager

@@ -28,3 +28,19 @@ class ModelError(HFFinetuneError):
 
 class OutputDirError(HFFinetuneError):
     """The output folder holds another run's results and no overwrite or resume was asked for."""
+
+
+class MetricError(HFFinetuneError):
+    """A metric cannot be loaded or computed as asked (unknown name, no network for a Hub metric, bad inputs)."""
+
+
+class HubError(HFFinetuneError):
+    """The push did not happen (or did not finish). The local output folder is unchanged."""
+
+
+class TrainingInterrupted(HFFinetuneError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

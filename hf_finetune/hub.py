@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import HFFinetuneError
+from .errors import HubError
 
 logger = logging.getLogger("hf_finetune.hub")
 
@@ -53,10 +53,6 @@ EARLIER_PUSH = re.compile(
 PROVENANCE_FILES = re.compile(
     r"(README\.md|metrics\.json|recipe\.yaml|checkpoint-\d+/(trainer_state|hf_finetune_\w+)\.json)"
 )
-
-
-class HubError(HFFinetuneError):
-    """The push did not happen (or did not finish). The local output folder is unchanged."""
 
 
 def push_folder(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hf_finetune.errors import HFFinetuneError
+from hf_finetune.errors import MetricError
 from hf_finetune.outputs import atomic_output
 
 if TYPE_CHECKING:
@@ -51,10 +51,6 @@ SCALAR_KEYS: tuple[str, ...] = (
 _MAX_ANNOTATED_CLASSES = 30
 _MAX_NAMED_TICKS = 60
 _MAX_TICK_LABEL_CHARS = 24
-
-
-class MetricError(HFFinetuneError):
-    """A metric cannot be loaded or computed as asked (unknown name, no network for a Hub metric, bad inputs)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------

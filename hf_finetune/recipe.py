@@ -65,6 +65,11 @@ class ModelSpec:
     revision: str | None = None
     trust_remote_code: bool = False
 
+    @property
+    def is_timm(self) -> bool:
+        """A timm model: `timm:<architecture>` (built here) or `timm/<hub id>` (a timm checkpoint on the Hub)."""
+        return self.name.startswith(("timm:", "timm/"))
+
 
 @dataclass(frozen=True)
 class DataSpec:

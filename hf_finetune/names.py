@@ -1,0 +1,33 @@
+"""Names every stage shares: the splits, their keys in metrics.json, and the files of an output folder.
+
+Defined once here (imported, never retyped) so that the data loader, the trainer, the card, the push and the CLI
+cannot drift apart on what a split or a file is called.
+"""
+
+from __future__ import annotations
+
+# The three roles a split can have, in the order they are reported.
+SPLITS = ("train", "validation", "test")
+# A split's prefix in Trainer's metric keys and its key in metrics.json (`eval_accuracy`, metrics["eval"]).
+METRIC_PREFIX = {"train": "train", "validation": "eval", "test": "test"}
+# ... and back: the split a metrics.json key stands for (the name a model card shows).
+SPLIT_OF_PREFIX = {prefix: split for split, prefix in METRIC_PREFIX.items()}
+# The evaluated splits' prefixes in metrics.json, in the order cards and tables list them.
+EVALUATED_PREFIXES = ("eval", "test")
+
+# The files hf_finetune writes into an output folder.
+RECIPE_FILE = "recipe.yaml"  # the resolved recipe: resume or re-run from it
+METRICS_FILE = "metrics.json"
+CARD_FILE = "README.md"
+# What a run wrote (hidden, never pushed): `--overwrite` and a new run remove exactly that and nothing of the user's.
+MANIFEST_FILE = ".hf_finetune_run.json"
+# What the last push uploaded (hidden): the next push deletes only files it put there itself.
+PUSH_MANIFEST_FILE = ".hf_finetune_push.json"
+# Inside a checkpoint folder, written once every process has saved its part.
+COMPLETE_MARKER = "hf_finetune_complete.json"
+
+
+def confusion_matrix_files(prefix: str) -> tuple[str, str]:
+    """The CSV and PNG of one evaluated split's confusion matrix (`prefix` as in metrics.json: eval, test)."""
+    stem = f"confusion_matrix_{prefix}"
+    return f"{stem}.csv", f"{stem}.png"
