@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_finetune.errors import MetricError
-from hf_finetune.outputs import atomic_output
+from hf_finetune.files import atomic_output
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,32 +1,36 @@
-"""The output folder: who may write into it, and atomic writes of the small result files."""
+"""The output folder: who may write into it, what a run wrote there (its manifest), and so what it may remove."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import os
 import re
 import shlex
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .errors import OutputDirError
 
+# The atomic writers and the shared file names were first defined here; other modules still import them from here.
+from .files import atomic_output as atomic_output
+from .files import write_json
+from .files import write_text_atomic as write_text_atomic
+from .names import (
+    CARD_FILE,
+    COMPLETE_MARKER,
+    EVALUATED_PREFIXES,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    confusion_matrix_files,
+)
+
 logger = logging.getLogger(__name__)
 
-RECIPE_FILE = "recipe.yaml"
-METRICS_FILE = "metrics.json"
-
-
-# What hf_finetune writes into an output folder is listed in this (hidden, never pushed) file as it writes it, so
-# that `--overwrite`, or a new run in the folder a failed run left, removes exactly that and nothing of the user's.
-MANIFEST_FILE = ".hf_finetune_run.json"
-COMPLETE_MARKER = "hf_finetune_complete.json"  # as trainer.COMPLETE_MARKER; not imported, to keep this module light
 # Folders Trainer and the resume code create (`checkpoint-12`, `incomplete-checkpoint-12`, `…-12-2`).
 _RUN_FOLDER = re.compile(r"(incomplete-)?checkpoint-\d+(-\d+)?")
 # What a run writes at the top level whatever the model (results, the common model and tokenizer files). For a folder
@@ -36,11 +40,8 @@ _COMMON_NAMES = frozenset(
     {
         RECIPE_FILE,
         METRICS_FILE,
-        "README.md",
-        "confusion_matrix_eval.csv",
-        "confusion_matrix_eval.png",
-        "confusion_matrix_test.csv",
-        "confusion_matrix_test.png",
+        CARD_FILE,
+        *(name for prefix in EVALUATED_PREFIXES for name in confusion_matrix_files(prefix)),
         "config.json",
         "model.safetensors",
         "model.safetensors.index.json",
@@ -64,7 +65,7 @@ _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 # Files the desktop drops into any folder it shows: neither ours nor a reason to refuse the folder.
 _OS_CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 # Names a run writes itself whatever the model: a user's file of that name would be replaced, so it is refused.
-_ALWAYS_WRITTEN = (RECIPE_FILE, METRICS_FILE, "README.md", "config.json")
+_ALWAYS_WRITTEN = (RECIPE_FILE, METRICS_FILE, CARD_FILE, "config.json")
 
 
 @dataclass
@@ -319,41 +320,3 @@ def _within(child: Path, parent: Path) -> bool:
 def _some(names: Sequence[str], n: int = 5) -> str:
     shown = ", ".join(names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """A file handle whose content appears at `path` only once fully written, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file private (0600); results are ordinary files (0644 under umask 022)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_output(path) as handle:
-        handle.write(text)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
