@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -24,9 +25,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import HubError
+from .names import CARD_FILE, EVALUATED_PREFIXES, METRICS_FILE, PUSH_MANIFEST_FILE, RECIPE_FILE
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 logger = logging.getLogger("hf_finetune.hub")
 
@@ -40,18 +45,19 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 # The files of a model: a push without them would publish a repo nothing can load.
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
-# Written with every push: the files it brought, so that the next push replaces exactly those and leaves the files
-# someone added on the Hub alone.
-MANIFEST = ".hf_finetune_push.json"
+# Written with every push (PUSH_MANIFEST_FILE): the files it brought, so that the next push replaces exactly those
+# and leaves the files someone added on the Hub alone.
 # On a branch without a manifest (pushed by hand or by an older hf_finetune), what an earlier push of a model left:
 # weights (shard counts change between models), checkpoints and this toolkit's own result files.
 EARLIER_PUSH = re.compile(
     r"(checkpoint-\d+/.*|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin"
-    r"|pytorch_model\.bin\.index\.json|training_args\.bin|recipe\.yaml|metrics\.json|confusion_matrix_(eval|test)\.\w+)"
+    rf"|pytorch_model\.bin\.index\.json|training_args\.bin|{re.escape(RECIPE_FILE)}|{re.escape(METRICS_FILE)}"
+    rf"|confusion_matrix_({'|'.join(EVALUATED_PREFIXES)})\.\w+)"
 )
 # Files whose absolute local paths (data source, model folder, output folder) are rewritten in the pushed copy.
 PROVENANCE_FILES = re.compile(
-    r"(README\.md|metrics\.json|recipe\.yaml|checkpoint-\d+/(trainer_state|hf_finetune_\w+)\.json)"
+    rf"({re.escape(CARD_FILE)}|{re.escape(METRICS_FILE)}|{re.escape(RECIPE_FILE)}"
+    r"|checkpoint-\d+/(trainer_state|hf_finetune_\w+)\.json)"
 )
 
 
@@ -81,14 +87,12 @@ def push_folder(
     someone added on the Hub stay, unless `delete_missing`: then the branch holds exactly the pushed files.
 
     Network failures and busy-server answers are retried `attempts` times, waiting `backoff_s`, then twice that, …;
-    after that, or at once for errors a retry cannot fix (bad token, no write access), a `HubError` says what went
-    wrong.
+    then, or at once for errors a retry cannot fix (bad token, no write access), a `HubError` says what went wrong.
     """
     out = Path(output_dir)
     _check_output_dir(out)
     _check_repo_id(repo_id)
-
-    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub import HfApi
 
     target = f"{repo_id}{f' (branch {revision})' if revision else ''}"
     with tempfile.TemporaryDirectory(prefix="hf_finetune_push_") as tmp:
@@ -98,43 +102,80 @@ def push_folder(
         files = stage_folder(
             out, staging, repo_id, revision=revision, include_checkpoints=include_checkpoints, include=include
         )
-        if constants.HF_HUB_OFFLINE:
-            raise HubError(f"cannot push {out} to {repo_id}: HF_HUB_OFFLINE is set; unset it to talk to the Hub")
-        if get_token() is None:  # only whether there is one; its value stays inside huggingface_hub
-            raise HubError(
-                f"cannot push {out} to {repo_id}: no Hugging Face token found. Set HF_TOKEN or run `hf auth login` "
-                "with a token that has write access."
-            )
-        manifest = {"pushed_by": "hf_finetune", "files": sorted([*files, MANIFEST])}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _check_can_talk(out, repo_id)
+        pushed = _write_push_manifest(staging, files)
         api = HfApi()  # no token argument: huggingface_hub reads it from HF_TOKEN or its token file on each call
         logger.info("hub: pushing %d files from %s to %s at %s", len(files), out, target, api.endpoint)
-
-        def upload() -> str:
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            if private and not api.repo_info(repo_id).private:
-                # create_repo leaves an existing repo's visibility alone: uploading would publish what was meant
-                # to stay private
-                raise HubError(
-                    f"{repo_id} already exists and is public; --private (hub.private) only applies to a new repo. "
-                    "Nothing was uploaded: make the repo private on the Hub first, or push to another name."
-                )
-            if revision and revision != constants.DEFAULT_REVISION:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            stale = _stale_files(api, repo_id, revision, set(manifest["files"]), delete_missing, Path(tmp) / "prev")
-            info = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=str(staging),
-                revision=revision,
-                commit_message=f"Upload {out.name} with hf_finetune",
-                # exact names, not patterns: a file added on the Hub between listing and committing stays
-                delete_patterns=[_literal(f) for f in stale] or None,
-            )
-            return str(info.commit_url)
-
+        upload = functools.partial(
+            _upload,
+            api,
+            repo_id,
+            out,
+            staging,
+            pushed,
+            private=private,
+            revision=revision,
+            delete_missing=delete_missing,
+        )
         url = with_retries(upload, attempts=attempts, backoff_s=backoff_s, what=f"pushing {out} to {target}")
     logger.info("hub: pushed %s to %s", out, url)
     return url
+
+
+def _check_can_talk(out: Path, repo_id: str) -> None:
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"cannot push {out} to {repo_id}: HF_HUB_OFFLINE is set; unset it to talk to the Hub")
+    if get_token() is None:  # only whether there is one; its value stays inside huggingface_hub
+        raise HubError(
+            f"cannot push {out} to {repo_id}: no Hugging Face token found. Set HF_TOKEN or run `hf auth login` "
+            "with a token that has write access."
+        )
+
+
+def _write_push_manifest(staging: Path, files: list[str]) -> set[str]:
+    """Stage the push's manifest (the files it brings, itself included); returns those names."""
+    manifest = {"pushed_by": "hf_finetune", "files": sorted([*files, PUSH_MANIFEST_FILE])}
+    (staging / PUSH_MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return set(manifest["files"])
+
+
+def _upload(
+    api: HfApi,
+    repo_id: str,
+    out: Path,
+    staging: Path,
+    pushed: set[str],
+    *,
+    private: bool,
+    revision: str | None,
+    delete_missing: bool,
+) -> str:
+    """One attempt at pushing `staging` (the staged copy of `out`): the repo and branch made ready, then one commit
+    that also deletes what an earlier push left; returns its URL."""
+    from huggingface_hub import constants
+
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if private and not api.repo_info(repo_id).private:
+        # create_repo leaves an existing repo's visibility alone: uploading would publish what was meant
+        # to stay private
+        raise HubError(
+            f"{repo_id} already exists and is public; --private (hub.private) only applies to a new repo. "
+            "Nothing was uploaded: make the repo private on the Hub first, or push to another name."
+        )
+    if revision and revision != constants.DEFAULT_REVISION:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    stale = _stale_files(api, repo_id, revision, pushed, delete_missing, staging.parent / "prev")
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(staging),
+        revision=revision,
+        commit_message=f"Upload {out.name} with hf_finetune",
+        # exact names, not patterns: a file added on the Hub between listing and committing stays
+        delete_patterns=[_literal(f) for f in stale] or None,
+    )
+    return str(info.commit_url)
 
 
 def stage_folder(
@@ -185,8 +226,8 @@ def stage_folder(
         )
     for name, target in outside:
         logger.warning("hub: not pushed: %s is a link to %s, outside %s", name, target, out)
-    if "README.md" not in staged:
-        logger.warning("hub: %s has no README.md; the repo will have no model card", out)
+    if CARD_FILE not in staged:
+        logger.warning("hub: %s has no %s; the repo will have no model card", out, CARD_FILE)
     return staged
 
 
@@ -290,9 +331,9 @@ def _pushed_text(name: str, path: Path, paths: _LocalPaths, repo_id: str, revisi
         return None
     try:
         text = path.read_text(encoding="utf-8")
-        if name == "README.md":
+        if name == CARD_FILE:
             return paths.text(card_for_repo(text, repo_id, revision))
-        if name == "recipe.yaml":
+        if name == RECIPE_FILE:
             return _redacted_recipe(path, paths)
         data = json.loads(text)
     except (UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
@@ -419,7 +460,7 @@ def _literal(name: str) -> str:
 
 
 def _stale_files(
-    api: Any, repo_id: str, revision: str | None, pushed: set[str], delete_missing: bool, scratch: Path
+    api: HfApi, repo_id: str, revision: str | None, pushed: set[str], delete_missing: bool, scratch: Path
 ) -> list[str]:
     """Files on the branch that this push does not bring and that an earlier push of this toolkit left (all of
     them with `delete_missing`), as the commit will delete them."""
@@ -432,9 +473,9 @@ def _stale_files(
             )
         return missing
     earlier: set[str] | None = None
-    if MANIFEST in remote:
+    if PUSH_MANIFEST_FILE in remote:
         try:
-            saved = api.hf_hub_download(repo_id, MANIFEST, revision=revision, local_dir=scratch)
+            saved = api.hf_hub_download(repo_id, PUSH_MANIFEST_FILE, revision=revision, local_dir=scratch)
             earlier = set(json.loads(Path(saved).read_text(encoding="utf-8"))["files"])
         except (ValueError, KeyError, TypeError, OSError):
             earlier = None  # an unreadable manifest: fall back to the names a model push leaves
@@ -563,7 +604,7 @@ def _check_output_dir(out: Path) -> None:
         raise HubError(
             f"{out} holds no model weights (no *.safetensors file next to config.json): a run that stopped before "
             "the end leaves its weights in checkpoint-* folders. Finish it (hf-finetune train "
-            f"{out / 'recipe.yaml'} --resume) and push again."
+            f"{out / RECIPE_FILE} --resume) and push again."
         )
 
 
@@ -590,7 +631,7 @@ def _redacted_recipe(path: Path, paths: _LocalPaths | None = None) -> str | None
         return None
     redacted = redact_recipe(raw)
     if redacted.get("training") != (raw.get("training") or {}):
-        logger.warning("hub: recipe.yaml holds a token under training:; the pushed copy has it blanked")
+        logger.warning("hub: %s holds a token under training:; the pushed copy has it blanked", RECIPE_FILE)
     elif paths is None or paths.value(raw) == raw:
         return None
     if paths is not None:
