@@ -13,8 +13,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import HFFinetuneError
+from .names import EVALUATED_PREFIXES, METRIC_PREFIX, SPLIT_OF_PREFIX
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # what `add_subparsers()` returns: a private class of argparse, so only named for the type checker
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXAMPLES = """examples:
   hf-finetune train quickstart                      # offline: simple CNN on scikit-learn's digits
@@ -34,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_add_train, _add_validate, _add_eval, _add_predict, _add_push, _add_recipes):
+        add_command(sub)
+    return parser
 
+
+def _add_train(sub: Commands) -> None:
     train = sub.add_parser(
         "train",
         help="fine-tune as a recipe says",
@@ -55,10 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: the subcommand's default must not overwrite a --debug given before the command
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
+
+def _add_validate(sub: Commands) -> None:
     check = sub.add_parser("validate", help="check a recipe and print it fully resolved, without training")
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
+
+def _add_eval(sub: Commands) -> None:
     ev = sub.add_parser("eval", help="metrics of a trained model (nothing is written)")
     ev.add_argument("output_dir", help="a folder written by `hf-finetune train`")
     ev.add_argument("--data", help="another data source (any data.source a recipe takes); default: the recipe's")
@@ -67,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, help="default: the recipe's training.per_device_eval_batch_size"
     )
 
+
+def _add_predict(sub: Commands) -> None:
     pr = sub.add_parser("predict", help="top-k labels for image files or texts, as JSON lines")
     pr.add_argument("output_dir")
     pr.add_argument("images", nargs="*", help="image files (image models)")
@@ -84,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--top-k", type=_positive_int, default=5, help="how many labels to list per input (default 5)")
 
+
+def _add_push(sub: Commands) -> None:
     push = sub.add_parser("push", help="upload a trained output folder to the Hugging Face Hub")
     push.add_argument("output_dir")
     push.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME")
@@ -109,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: only files an earlier hf_finetune push left)",
     )
 
+
+def _add_recipes(sub: Commands) -> None:
     rec = sub.add_parser("recipes", help="list, show or copy the shipped recipes")
     rsub = rec.add_subparsers(dest="recipes_command", required=True, metavar="ACTION")
     rsub.add_parser("ls", help="list the shipped recipes")
@@ -117,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     cp = rsub.add_parser("cp", help="copy a shipped recipe to edit it")
     cp.add_argument("name")
     cp.add_argument("path", help="destination file or folder")
-    return parser
 
 
 DEBUG_HELP = "on an error, show the full traceback with its original cause (also: HF_FINETUNE_DEBUG=1)"
@@ -219,10 +241,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .metrics import per_class_table
 
     result = finetune(args.recipe, _overrides(args))
-    for split in ("eval", "test"):
-        if split in result.metrics:
-            m = result.metrics[split]
-            name = "validation" if split == "eval" else "test"
+    test = METRIC_PREFIX["test"]
+    for prefix in EVALUATED_PREFIXES:
+        if prefix in result.metrics:
+            m = result.metrics[prefix]
+            name = SPLIT_OF_PREFIX[prefix]
             print(
                 f"\n{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['f1_macro']:.4f}  ({m.get('num_samples')} rows)"
             )
@@ -232,7 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"  majority-class baseline (always {b['majority_class']!r}): "
                     f"accuracy {b['accuracy']:.4f}  macro-F1 {b['f1_macro']:.4f}"
                 )
-            if split == "test" or "test" not in result.metrics:
+            if prefix == test or test not in result.metrics:  # one table: the test split's, else validation's
                 print(per_class_table(m))
     print(f"\noutputs: {result.output_dir.resolve()}")
     example = '--text "some text"' if result.recipe.task == "text-classification" else "IMAGE.png"
