@@ -27,6 +27,7 @@ from hf_finetune.errors import MetricError
 from hf_finetune.files import atomic_output
 
 if TYPE_CHECKING:
+    import evaluate
     import numpy as np
     import torch
     from transformers import EvalPrediction
@@ -84,7 +85,7 @@ def _evaluate_follows_hub_offline() -> Iterator[None]:
         yield
 
 
-def _load_module(path_or_name: str) -> Any:
+def _load_module(path_or_name: str) -> evaluate.EvaluationModule:
     import evaluate
 
     # keep_in_memory: otherwise every DDP rank writes the same default-experiment cache file under
@@ -94,7 +95,7 @@ def _load_module(path_or_name: str) -> Any:
 
 
 @functools.cache
-def load_classification_report() -> Any:
+def load_classification_report() -> evaluate.EvaluationModule:
     """Load the shipped `classification_report` evaluate module (once per process).
 
     Loading by absolute path never contacts the Hub, with or without the offline env vars.
@@ -114,7 +115,7 @@ def load_classification_report() -> Any:
         ) from err
 
 
-def _load_extra(name: str) -> Any:
+def _load_extra(name: str) -> evaluate.EvaluationModule:
     path = Path(name).expanduser()
     # An absolute path keeps evaluate from falling back to a Hub lookup when the folder lacks its script.
     target = str(path.resolve()) if path.exists() else name
@@ -316,6 +317,20 @@ class ClassificationMetrics:
         for k in self.top_k:
             scalars[f"top{k}_accuracy"] = self._top_k_accuracy(preds, labels, k)
 
+        extra_results = self._add_extra_results(top1, labels, scalars)
+
+        report.update({f"top{k}_accuracy": scalars[f"top{k}_accuracy"] for k in self.top_k})
+        report["num_samples"] = int(labels.size)
+        report["num_ignored"] = num_ignored
+        report["label_names"] = list(self.label_names)
+        report["extra"] = extra_results
+        self.last_report = report
+        return scalars
+
+    def _add_extra_results(
+        self, top1: np.ndarray, labels: np.ndarray, scalars: dict[str, float]
+    ) -> dict[str, dict[str, Any]]:
+        """Run the `extra` metrics; their scalar results join `scalars` (renamed where a key is taken already)."""
         extra_results: dict[str, dict[str, Any]] = {}
         for name, metric_name, module in self._extra_modules or []:
             try:
@@ -338,14 +353,7 @@ class ClassificationMetrics:
                     out_key = f"{metric_name}_{key}_{suffix}"
                     suffix += 1
                 scalars[out_key] = number
-
-        report.update({f"top{k}_accuracy": scalars[f"top{k}_accuracy"] for k in self.top_k})
-        report["num_samples"] = int(labels.size)
-        report["num_ignored"] = num_ignored
-        report["label_names"] = list(self.label_names)
-        report["extra"] = extra_results
-        self.last_report = report
-        return scalars
+        return extra_results
 
     def _top_k_accuracy(self, preds: np.ndarray, labels: np.ndarray, k: int) -> float:
         if labels.size == 0:

@@ -105,29 +105,9 @@ class ClassificationReport(evaluate.Metric):
 
         predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
         references = np.asarray(references, dtype=np.int64).reshape(-1)
-        # sklearn silently drops values outside `labels`, which would hide a label-mapping bug.
-        for what, values in (("predictions", predictions), ("references", references)):
-            bad = values[(values < 0) | (values >= num_labels)]
-            if bad.size:
-                raise ValueError(
-                    f"{what} hold class indices outside range({num_labels}): {sorted(set(bad.tolist()))[:10]}"
-                )
-
+        _check_in_range(predictions, references, num_labels)
         all_labels = list(range(num_labels))
-        n = int(references.size)
-        if n == 0:
-            zeros = [0.0] * num_labels
-            precision, recall, f1, support = zeros, zeros, zeros, [0] * num_labels
-            matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
-            accuracy = 0.0
-            present = []
-        else:
-            precision, recall, f1, support = precision_recall_fscore_support(
-                references, predictions, labels=all_labels, average=None, zero_division=0
-            )
-            matrix = confusion_matrix(references, predictions, labels=all_labels)
-            accuracy = float(np.mean(predictions == references))
-            present = sorted(set(references.tolist()) | set(predictions.tolist()))
+        precision, recall, f1, support, matrix, accuracy, present = _counts(predictions, references, all_labels)
 
         scores = {
             "precision": np.asarray(precision, dtype=np.float64),
@@ -152,3 +132,27 @@ class ClassificationReport(evaluate.Metric):
         ]
         result["confusion_matrix"] = [[int(v) for v in row] for row in matrix]
         return result
+
+
+def _check_in_range(predictions, references, num_labels):
+    # sklearn silently drops values outside `labels`, which would hide a label-mapping bug.
+    for what, values in (("predictions", predictions), ("references", references)):
+        bad = values[(values < 0) | (values >= num_labels)]
+        if bad.size:
+            raise ValueError(f"{what} hold class indices outside range({num_labels}): {sorted(set(bad.tolist()))[:10]}")
+
+
+def _counts(predictions, references, all_labels):
+    """Per-class precision, recall, F1 and support, the confusion matrix, accuracy and the classes that occur."""
+    num_labels = len(all_labels)
+    if references.size == 0:
+        zeros = [0.0] * num_labels
+        matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
+        return zeros, zeros, zeros, [0] * num_labels, matrix, 0.0, []
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, labels=all_labels, average=None, zero_division=0
+    )
+    matrix = confusion_matrix(references, predictions, labels=all_labels)
+    accuracy = float(np.mean(predictions == references))
+    present = sorted(set(references.tolist()) | set(predictions.tolist()))
+    return precision, recall, f1, support, matrix, accuracy, present
