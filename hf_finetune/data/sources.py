@@ -12,12 +12,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
+from ..names import SPLITS
 from ..recipe import DataSpec
 
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
 logger = logging.getLogger(__name__)
+
+# The roles a split of the loaded data has (the data's own split names are mapped onto them).
+TRAIN, VALIDATION, TEST = SPLITS
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -29,7 +36,7 @@ TEXT_COLUMNS = ("text", "text_pair")
 class LoadedData:
     """The splits (train, validation, optional test) and the label names, index = class id."""
 
-    splits: Any  # datasets.DatasetDict
+    splits: DatasetDict
     label_names: list[str]
     description: str  # where it came from, for logs and the model card
     # splits the data has but whose labels are all hidden (GLUE's test sets: -1): left out of `splits`
@@ -37,7 +44,7 @@ class LoadedData:
 
     @property
     def has_test(self) -> bool:
-        return "test" in self.splits
+        return TEST in self.splits
 
 
 def load_data(
@@ -247,23 +254,23 @@ def _select_splits(raw: Any, spec: DataSpec, need_train: bool = True) -> tuple[A
             f"data.train_split {spec.train_split!r} not found; the data has splits {available}. "
             "Set data.train_split to one of them."
         )
-    origin = {"train": spec.train_split} if spec.train_split in raw else {}
+    origin = {TRAIN: spec.train_split} if spec.train_split in raw else {}
     for role, asked, defaults in (
-        ("validation", spec.validation_split, VALIDATION_NAMES),
-        ("test", spec.test_split, ("test",)),
+        (VALIDATION, spec.validation_split, VALIDATION_NAMES),
+        (TEST, spec.test_split, ("test",)),
     ):
         if is_none_split(asked):
             logger.info(
                 "data: data.%s_split is none: %s",
                 role,
                 "no validation split is taken from the data; one is carved from train"
-                if role == "validation"
+                if role == VALIDATION
                 else "no test split is used",
             )
             continue
         if asked is not None:
             if asked not in raw:
-                fallback = "carve one from train" if role == "validation" else "use no test split"
+                fallback = "carve one from train" if role == VALIDATION else "use no test split"
                 raise DataError(
                     f"data.{role}_split {asked!r} not found; the data has splits {available}. "
                     f"Set data.{role}_split to one of them, or to none to {fallback}."
@@ -362,14 +369,14 @@ def _drop_unlabelled(raw: Any, spec: DataSpec, origin: dict[str, str]) -> tuple[
             kept[role] = ds
             continue
         named = role if origin.get(role, role) == role else f"{role} (the data's {origin[role]!r})"
-        if role == "train":
+        if role == TRAIN:
             raise DataError(
                 f"split {named}: none of its {len(ds)} rows has a label in column {spec.label_column!r} (all empty "
                 "or -1, which datasets uses for a hidden label); a model cannot be trained on it. "
                 "Check data.label_column, or point data.train_split at a labelled split."
             )
         dropped.append(role)
-        what = "; a validation split is carved from train instead" if role == "validation" else ""
+        what = "; a validation split is carved from train instead" if role == VALIDATION else ""
         logger.info(
             "data: split %s has no labels (all %d rows are -1 or empty: hidden labels, as in GLUE's test sets), so "
             "it is not used for metrics%s. Set data.%s_split: none to leave it out explicitly.",
@@ -392,10 +399,10 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
     keys = {split: _label_keys(ds) for split, ds in raw.items()}
     if known is not None:
         names = list(known)
-    elif isinstance(raw["train"].features["label"], datasets.ClassLabel):
-        names = list(raw["train"].features["label"].names)
+    elif isinstance(raw[TRAIN].features["label"], datasets.ClassLabel):
+        names = list(raw[TRAIN].features["label"].names)
     else:
-        values = {v for v in raw["train"]["label"] if not _is_hidden(v)}
+        values = {v for v in raw[TRAIN]["label"] if not _is_hidden(v)}
         fractional = sorted(v for v in values if isinstance(v, float) and not v.is_integer())
         if fractional:
             raise DataError(
@@ -404,15 +411,15 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
             )
         # numbers in numeric order (2 < 10), then strings alphabetically; ids follow this order
         names = [_label_key(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
-    if known is None and len({k for k in keys["train"] if k is not None}) < 2:
+    if known is None and len({k for k in keys[TRAIN] if k is not None}) < 2:
         raise DataError(
-            f"split 'train' has only {len(set(keys['train']))} class in column {spec.label_column!r}; a classifier "
+            f"split 'train' has only {len(set(keys[TRAIN]))} class in column {spec.label_column!r}; a classifier "
             "needs at least two. Check data.label_column and the data."
         )
     index = {n: i for i, n in enumerate(names)}
     # A ClassLabel may name classes train has no row of (imagefolder takes the class folders of every split): a class
     # that only validation or test has would become an output the model never learnt, so it is refused, as for CSVs.
-    in_train = set(keys["train"]) if known is None else set(index)
+    in_train = set(keys[TRAIN]) if known is None else set(index)
     class_label = datasets.ClassLabel(names=names)
     out = {}
     for split, ds in raw.items():
@@ -466,9 +473,9 @@ def _ensure_validation(raw: Any, spec: DataSpec) -> Any:
     """Carve a stratified, seeded validation split out of train when the data has none."""
     import datasets
 
-    if "validation" in raw:
+    if VALIDATION in raw:
         return raw
-    train = raw["train"]
+    train = raw[TRAIN]
     if len(train) < 2:
         raise DataError(
             f"split 'train' has {len(train)} row(s): too few to carve a validation split from. "
@@ -491,9 +498,9 @@ def _ensure_validation(raw: Any, spec: DataSpec) -> Any:
         len(parts["train"]),
         len(parts["test"]),
     )
-    out = {"train": parts["train"], "validation": parts["test"]}
-    if "test" in raw:
-        out["test"] = raw["test"]
+    out = {TRAIN: parts["train"], VALIDATION: parts["test"]}
+    if TEST in raw:
+        out[TEST] = raw[TEST]
     return datasets.DatasetDict(out)
 
 
@@ -502,7 +509,7 @@ def _limit(raw: Any, spec: DataSpec) -> Any:
 
     out = {}
     for split, ds in raw.items():
-        cap = spec.max_train_samples if split == "train" else spec.max_eval_samples
+        cap = spec.max_train_samples if split == TRAIN else spec.max_eval_samples
         if cap is not None and len(ds) > cap:
             ds = ds.shuffle(seed=spec.seed).select(range(cap))
         out[split] = ds
