@@ -28,8 +28,7 @@ from .names import COMPLETE_MARKER, RECIPE_FILE
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
-    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers import PreTrainedModel, TrainerControl, TrainerState, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ class ResumeWeightsCheck(TrainerCallback):
         args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
-        model: nn.Module | None = None,
+        model: PreTrainedModel | None = None,
         **kwargs: object,
     ) -> None:
         wrong = sync_with_checkpoint(model, self.checkpoint)

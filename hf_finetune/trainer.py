@@ -182,6 +182,7 @@ class ClassificationTrainer(Trainer):
         self.param_groups_fn = param_groups
         self.mixup_fn = mixup
         if self.compute_loss_func is not None:
+            # our loss is a per-batch mean: Trainer must still divide it by the gradient-accumulation steps
             self.loss_is_scaled_for_ga = False
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
