@@ -55,14 +55,15 @@ def finetune(
     from . import metrics as metrics_lib
     from . import transfer
     from .checkpoints import (
-        checkpoint_marker_callback,
+        CheckpointMarker,
+        ResumeWeightsCheck,
         interrupted,
         main_process_first,
         resolve_resume,
-        resume_weights_callback,
         stop_on_signals,
     )
     from .data import checks, sources
+    from .loss import class_weights, classification_loss
     from .outputs import RECIPE_FILE, check_output_dir, clear_output_dir, recording, start_manifest, write_text_atomic
     from .recipe import find_recipe
     from .tasks import get_task
@@ -70,7 +71,6 @@ def finetune(
         avoid_single_sample_last_batch,
         build_trainer,
         build_training_args,
-        cross_entropy_loss,
         log_distribution,
         mixed_precision,
         training_defaults,
@@ -139,7 +139,7 @@ def finetune(
         # written first so that a run stopped early can be resumed from its own folder
         write_text_atomic(out / RECIPE_FILE, recipe.to_saved_yaml())
     args.distributed_state.wait_for_everyone()
-    run_callbacks = [checkpoint_marker_callback(), *([resume_weights_callback(resume)] if resume else [])]
+    run_callbacks = [CheckpointMarker(), *([ResumeWeightsCheck(resume)] if resume else [])]
     trainer = build_trainer(
         model=built.model,
         args=args,
@@ -155,7 +155,7 @@ def finetune(
             if custom_groups
             else None
         ),
-        loss=cross_entropy_loss(weights, args.label_smoothing_factor) if weights or mixup else None,
+        loss=classification_loss(weights, args.label_smoothing_factor, mixup is not None),
         mixup=mixup,
     )
     with stop_on_signals() as stop:
@@ -219,8 +219,9 @@ def evaluate(
     from . import metrics as metrics_lib
     from .data import checks, sources
     from .errors import HFFinetuneError
+    from .loss import classification_loss, saved_class_weights
     from .tasks import get_task, task_of_saved
-    from .trainer import build_trainer, cross_entropy_loss
+    from .trainer import build_trainer
 
     setup_logging()
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -262,7 +263,8 @@ def evaluate(
     compute_metrics = metrics_lib.ClassificationMetrics(labels, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
     compute_metrics.load()
     smoothing = float(recipe.training.get("label_smoothing_factor") or 0.0)
-    weights = _saved_class_weights(recipe, output_dir, loaded if data is None else None, labels)
+    train_labels = loaded.splits["train"]["label"] if data is None and "train" in loaded.splits else None
+    weights = saved_class_weights(recipe.loss.class_weights, output_dir, train_labels, labels)
     prefix = SPLIT_PREFIX.get(split, split) if data is None else "eval"
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -283,7 +285,7 @@ def evaluate(
             compute_metrics=compute_metrics,
             preprocess_logits=metrics_lib.make_preprocess_logits(max([1, *recipe.metrics.top_k])),
             # as in training: the toolkit's loss when it has class weights (or mixup: the same on hard labels)
-            loss=cross_entropy_loss(weights, smoothing) if weights or _mixes(recipe) else None,
+            loss=classification_loss(weights, smoothing, _mixes(recipe)),
         )
         scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
     result = _split_metrics(scalars, prefix, compute_metrics.last_report)
@@ -340,30 +342,6 @@ def _mixes(recipe: Recipe) -> bool:
     return bool(aug.mixup_alpha or aug.cutmix_alpha)
 
 
-def _saved_class_weights(recipe: Recipe, output_dir: Path, loaded: Any, labels: list[str]) -> list[float] | None:
-    """The class weights training used: the recipe's list, or `balanced` from the train class counts it recorded."""
-    import json
-
-    from .outputs import METRICS_FILE
-
-    setting = recipe.loss.class_weights
-    if setting is None or isinstance(setting, list):
-        return class_weights(setting, [], labels)
-    saved = output_dir / METRICS_FILE
-    counts = {}
-    if saved.is_file():
-        run = json.loads(saved.read_text(encoding="utf-8")).get("run") or {}
-        counts = ((run.get("splits") or {}).get("train") or {}).get("class_counts") or {}
-    if counts:
-        train_labels = [i for i, name in enumerate(labels) for _ in range(int(counts.get(name, 0)))]
-    elif loaded is not None and "train" in loaded.splits:
-        train_labels = loaded.splits["train"]["label"]
-    else:
-        logger.warning("loss: class_weights balanced, but train's class counts are unknown; the loss is unweighted")
-        return None
-    return class_weights(setting, train_labels, labels)
-
-
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -397,29 +375,6 @@ def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any
         if report and key in report:
             out[key] = report[key]
     return out
-
-
-def class_weights(
-    setting: str | list[float] | None, train_labels: Sequence[int], names: list[str]
-) -> list[float] | None:
-    """`balanced`: n / (classes × count) per class, as scikit-learn's compute_class_weight; a list: checked."""
-    from collections import Counter
-
-    from .errors import RecipeError
-
-    if setting is None:
-        return None
-    if isinstance(setting, list):
-        if len(setting) != len(names):
-            raise RecipeError(
-                [f"loss.class_weights: {len(setting)} weights given, the data has {len(names)} classes {names[:20]}"]
-            )
-        return [float(w) for w in setting]
-    counts = Counter(int(v) for v in train_labels)
-    n = len(train_labels)
-    weights = [n / (len(names) * max(counts.get(i, 0), 1)) for i in range(len(names))]
-    logger.info("loss: balanced class weights %s", {k: round(w, 3) for k, w in zip(names, weights, strict=True)})
-    return weights
 
 
 def _saved_recipe(output_dir: Path, task: str) -> Recipe:

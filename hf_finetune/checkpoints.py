@@ -11,16 +11,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
+
+# imported by api.py only (the CLI imports that lazily), so `hf-finetune --help` stays free of torch
+from transformers import TrainerCallback
 
 from .errors import HFFinetuneError, TrainingInterrupted
+from .models.weights import sync_with_checkpoint
+from .names import COMPLETE_MARKER, RECIPE_FILE
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, TrainerControl, TrainerState, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "hf_finetune_complete.json"
 LAUNCHER_ECHO_S = 5.0  # a repeated signal this soon after the first, under a launcher, is the launcher's echo
 
 
@@ -34,7 +45,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _never_save_into_a_complete_checkpoint(args: Any, state: Any, control: Any) -> None:
+def _never_save_into_a_complete_checkpoint(
+    args: TrainingArguments, state: TrainerState, control: TrainerControl
+) -> None:
     """Cancel a save asked for a step whose checkpoint is already complete (a step save, then an epoch-end save at
     the same step; a stop on the epoch's last step), so a complete checkpoint is never written into. Decided
     alike on every process: complete if the marker is seen on any."""
@@ -44,7 +57,7 @@ def _never_save_into_a_complete_checkpoint(args: Any, state: Any, control: Any) 
         logger.info("checkpoints: %s is already complete; not saving it again", folder.name)
 
 
-def checkpoint_marker_callback() -> Any:
+class CheckpointMarker(TrainerCallback):
     """Marks a checkpoint complete once every process has written its part, then rotates the older ones.
 
     Trainer deletes checkpoints beyond `save_total_limit` inside its save, before `on_save` callbacks run: a run
@@ -52,57 +65,55 @@ def checkpoint_marker_callback() -> Any:
     gone). So the callback takes the limit over for the length of `train()` and applies it itself, with
     transformers' own `rotate_checkpoints` (newest and best kept), right after the marker is written.
     """
-    from transformers import TrainerCallback
 
-    class CheckpointMarker(TrainerCallback):
-        def __init__(self) -> None:
-            self.limit: int | None = None
+    def __init__(self) -> None:
+        self.limit: int | None = None
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.limit = args.save_total_limit
-            if self.limit is not None and self.limit > 0:
-                args.save_total_limit = None  # handed back in on_train_end
-                logger.info(
-                    "checkpoints: keeping the newest %d (training.save_total_limit%s); an older one is deleted only "
-                    "once the newer one is complete",
-                    self.limit,
-                    ", plus the best" if args.load_best_model_at_end else "",
-                )
-
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            _barrier()
-            if not args.should_save:
-                return
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if not folder.is_dir():
-                return
-            from transformers.trainer_utils import rotate_checkpoints
-
-            from .outputs import write_json
-
-            write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step, "epoch": state.epoch})
-            # as Trainer does it (mtime order, newest and best protected), only later
-            rotate_checkpoints(
-                output_dir=args.output_dir,
-                save_total_limit=self.limit,
-                best_model_checkpoint=state.best_model_checkpoint,
-                use_mtime=True,
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        self.limit = args.save_total_limit
+        if self.limit is not None and self.limit > 0:
+            args.save_total_limit = None  # handed back in on_train_end
+            logger.info(
+                "checkpoints: keeping the newest %d (training.save_total_limit%s); an older one is deleted only "
+                "once the newer one is complete",
+                self.limit,
+                ", plus the best" if args.load_best_model_at_end else "",
             )
 
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            args.save_total_limit = self.limit
-            best = state.best_model_checkpoint
-            # Trainer's own end-of-training step for save_total_limit 1 (it saw no limit): keep only the best. Not
-            # after a stop on a signal: the checkpoint just saved is the one to resume from.
-            if self.limit == 1 and best and args.should_save and state.global_step >= state.max_steps:
-                import shutil
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
+        _barrier()
+        if not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            return
+        from transformers.trainer_utils import rotate_checkpoints
 
-                for path in Path(args.output_dir).glob("checkpoint-*"):
-                    if path.is_dir() and not os.path.samefile(path, best):
-                        logger.info("checkpoints: deleting %s (save_total_limit 1 keeps the best)", path.name)
-                        shutil.rmtree(path, ignore_errors=True)
+        from .outputs import write_json
 
-    return CheckpointMarker()
+        write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step, "epoch": state.epoch})
+        # as Trainer does it (mtime order, newest and best protected), only later
+        rotate_checkpoints(
+            output_dir=args.output_dir,
+            save_total_limit=self.limit,
+            best_model_checkpoint=state.best_model_checkpoint,
+            use_mtime=True,
+        )
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        args.save_total_limit = self.limit
+        best = state.best_model_checkpoint
+        # Trainer's own end-of-training step for save_total_limit 1 (it saw no limit): keep only the best. Not
+        # after a stop on a signal: the checkpoint just saved is the one to resume from.
+        if self.limit == 1 and best and args.should_save and state.global_step >= state.max_steps:
+            for path in Path(args.output_dir).glob("checkpoint-*"):
+                if path.is_dir() and not os.path.samefile(path, best):
+                    logger.info("checkpoints: deleting %s (save_total_limit 1 keeps the best)", path.name)
+                    shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- resume
@@ -140,7 +151,7 @@ def set_aside_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
     return moved
 
 
-def resolve_resume(value: Any, output_dir: Path, *, set_aside: bool = True) -> str | None:
+def resolve_resume(value: str | bool | None, output_dir: Path, *, set_aside: bool = True) -> str | None:
     """`latest` (or true) → the newest complete checkpoint in output_dir; a path is checked; None stays None.
 
     `set_aside`: whether this process renames the incomplete checkpoints it finds. Under several processes only
@@ -165,32 +176,100 @@ def resolve_resume(value: Any, output_dir: Path, *, set_aside: bool = True) -> s
     return str(path)
 
 
-def resume_weights_callback(checkpoint: str) -> Any:
-    """After Trainer restored a checkpoint (before the first step), check the weights and repair what it missed."""
-    from transformers import TrainerCallback
+class ResumeWeightsCheck(TrainerCallback):
+    """After Trainer restored `checkpoint` (before the first step), check the weights and repair what it missed."""
 
-    from .trainer import sync_with_checkpoint
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = checkpoint
 
-    class ResumeWeightsCheck(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            wrong = sync_with_checkpoint(model, checkpoint)
-            if wrong:
-                logger.warning(
-                    "resume: Trainer left %d tensors different from %s (e.g. %s); restored them with from_pretrained",
-                    len(wrong),
-                    Path(checkpoint).name,
-                    wrong[0],
-                )
-            logger.info("resume: weights verified against %s", Path(checkpoint).name)
-
-    return ResumeWeightsCheck()
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: PreTrainedModel | None = None,
+        **kwargs: object,
+    ) -> None:
+        wrong = sync_with_checkpoint(model, self.checkpoint)
+        if wrong:
+            logger.warning(
+                "resume: Trainer left %d tensors different from %s (e.g. %s); restored them with from_pretrained",
+                len(wrong),
+                Path(self.checkpoint).name,
+                wrong[0],
+            )
+        logger.info("resume: weights verified against %s", Path(self.checkpoint).name)
 
 
 # --------------------------------------------------------------------------------------------- stopping on signals
 
 
+class StopOnSignal(TrainerCallback):
+    """Stops training at the next step boundary once a signal came (to any process), after one save and no
+    evaluation; also cancels any save into a checkpoint that is already complete. `signum`: the signal, or None."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _stopping(self, args: TrainingArguments) -> bool:
+        if not _any_process(self.signum is not None, args.device):
+            return False
+        self.signum = self.signum or signal.SIGTERM  # the rank that got no signal stops as the others do
+        return True
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        if self._stopping(args):
+            control.should_training_stop = True
+            control.should_evaluate = False
+            control.should_save = True
+        _never_save_into_a_complete_checkpoint(args, state, control)
+
+    on_epoch_end = on_step_end
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        # the signal came during an evaluation: it is done; save this step (unless complete) and stop
+        if self._stopping(args):
+            control.should_training_stop = True
+            control.should_save = True
+            _never_save_into_a_complete_checkpoint(args, state, control)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object) -> None:
+        # the signal came while this checkpoint was being written: it is the one save
+        if self._stopping(args):
+            control.should_training_stop = True
+
+
+class _SignalHandler:
+    """The SIGINT/SIGTERM handler of one process: the first signal asks `callback` to stop after this step, a second
+    one (not a launcher's echo of the first) stops at once."""
+
+    def __init__(self, callback: StopOnSignal) -> None:
+        self.callback = callback
+        self.owner = os.getpid()
+        # torchrun/accelerate pass the terminal's Ctrl-C on to processes that already got it from the terminal
+        self.launched = "TORCHELASTIC_RUN_ID" in os.environ
+        self.first: float | None = None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != self.owner:
+            return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): the trainer decides
+        if self.callback.signum is not None:
+            if self.launched and self.first is not None and time.monotonic() - self.first < LAUNCHER_ECHO_S:
+                return  # the launcher's copy of the same request
+            raise KeyboardInterrupt  # a second signal: stop now, without waiting for the step
+        self.callback.signum = signum
+        self.first = time.monotonic()
+        logger.warning(
+            "received %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name
+        )
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[Any]:
+def stop_on_signals() -> Iterator[StopOnSignal]:
     """SIGINT/SIGTERM during training: one checkpoint at the next step boundary, no evaluation, then a clean stop.
 
     Launchers (torchrun, accelerate) allow 30 s between SIGTERM and SIGKILL, so nothing else may run after the
@@ -199,60 +278,8 @@ def stop_on_signals() -> Iterator[Any]:
     by whichever callback, into a checkpoint that is already complete. After `train()` returns, `callback.signum`
     tells whether a signal came.
     """
-    import signal
-
-    from transformers import TrainerCallback
-
-    class StopOnSignal(TrainerCallback):
-        def __init__(self) -> None:
-            self.signum: int | None = None
-
-        def _stopping(self, args: Any) -> bool:
-            if not _any_process(self.signum is not None, args.device):
-                return False
-            self.signum = self.signum or signal.SIGTERM  # the rank that got no signal stops as the others do
-            return True
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self._stopping(args):
-                control.should_training_stop = True
-                control.should_evaluate = False
-                control.should_save = True
-            _never_save_into_a_complete_checkpoint(args, state, control)
-
-        on_epoch_end = on_step_end
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # the signal came during an evaluation: it is done; save this step (unless complete) and stop
-            if self._stopping(args):
-                control.should_training_stop = True
-                control.should_save = True
-                _never_save_into_a_complete_checkpoint(args, state, control)
-
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # the signal came while this checkpoint was being written: it is the one save
-            if self._stopping(args):
-                control.should_training_stop = True
-
     callback = StopOnSignal()
-    owner = os.getpid()
-    # torchrun/accelerate pass the terminal's Ctrl-C on to processes that already got it from the terminal
-    launched = "TORCHELASTIC_RUN_ID" in os.environ
-    first: list[float] = []
-
-    def handler(signum: int, _frame: Any) -> None:
-        if os.getpid() != owner:
-            return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): the trainer decides
-        if callback.signum is not None:
-            if launched and time.monotonic() - first[0] < LAUNCHER_ECHO_S:
-                return  # the launcher's copy of the same request
-            raise KeyboardInterrupt  # a second signal: stop now, without waiting for the step
-        callback.signum = signum
-        first.append(time.monotonic())
-        logger.warning(
-            "received %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name
-        )
-
+    handler = _SignalHandler(callback)
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield callback
@@ -263,10 +290,6 @@ def stop_on_signals() -> Iterator[Any]:
 
 def interrupted(signum: int, step: int, output_dir: Path) -> TrainingInterrupted:
     """The error that ends a run stopped by a signal, naming the checkpoint `--resume` will continue from."""
-    import signal
-
-    from .outputs import RECIPE_FILE
-
     found = latest_complete_checkpoint(output_dir)
     saved = f"{found.name} in {output_dir} is complete" if found else f"no complete checkpoint in {output_dir}"
     how = f"Resume with: hf-finetune train {output_dir / RECIPE_FILE} --resume" if found else "Start again."
@@ -278,7 +301,7 @@ def interrupted(signum: int, step: int, output_dir: Path) -> TrainingInterrupted
 # --------------------------------------------------------------------------------------------- several processes
 
 
-def _any_process(flag: bool, device: Any) -> bool:
+def _any_process(flag: bool, device: torch.device | str) -> bool:
     """True on every rank when any rank got the signal, so all stop at the same step (no collective hangs)."""
     import torch
     import torch.distributed as dist
@@ -291,7 +314,7 @@ def _any_process(flag: bool, device: Any) -> bool:
 
 
 @contextlib.contextmanager
-def main_process_first(args: Any, desc: str, *, local: bool = True) -> Iterator[None]:
+def main_process_first(args: TrainingArguments, desc: str, *, local: bool = True) -> Iterator[None]:
     """`TrainingArguments.main_process_first`, except that an error on any process ends every process with it.
 
     With transformers' version, an error on the main process (say, a corrupt image that only it checks) releases
@@ -349,6 +372,4 @@ def _ignore_launcher_sigterm() -> None:
     """Every process is now on its way out with the same error. The launcher SIGTERMs whichever are still tearing
     down when the first one exits; ignoring it lets them end with the error's own status (not -15) moments later.
     (A Python handler would not do: the interpreter's shutdown restores the default action, but keeps "ignore".)"""
-    import signal
-
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -9,9 +9,33 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+# imported by api.py only (the CLI imports that lazily), so `hf-finetune --help` stays free of torch
+from transformers import Trainer, TrainerCallback
 
 from .errors import HFFinetuneError, RecipeError
+from .models.weights import sync_with_checkpoint
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from transformers import (
+        BaseImageProcessor,
+        EvalPrediction,
+        PreTrainedTokenizerBase,
+        ProcessorMixin,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
+
+    Dataset: TypeAlias = "torch.utils.data.Dataset | datasets.Dataset"
+    ProcessingClass: TypeAlias = "PreTrainedTokenizerBase | BaseImageProcessor | ProcessorMixin"
+    ParamGroups: TypeAlias = "Callable[[nn.Module, set[str]], list[dict[str, Any]]]"
+    BatchMixer: TypeAlias = "Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]"
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +116,7 @@ def _has_accelerator() -> bool:
     )
 
 
-def build_training_args(training: dict[str, Any], defaults: dict[str, Any]) -> Any:
+def build_training_args(training: dict[str, Any], defaults: dict[str, Any]) -> TrainingArguments:
     """`transformers.TrainingArguments(**training, **defaults)`; its complaints become recipe errors."""
     from transformers import TrainingArguments
 
@@ -106,66 +130,28 @@ def build_training_args(training: dict[str, Any], defaults: dict[str, Any]) -> A
         raise RecipeError([f"training: transformers.TrainingArguments rejected the values: {err}"]) from None
 
 
-def build_trainer(
-    *,
-    model: Any,
-    args: Any,
-    train_dataset: Any,
-    eval_dataset: Any,
-    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
-    processor: Any,
-    compute_metrics: Callable[[Any], dict[str, float]],
-    preprocess_logits: Callable[[Any, Any], Any],
-    callbacks: Sequence[Any] = (),
-    param_groups: Callable[[Any, set[str]], list[dict[str, Any]]] | None = None,
-    loss: Callable[..., Any] | None = None,
-    mixup: Callable[[Any, Any], tuple[Any, Any]] | None = None,
-) -> Any:
-    """transformers.Trainer (a small subclass, see `_classification_trainer_class`) for one classification run.
-
-    `param_groups(model, decay_names)` builds the optimizer's groups (transfer strategies, layer-wise learning
-    rates); `loss(outputs, labels)` replaces the model's loss (class weights, soft targets); `mixup(x, y)` mixes
-    training batches.
-    """
-    trainer = _classification_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collate,
-        processing_class=processor,
-        compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=preprocess_logits,
-        callbacks=[*callbacks, augmentation_epoch_callback()],
-        compute_loss_func=loss,
-    )
-    trainer.param_groups_fn = param_groups
-    trainer.mixup_fn = mixup
-    if loss is not None:
-        # our loss is a per-batch mean: Trainer must still divide it by the gradient-accumulation steps
-        trainer.loss_is_scaled_for_ga = False
-    return trainer
-
-
-def augmentation_epoch_callback() -> Any:
+class AugmentationEpoch(TrainerCallback):
     """At each epoch's start (a resumed one too, before its loader starts workers or skips batches), give the
     training split's transform the epoch and the run's seed when it takes them (`set_epoch`, as the image task's
     does), so random augmentation is a function of (seed, epoch, row) and not of the RNG's history."""
-    from transformers import TrainerCallback
 
-    class AugmentationEpoch(TrainerCallback):
-        def on_epoch_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kw: Any) -> None:
-            dataset = getattr(train_dataloader, "dataset", None)
-            transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
-            if hasattr(transform, "set_epoch"):
-                seed = args.seed if args.data_seed is None else args.data_seed
-                transform.set_epoch(int(state.epoch or 0), seed)  # a resumed epoch starts at a fraction
-
-    return AugmentationEpoch()
+    def on_epoch_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        train_dataloader: DataLoader | None = None,
+        **kwargs: object,
+    ) -> None:
+        dataset = getattr(train_dataloader, "dataset", None)
+        transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+        if hasattr(transform, "set_epoch"):
+            seed = args.seed if args.data_seed is None else args.data_seed
+            transform.set_epoch(int(state.epoch or 0), seed)  # a resumed epoch starts at a fraction
 
 
 @contextlib.contextmanager
-def _keep_every_eval_sample(args: Any) -> Iterator[None]:
+def _keep_every_eval_sample(args: TrainingArguments) -> Iterator[None]:
     """`dataloader_drop_last` is meant for training batches; Trainer also applies it to evaluation, which would
     silently leave the last partial batch out of the metrics (or evaluate nothing on a small split)."""
     saved = args.dataloader_drop_last
@@ -176,59 +162,109 @@ def _keep_every_eval_sample(args: Any) -> Iterator[None]:
         args.dataloader_drop_last = saved
 
 
-def _classification_trainer_class() -> type:
-    from transformers import Trainer
+class ClassificationTrainer(Trainer):
+    """transformers.Trainer for one classification run, through public methods only.
 
-    class ClassificationTrainer(Trainer):
-        """transformers.Trainer whose evaluation always counts every sample, with optional optimizer parameter
-        groups and batch mixing (both through public methods: `create_optimizer`, `compute_loss`)."""
+    - evaluation always counts every sample (`dataloader_drop_last` applies to training batches only);
+    - no weight decay on 1-D tensors (biases, every norm's scale);
+    - `param_groups(model, decay_names)`: the optimizer's parameter groups (transfer strategies, layer-wise learning
+      rates) instead of Trainer's two;
+    - `mixup(pixels, labels)`: mixes training batches (timm's Mixup/CutMix); the loss then gets soft targets.
 
-        param_groups_fn: Callable[[Any, set[str]], list[dict[str, Any]]] | None = None
-        mixup_fn: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    A `compute_loss_func` given here is taken to return a per-batch mean (as `loss.CrossEntropy` does), so Trainer
+    still divides it by the gradient-accumulation steps.
+    """
 
-        def create_optimizer(self, model: Any = None) -> Any:
-            if self.optimizer is None and self.param_groups_fn is not None:
-                opt_model = self.model if model is None else model
-                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-                groups = self.param_groups_fn(opt_model, set(self.get_decay_parameter_names(opt_model)))
-                self.optimizer = cls(groups, **kwargs)
-                for group in self.optimizer.param_groups:
-                    logger.info(
-                        "optimizer: %-10s lr %.3g  weight decay %g  (%d tensors)",
-                        group.get("name", "?"),
-                        group["lr"],
-                        group["weight_decay"],
-                        len(group["params"]),
-                    )
-            return super().create_optimizer(model)
+    def __init__(
+        self, *args: Any, param_groups: ParamGroups | None = None, mixup: BatchMixer | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.param_groups_fn = param_groups
+        self.mixup_fn = mixup
+        if self.compute_loss_func is not None:
+            # our loss is a per-batch mean: Trainer must still divide it by the gradient-accumulation steps
+            self.loss_is_scaled_for_ga = False
 
-        def get_decay_parameter_names(self, model: Any) -> list[str]:
-            # no weight decay on any 1-D tensor: biases and every norm's scale (timm's BatchNorm scales slip through
-            # Trainer's name patterns)
-            shapes = {n: p.ndim for n, p in model.named_parameters()}
-            return [n for n in super().get_decay_parameter_names(model) if shapes.get(n, 2) > 1]
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None and self.param_groups_fn is not None:
+            opt_model = self.model if model is None else model
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            groups = self.param_groups_fn(opt_model, set(self.get_decay_parameter_names(opt_model)))
+            self.optimizer = cls(groups, **kwargs)
+            for group in self.optimizer.param_groups:
+                logger.info(
+                    "optimizer: %-10s lr %.3g  weight decay %g  (%d tensors)",
+                    group.get("name", "?"),
+                    group["lr"],
+                    group["weight_decay"],
+                    len(group["params"]),
+                )
+        return super().create_optimizer(model)
 
-        def compute_loss(
-            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-        ) -> Any:
-            labels = inputs.get("labels")
-            if self.mixup_fn is not None and model.training and labels is not None:
-                pixels, soft = mix_batch(self.mixup_fn, inputs["pixel_values"], labels)
-                inputs = {**inputs, "pixel_values": pixels, "labels": soft}
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        # no weight decay on any 1-D tensor: biases and every norm's scale (timm's BatchNorm scales slip through
+        # Trainer's name patterns)
+        shapes = {n: p.ndim for n, p in model.named_parameters()}
+        return [n for n in super().get_decay_parameter_names(model) if shapes.get(n, 2) > 1]
 
-        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
-            with _keep_every_eval_sample(self.args):
-                return super().get_eval_dataloader(eval_dataset)
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        labels = inputs.get("labels")
+        if self.mixup_fn is not None and model.training and labels is not None:
+            pixels, soft = mix_batch(self.mixup_fn, inputs["pixel_values"], labels)
+            inputs = {**inputs, "pixel_values": pixels, "labels": soft}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        def get_test_dataloader(self, test_dataset: Any) -> Any:
-            with _keep_every_eval_sample(self.args):
-                return super().get_test_dataloader(test_dataset)
+    def get_eval_dataloader(self, eval_dataset: Dataset | str | None = None) -> DataLoader:
+        with _keep_every_eval_sample(self.args):
+            return super().get_eval_dataloader(eval_dataset)
 
-    return ClassificationTrainer
+    def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
+        with _keep_every_eval_sample(self.args):
+            return super().get_test_dataloader(test_dataset)
 
 
-def mix_batch(mixer: Callable[[Any, Any], tuple[Any, Any]], pixels: Any, labels: Any) -> tuple[Any, Any]:
+def build_trainer(
+    *,
+    model: nn.Module,
+    args: TrainingArguments,
+    train_dataset: Dataset | None,
+    eval_dataset: Dataset | None,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    processor: ProcessingClass | None,
+    compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None,
+    preprocess_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    callbacks: Sequence[TrainerCallback] = (),
+    param_groups: ParamGroups | None = None,
+    loss: Callable[..., torch.Tensor] | None = None,
+    mixup: BatchMixer | None = None,
+) -> ClassificationTrainer:
+    """A `ClassificationTrainer` for one classification run, with `AugmentationEpoch` after `callbacks`.
+
+    `loss(outputs, labels)` replaces the model's loss (class weights, soft targets; see `loss.classification_loss`).
+    """
+    return ClassificationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits,
+        callbacks=[*callbacks, AugmentationEpoch()],
+        compute_loss_func=loss,
+        param_groups=param_groups,
+        mixup=mixup,
+    )
+
+
+def mix_batch(mixer: BatchMixer, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`mixer(pixels, labels)` (timm's Mixup) for a batch of any size from 2 up.
 
     timm pairs sample i with its mirror n-1-i and refuses an odd batch (the middle sample would be its own partner).
@@ -251,7 +287,7 @@ def mix_batch(mixer: Callable[[Any, Any], tuple[Any, Any]], pixels: Any, labels:
     return mixed[:n], soft[:n]
 
 
-def verify_best_model(trainer: Any) -> str | None:
+def verify_best_model(trainer: Trainer) -> str | None:
     """After `load_best_model_at_end`, make sure the model in memory really holds the best checkpoint's weights
     (Trainer's own loading misses renamed tensors; see `sync_with_checkpoint`).
     Returns the checkpoint that was verified, or None when the run did not keep a best model.
@@ -271,7 +307,9 @@ def verify_best_model(trainer: Any) -> str | None:
     return best
 
 
-def avoid_single_sample_last_batch(train_dataset: Any, args: Any, model: Any, mixing: bool = False) -> Any:
+def avoid_single_sample_last_batch(
+    train_dataset: datasets.Dataset, args: TrainingArguments, model: nn.Module, mixing: bool = False
+) -> datasets.Dataset:
     """Drop one training row when each epoch would end on a batch of one and the model has BatchNorm (or the
     batches are mixed: mixup/CutMix needs two samples).
 
@@ -296,31 +334,6 @@ def avoid_single_sample_last_batch(train_dataset: Any, args: Any, model: Any, mi
         "BatchNorm cannot train on it" if batch_norm else "mixup/CutMix has nothing to mix it with",
     )
     return train_dataset.select(range(len(train_dataset) - drop))
-
-
-def cross_entropy_loss(
-    class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0
-) -> Callable[..., Any]:
-    """Cross entropy for Trainer's `compute_loss_func`: hard labels (with class weights and label smoothing) or soft
-    targets from mixup/CutMix (already smoothed by the mixer). Returns the batch mean."""
-    import torch
-    import torch.nn.functional as F
-
-    weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-
-    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
-        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
-        w = weights.to(logits.device) if weights is not None else None
-        if labels.is_floating_point():
-            logp = F.log_softmax(logits, dim=-1)
-            if w is None:
-                return -(labels * logp).sum(-1).mean()
-            # F.cross_entropy's weighted mean: normalised by the weight of each row's target, so mixed and
-            # unmixed batches (and evaluation) are on one scale
-            return -(labels * w * logp).sum() / (labels * w).sum()
-        return F.cross_entropy(logits, labels, weight=w, label_smoothing=label_smoothing)
-
-    return loss
 
 
 # --------------------------------------------------------------------------------------------- distributed runs
@@ -361,7 +374,7 @@ def mixed_precision(training: dict[str, Any], env: dict[str, str]) -> tuple[str,
     return precision, where
 
 
-def log_distribution(args: Any, precision: tuple[str, str]) -> None:
+def log_distribution(args: TrainingArguments, precision: tuple[str, str]) -> None:
     """Once, on the main process: how many processes, the batch per device and the global batch."""
     if args.process_index != 0:
         return
@@ -377,37 +390,3 @@ def log_distribution(args: Any, precision: tuple[str, str]) -> None:
         f" (with {accumulation} accumulation steps)" if accumulation > 1 else "",
         *precision,
     )
-
-
-# --------------------------------------------------------------------------------------------- weights of a checkpoint
-
-
-def sync_with_checkpoint(model: Any, checkpoint: str | Path) -> list[str]:
-    """Make `model`'s tensors equal to the checkpoint as `from_pretrained` reads it; returns what had differed.
-
-    Trainer restores checkpoints non-strictly, and silently skips tensors whose names changed between versions (ViT
-    in transformers 5); `from_pretrained` knows the renames, so it is the reference.
-    """
-    import torch
-
-    reference = type(model).from_pretrained(str(checkpoint)).state_dict()
-    current = model.state_dict()
-
-    def mismatched() -> list[str]:
-        return [
-            k
-            for k, v in reference.items()
-            if k not in current or current[k].shape != v.shape or not torch.equal(current[k].cpu(), v.cpu())
-        ]
-
-    wrong = mismatched()
-    if wrong:
-        with torch.no_grad():
-            for key in wrong:
-                current[key].copy_(reference[key].to(current[key].device, current[key].dtype))
-        still = mismatched()
-        if still:
-            raise HFFinetuneError(
-                f"{len(still)} tensors still differ from {checkpoint} after reloading (e.g. {still[0]})"
-            )
-    return wrong

@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# imported by api.py only (the CLI imports that lazily), so `hf-finetune --help` stays free of torch
+from transformers import TrainerCallback
 
 from .errors import ModelError
-from .recipe import TransferSpec
+from .recipe import TRANSFER_STRATEGIES, TransferSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.hooks import RemovableHandle
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("full", "linear_probe", "partial", "lp_ft")
+STRATEGIES = TRANSFER_STRATEGIES
 
 
 @dataclass
@@ -48,8 +56,14 @@ class TransferPlan:
     trainable_now: set[str]  # trainable from the first step
     trainable_later: set[str] = field(default_factory=set)  # lp_ft: unfrozen after the probe
 
+    @property
+    def needs_param_groups(self) -> bool:
+        """Whether the optimizer needs `param_groups` (per-layer learning rates, frozen parameters it must already
+        know): anything but plain full fine-tuning with the default options."""
+        return self.spec != type(self.spec)()
 
-def map_layers(model: Any) -> LayerMap:
+
+def map_layers(model: nn.Module) -> LayerMap:
     """Find the stem, the blocks, the neck and the head of a classifier from its structure."""
     import torch
 
@@ -87,7 +101,7 @@ def map_layers(model: Any) -> LayerMap:
     return LayerMap(layer, head, len(blocks))
 
 
-def _map_timm(model: Any, head: list[str]) -> LayerMap:
+def _map_timm(model: nn.Module, head: list[str]) -> LayerMap:
     from timm.models import group_parameters
 
     timm_model = model.timm_model
@@ -105,7 +119,7 @@ def _map_timm(model: Any, head: list[str]) -> LayerMap:
     return LayerMap(layer, head, num_blocks)
 
 
-def plan_transfer(model: Any, spec: TransferSpec) -> TransferPlan:
+def plan_transfer(model: nn.Module, spec: TransferSpec) -> TransferPlan:
     """Decide which parameters train now and which after the probe; errors for impossible requests."""
     layers = map_layers(model)
     head = set(layers.head)
@@ -138,7 +152,7 @@ def plan_transfer(model: Any, spec: TransferSpec) -> TransferPlan:
     return plan
 
 
-def apply_plan(model: Any, plan: TransferPlan) -> list[Any]:
+def apply_plan(model: nn.Module, plan: TransferPlan) -> list[RemovableHandle]:
     """Freeze what must not train now and keep frozen BatchNorm in eval mode; returns the hook handles."""
     for name, p in model.named_parameters():
         p.requires_grad_(name in plan.trainable_now)
@@ -156,13 +170,13 @@ def apply_plan(model: Any, plan: TransferPlan) -> list[Any]:
     return handles
 
 
-def _keep_eval(module: Any, _args: Any) -> None:
+def _keep_eval(module: nn.Module, _args: tuple[object, ...]) -> None:
     # Trainer calls model.train() every step; a frozen BatchNorm must still normalise with (and not update) its
     # running statistics, or the "frozen" backbone drifts.
     module.training = False
 
 
-def freeze_batchnorm(model: Any) -> list[Any]:
+def freeze_batchnorm(model: nn.Module) -> list[RemovableHandle]:
     """A forward pre-hook on every BatchNorm whose parameters are all frozen keeps it in eval mode.
 
     A BatchNorm without parameters (`affine=False`) follows the module that holds it: frozen when every parameter
@@ -182,13 +196,13 @@ def freeze_batchnorm(model: Any) -> list[Any]:
 
 
 def param_groups(
-    model: Any, plan: TransferPlan, learning_rate: float, weight_decay: float, decay_names: set[str]
+    model: nn.Module, plan: TransferPlan, learning_rate: float, weight_decay: float, decay_names: set[str]
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups with per-layer learning rates; frozen parameters are included (lp_ft unfreezes
     them later and the optimizer must already know them; without a gradient they are not updated)."""
     spec, layers = plan.spec, plan.layers
     trains = plan.trainable_now | plan.trainable_later
-    grouped: dict[tuple[str, float, float], list[Any]] = {}
+    grouped: dict[tuple[str, float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if name not in trains:
             continue
@@ -207,46 +221,53 @@ def param_groups(
     return [{"params": ps, "lr": lr, "weight_decay": wd, "name": kind} for (kind, lr, wd), ps in grouped.items()]
 
 
-def probe_then_fine_tune_callback(model: Any, plan: TransferPlan, handles: list[Any]) -> Any:
-    """lp_ft: after `probe_epochs`, unfreeze the backbone (its BatchNorm trains again too)."""
-    from transformers import TrainerCallback
+class ProbeThenFineTune(TrainerCallback):
+    """lp_ft: after `probe_epochs`, unfreeze the backbone (its BatchNorm trains again too).
 
-    class ProbeThenFineTune(TrainerCallback):
-        def __init__(self) -> None:
-            self.switched = False
+    `handles`: the frozen-BatchNorm hooks `apply_plan` set, replaced here by those still frozen after the switch."""
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if args.max_steps <= 0 and args.num_train_epochs <= plan.spec.probe_epochs:
-                logger.warning(
-                    "transfer: lp_ft probes for %g epochs but the run has %g: the backbone will never be fine-tuned "
-                    "(raise training.num_train_epochs or lower transfer.probe_epochs)",
-                    plan.spec.probe_epochs,
-                    args.num_train_epochs,
-                )
+    def __init__(self, model: nn.Module, plan: TransferPlan, handles: list[RemovableHandle]) -> None:
+        self.model = model
+        self.plan = plan
+        self.handles = handles
+        self.switched = False
 
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # `state.epoch` is the fraction of epochs done (batches seen / batches per epoch), also when `max_steps`
-            # sets the run's length and after resuming from a checkpoint
-            if not self.switched and (state.epoch or 0.0) >= plan.spec.probe_epochs - 1e-9:
-                self.switch(state.global_step)
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        if args.max_steps <= 0 and args.num_train_epochs <= self.plan.spec.probe_epochs:
+            logger.warning(
+                "transfer: lp_ft probes for %g epochs but the run has %g: the backbone will never be fine-tuned "
+                "(raise training.num_train_epochs or lower transfer.probe_epochs)",
+                self.plan.spec.probe_epochs,
+                args.num_train_epochs,
+            )
 
-        def switch(self, step: int) -> None:
-            for handle in handles:
-                handle.remove()
-            handles.clear()
-            for name, p in model.named_parameters():
-                if name in plan.trainable_later:
-                    p.requires_grad_(True)
-            handles.extend(freeze_batchnorm(model))  # BatchNorm still frozen (partial) stays in eval mode
-            self.switched = True
-            logger.info("transfer: probe done at step %d; fine-tuning %d more tensors", step, len(plan.trainable_later))
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        # `state.epoch` is the fraction of epochs done (batches seen / batches per epoch), also when `max_steps`
+        # sets the run's length and after resuming from a checkpoint
+        if not self.switched and (state.epoch or 0.0) >= self.plan.spec.probe_epochs - 1e-9:
+            self.switch(state.global_step)
 
-    return ProbeThenFineTune()
+    def switch(self, step: int) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        for name, p in self.model.named_parameters():
+            if name in self.plan.trainable_later:
+                p.requires_grad_(True)
+        self.handles.extend(freeze_batchnorm(self.model))  # BatchNorm still frozen (partial) stays in eval mode
+        self.switched = True
+        logger.info(
+            "transfer: probe done at step %d; fine-tuning %d more tensors", step, len(self.plan.trainable_later)
+        )
 
 
-def setup(model: Any, spec: TransferSpec) -> tuple[TransferPlan, list[Any], list[Any]]:
+def setup(model: nn.Module, spec: TransferSpec) -> tuple[TransferPlan, list[TrainerCallback], list[RemovableHandle]]:
     """Plan + apply; returns (plan, callbacks for Trainer, BatchNorm hook handles)."""
     plan = plan_transfer(model, spec)
     handles = apply_plan(model, plan)
-    callbacks = [probe_then_fine_tune_callback(model, plan, handles)] if plan.trainable_later else []
+    callbacks = [ProbeThenFineTune(model, plan, handles)] if plan.trainable_later else []
     return plan, callbacks, handles

@@ -10,11 +10,11 @@ import yaml
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-import hf_finetune.trainer as trainer_module
+import hf_finetune.loss as loss_module
 from hf_finetune import finetune
-from hf_finetune.api import class_weights
 from hf_finetune.cli import main
 from hf_finetune.errors import RecipeError
+from hf_finetune.loss import class_weights
 from hf_finetune.recipe import AUGMENTATION_PRESETS, AugmentationSpec, load_recipe
 from hf_finetune.tasks import image_classification as task
 
@@ -115,7 +115,7 @@ def test_strong_preset_builds_its_transform_stages():
 def test_mixup_sends_soft_targets_to_the_loss_with_class_weights_and_smoothing(tiny_recipe, monkeypatch):
     calls: list[dict] = []
     seen: list[torch.Tensor] = []
-    real = trainer_module.cross_entropy_loss
+    real = loss_module.cross_entropy_loss
 
     def recording_loss(class_weights=None, label_smoothing=0.0):
         calls.append({"class_weights": class_weights, "label_smoothing": label_smoothing})
@@ -127,7 +127,7 @@ def test_mixup_sends_soft_targets_to_the_loss_with_class_weights_and_smoothing(t
 
         return wrapped
 
-    monkeypatch.setattr(trainer_module, "cross_entropy_loss", recording_loss)
+    monkeypatch.setattr(loss_module, "cross_entropy_loss", recording_loss)
     result = finetune(
         tiny_recipe(
             augmentation={"mixup_alpha": 1.0},
@@ -192,8 +192,8 @@ def _batch():
 
 def test_label_smoothing_changes_the_loss_as_torch_defines_it():
     outputs, labels = _batch()
-    plain = trainer_module.cross_entropy_loss()(outputs, labels)
-    smooth = trainer_module.cross_entropy_loss(label_smoothing=0.1)(outputs, labels)
+    plain = loss_module.cross_entropy_loss()(outputs, labels)
+    smooth = loss_module.cross_entropy_loss(label_smoothing=0.1)(outputs, labels)
     assert not torch.isclose(plain, smooth)
     torch.testing.assert_close(plain, F.cross_entropy(outputs["logits"], labels))
     torch.testing.assert_close(smooth, F.cross_entropy(outputs["logits"], labels, label_smoothing=0.1))
@@ -205,13 +205,13 @@ def test_soft_targets_equal_hard_labels_for_one_hot_and_smoothed_targets():
     outputs, labels = _batch()
     one_hot = F.one_hot(labels, 3).float()
     torch.testing.assert_close(
-        trainer_module.cross_entropy_loss()(outputs, one_hot), trainer_module.cross_entropy_loss()(outputs, labels)
+        loss_module.cross_entropy_loss()(outputs, one_hot), loss_module.cross_entropy_loss()(outputs, labels)
     )
     # timm's mixer with lam=1 (nothing mixed) smooths exactly as the hard-label loss does
     smoothed = mixup_target(labels, 3, lam=1.0, smoothing=0.1)
     torch.testing.assert_close(
-        trainer_module.cross_entropy_loss(label_smoothing=0.1)(outputs, smoothed),
-        trainer_module.cross_entropy_loss(label_smoothing=0.1)(outputs, labels),
+        loss_module.cross_entropy_loss(label_smoothing=0.1)(outputs, smoothed),
+        loss_module.cross_entropy_loss(label_smoothing=0.1)(outputs, labels),
     )
 
 
@@ -220,7 +220,7 @@ def test_class_weights_weigh_soft_and_hard_targets_alike():
     # same loss either way, or the loss jumps between batches
     outputs, labels = _batch()
     weights = [1.0, 2.0, 3.0]
-    loss = trainer_module.cross_entropy_loss(weights)
+    loss = loss_module.cross_entropy_loss(weights)
     hard = loss(outputs, labels)
     torch.testing.assert_close(hard, F.cross_entropy(outputs["logits"], labels, weight=torch.tensor(weights)))
     torch.testing.assert_close(loss(outputs, F.one_hot(labels, 3).float()), hard)

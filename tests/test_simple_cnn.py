@@ -200,7 +200,7 @@ def _one_sgd_step(tmp_path: Path, batch: int, accumulate: int, loss=None, mixup=
     "loss_kind", ["model's own loss", "class weights (compute_loss_func)"], ids=["model-loss", "class-weights"]
 )
 def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path, loss_kind: str) -> None:
-    from hf_finetune.trainer import cross_entropy_loss
+    from hf_finetune.loss import cross_entropy_loss
 
     loss = cross_entropy_loss(_GA_WEIGHTS) if loss_kind.startswith("class") else None
     _, accumulated = _one_sgd_step(tmp_path, batch=4, accumulate=2, loss=loss)
@@ -218,7 +218,7 @@ def test_gradient_accumulation_with_mixup_and_class_weights_averages_the_mixed_m
     import numpy as np
     from timm.data import Mixup
 
-    from hf_finetune.trainer import cross_entropy_loss
+    from hf_finetune.loss import cross_entropy_loss
 
     mixer = Mixup(mixup_alpha=1.0, num_classes=len(LABELS))
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []

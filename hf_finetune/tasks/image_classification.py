@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, ModelError
+from ..models.weights import load_weights_file
 from ..recipe import AugmentationSpec, ModelSpec, Recipe
 from ._common import (
     BuiltModel,
@@ -32,7 +33,6 @@ from ._common import (
     label_maps,
     load_classifier,
     load_error,
-    load_weights_file,
     saved_trust_remote_code,
     scores_to_rows,
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, ModelError
+from ..models.weights import load_weights_file
 from ..recipe import ModelSpec, Recipe
 from ._common import (
     BuiltModel,
@@ -21,7 +22,6 @@ from ._common import (
     hub_kwargs,
     load_classifier,
     load_error,
-    load_weights_file,
     saved_trust_remote_code,
     scores_to_rows,
 )

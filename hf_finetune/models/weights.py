@@ -1,0 +1,168 @@
+"""Loading weights into a model: a checkpoint file (`model.weights`), and the check of what Trainer restored.
+
+Trainer restores checkpoints non-strictly and transformers 5 renames some models' tensors between disk and memory
+(ViT: `vit.encoder.layer.*` saved, `vit.layers.*` in memory), so a load that "worked" may have left tensors out;
+everything here either loads all of it or says what did not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import HFFinetuneError, ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file as a state dict: safetensors, or a pickled one read with `weights_only=True`.
+
+    A folder is read through its `model.safetensors` (what `save_pretrained` and `finetune` write)."""
+    import torch
+
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise ModelError(f"model.weights {str(path)!r}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or a pickle that is more than tensors
+        raise ModelError(f"model.weights {str(path)!r}: cannot be read ({type(err).__name__}: {err})") from None
+    for key in ("state_dict", "model"):  # training checkpoints often nest the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelError(f"model.weights {str(path)!r}: expected a state dict, got {type(state).__name__}")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ModelError(
+            f"model.weights {str(path)!r}: expected a state dict (name → tensor), but {_few(not_tensors)} are not "
+            "tensors"
+        )
+    return state
+
+
+def load_weights_file(model: torch.nn.Module, path: str | Path, head: set[str]) -> None:
+    """Load `path` into `model`, strictly except for the classification head, which is replaced for the new labels
+    and so never taken from the file.
+
+    Accepted besides the model's own names: names saved by DDP (`module.`), a bare timm model's names for a model
+    inside TimmWrapper (whose own start with `timm_model.`), and the names transformers writes with `save_pretrained`
+    when they differ from the model's (ViT in transformers 5: `vit.encoder.layer.*` on disk, `vit.layers.*` in memory).
+    Nothing is loaded unless everything fits.
+    """
+    state = read_state_dict(path)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if hasattr(model, "timm_model") and not any(k.startswith("timm_model.") for k in state):
+        state = {f"timm_model.{k}": v for k, v in state.items()}
+    own = model.state_dict()
+    # the file's own head (any size, any classes) is left out: the model keeps the head built for the new labels
+    state = {k: v for k, v in state.items() if k not in head}
+    problems = _misfit(own, state, head)
+    if any(problems) and not hasattr(model, "timm_model"):
+        converted = _converted_by_transformers(model, state, head)
+        if converted is not None and not any(_misfit(own, converted, head)):
+            state, problems = converted, ([], [], [])
+    missing, unexpected, wrong_shape = problems
+    if missing or unexpected or wrong_shape:
+        raise ModelError(
+            f"model.weights {str(path)!r} does not fit {type(model).__name__}: "
+            f"{len(missing)} missing keys {_few(missing)}, {len(unexpected)} unexpected keys {_few(unexpected)}, "
+            f"{len(wrong_shape)} shape mismatches {_few(wrong_shape)}. "
+            "Check that the checkpoint is for this architecture (and convert its key names if it is not)."
+        )
+    model.load_state_dict(state, strict=False)
+    logger.info("model: loaded %d tensors from %s (the classification head stays new)", len(state), path)
+
+
+def _misfit(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], head: set[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong shape) of a state dict against the model's own, the head left aside."""
+    missing = [
+        k
+        for k in own
+        # BatchNorm fills in a missing batch counter itself (older checkpoints lack it)
+        if k not in state and k not in head and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    return missing, unexpected, wrong_shape
+
+
+def _converted_by_transformers(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], head: set[str]
+) -> dict[str, torch.Tensor] | None:
+    """The file's tensors under the model's own names, as `from_pretrained` renames them, or None when that fails.
+
+    `save_pretrained` writes some models under older names than they use in memory (and reads them back through
+    the same renaming); a file saved that way only fits through it."""
+    import copy
+
+    from_pretrained = getattr(type(model), "from_pretrained", None)
+    config = getattr(model, "config", None)
+    if from_pretrained is None or config is None:
+        return None
+    try:
+        loaded, info = from_pretrained(
+            None, config=copy.deepcopy(config), state_dict=state, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        logger.debug("model.weights: transformers could not rename the checkpoint's keys (%s)", err)
+        return None
+    missing = set(info.get("missing_keys") or ()) - head
+    mismatched = {m[0] for m in info.get("mismatched_keys") or ()} - head
+    if missing or mismatched or info.get("unexpected_keys"):
+        return None
+    return {k: v for k, v in loaded.state_dict().items() if k not in head}
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    return f"{items[:n]}{'…' if len(items) > n else ''}"
+
+
+def sync_with_checkpoint(model: PreTrainedModel, checkpoint: str | Path) -> list[str]:
+    """Make `model`'s tensors equal to the checkpoint as `from_pretrained` reads it; returns what had differed.
+
+    Trainer restores checkpoints non-strictly, and silently skips tensors whose names changed between versions (ViT
+    in transformers 5); `from_pretrained` knows the renames, so it is the reference.
+    """
+    import torch
+
+    reference = type(model).from_pretrained(str(checkpoint)).state_dict()
+    current = model.state_dict()
+
+    def mismatched() -> list[str]:
+        return [
+            k
+            for k, v in reference.items()
+            if k not in current or current[k].shape != v.shape or not torch.equal(current[k].cpu(), v.cpu())
+        ]
+
+    wrong = mismatched()
+    if wrong:
+        with torch.no_grad():
+            for key in wrong:
+                current[key].copy_(reference[key].to(current[key].device, current[key].dtype))
+        still = mismatched()
+        if still:
+            raise HFFinetuneError(
+                f"{len(still)} tensors still differ from {checkpoint} after reloading (e.g. {still[0]})"
+            )
+    return wrong
