@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
+from ..names import RECIPE_FILE
 from ..recipe import AugmentationSpec, ModelSpec, TokenizationSpec
 
 if TYPE_CHECKING:
@@ -91,9 +92,9 @@ def load_error(path: str | Path, task_words: str, err: Exception) -> str:
     first = str(err).splitlines()[0] if str(err) else ""
     if "trust_remote_code" in str(err):
         return (
-            f"{path}: its model runs code shipped in the folder, and the recipe.yaml there does not say "
+            f"{path}: its model runs code shipped in the folder, and the {RECIPE_FILE} there does not say "
             f"model.trust_remote_code: true. Read that code; if you trust it, set model.trust_remote_code: true in "
-            f"{Path(path) / 'recipe.yaml'} ({type(err).__name__}: {first})"
+            f"{Path(path) / RECIPE_FILE} ({type(err).__name__}: {first})"
         )
     return f"{path}: not a saved {task_words} model ({type(err).__name__}: {first})"
 
