@@ -24,12 +24,24 @@ if TYPE_CHECKING:
         PreTrainedTokenizerBase,
     )
 
-    from .image_classification import Preprocess
-
 logger = logging.getLogger(__name__)
 
 # what `predict` takes: image files, or texts and (text, text_pair) pairs; each task reports what it cannot read
 PredictInputs = Sequence[str | Path | tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the model expects, read from its image processor (never copy-pasted numbers)."""
+
+    size: tuple[int, int]  # (height, width) fed to the network
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str  # torchvision InterpolationMode name: bilinear, bicubic, nearest…
+    channels: int = 3
+    # Shorter side to resize to before a centre crop to `size` (timm's crop_pct, a processor's crop_size);
+    # None: resize straight to `size`. Training without random-resized-crop uses the same geometry as evaluation.
+    resize_shorter: int | None = None
 
 
 @dataclass

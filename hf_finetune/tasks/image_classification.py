@@ -18,7 +18,6 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from ._common import (
     PredictInputs,
     Prepared,
     PrepareSettings,
+    Preprocess,
     check_config_keys,
     hub_kwargs,
     label_maps,
@@ -53,20 +53,6 @@ logger = logging.getLogger(__name__)
 
 NAME = "image-classification"
 INPUTS = {"image": "image_column"}  # canonical column -> DataSpec key
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What the model expects, read from its image processor (never copy-pasted numbers)."""
-
-    size: tuple[int, int]  # (height, width) fed to the network
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str  # torchvision InterpolationMode name: bilinear, bicubic, nearest…
-    channels: int = 3
-    # Shorter side to resize to before a centre crop to `size` (timm's crop_pct, a processor's crop_size);
-    # None: resize straight to `size`. Training without random-resized-crop uses the same geometry as evaluation.
-    resize_shorter: int | None = None
 
 
 Builder = Callable[[ModelSpec, list[str]], BuiltModel]
