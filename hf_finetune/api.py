@@ -66,7 +66,7 @@ def finetune(
     from .loss import class_weights, classification_loss
     from .outputs import RECIPE_FILE, check_output_dir, clear_output_dir, recording, start_manifest, write_text_atomic
     from .recipe import find_recipe
-    from .tasks import get_task
+    from .tasks import PrepareSettings, get_task
     from .trainer import (
         avoid_single_sample_last_batch,
         build_trainer,
@@ -104,11 +104,12 @@ def finetune(
         resume = resolve_resume(recipe.training.get("resume_from_checkpoint"), out, set_aside=args.should_save)
     with main_process_first(args, "data and model"):  # one process fills the caches; the others read them
         data = sources.load_data(recipe.data, task.INPUTS)
-        if "image" in task.INPUTS and recipe.data.check_images and main_process:
-            checks.check_images(data.splits)
+        if main_process:
+            checks.check_inputs(data.splits, task.INPUTS, recipe.data)
         built = task.build_model(recipe.model, data.label_names)
         plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
-        prepared = task.prepare(built, data.splits, recipe)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
     log_distribution(args, precision)
     if plan.trainable_later and args.world_size > 1:
         from .errors import RecipeError
@@ -122,11 +123,7 @@ def finetune(
         )
     train_labels = data.splits["train"]["label"]
     weights = class_weights(recipe.loss.class_weights, train_labels, data.label_names)
-    mixup = (
-        task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
-        if hasattr(task, "batch_mixer")
-        else None
-    )
+    mixup = task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
     custom_groups = recipe.transfer != type(recipe.transfer)()  # anything but plain full fine-tuning
     compute_metrics = metrics_lib.ClassificationMetrics(
         data.label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra
@@ -220,7 +217,7 @@ def evaluate(
     from .data import checks, sources
     from .errors import HFFinetuneError
     from .loss import classification_loss, saved_class_weights
-    from .tasks import get_task, task_of_saved
+    from .tasks import PrepareSettings, get_task, task_of_saved
     from .trainer import build_trainer
 
     setup_logging()
@@ -257,9 +254,10 @@ def evaluate(
             )
         raise DataError(f"--split {split!r}: the data has splits {list(loaded.splits)}")
     chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
-    if "image" in task.INPUTS and spec.check_images:
-        checks.check_images(chosen)  # a truncated file is named here, not a traceback mid-evaluation
-    prepared = task.prepare(built, chosen, recipe)
+    checks.check_inputs(chosen, task.INPUTS, spec)  # a truncated file is named here, not a traceback mid-evaluation
+    seed = recipe.training.get("data_seed")
+    seed = recipe.training.get("seed", 42) if seed is None else seed
+    prepared = task.prepare(built, chosen, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
     compute_metrics = metrics_lib.ClassificationMetrics(labels, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
     compute_metrics.load()
     smoothing = float(recipe.training.get("label_smoothing_factor") or 0.0)

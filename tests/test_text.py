@@ -19,6 +19,7 @@ from hf_finetune.cli import main
 from hf_finetune.data import builtin, checks, sources
 from hf_finetune.errors import DataError, ModelError, RecipeError
 from hf_finetune.recipe import load_recipe
+from hf_finetune.tasks import PrepareSettings
 from hf_finetune.tasks import text_classification as tc
 
 LABELS = ["negative", "neutral", "positive"]
@@ -228,7 +229,7 @@ def _prepared(tiny_bert_dir: Path, data_dir: Path, **tokenization):
     recipe = load_recipe(_recipe(data_dir, tiny_bert_dir, data_dir / "unused", tokenization=tokenization))
     data = sources.load_data(recipe.data, tc.INPUTS)
     built = tc.build_model(recipe.model, data.label_names)
-    return built, data, tc.prepare(built, data.splits, recipe)
+    return built, data, tc.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, 42))
 
 
 def test_dynamic_padding_pads_each_batch_to_its_longest_row(text_csv: Path, tiny_bert_dir: Path):
@@ -490,7 +491,7 @@ def test_sentence_pairs(tiny_bert_dir: Path, tmp_path: Path):
     data = sources.load_data(loaded.data, tc.INPUTS)
     assert data.splits["train"].column_names == ["text", "text_pair", "label"]
     built = tc.build_model(loaded.model, data.label_names)
-    prepared = tc.prepare(built, data.splits, loaded)
+    prepared = tc.prepare(built, data.splits, PrepareSettings(loaded.augmentation, loaded.tokenization, 42))
     sep = built.processor.sep_token_id
     for row in prepared.splits["train"].select(range(10)):
         ids, segments = row["input_ids"], row["token_type_ids"]

@@ -13,6 +13,7 @@ import yaml
 
 from hf_finetune.data import sources
 from hf_finetune.recipe import load_recipe
+from hf_finetune.tasks import PrepareSettings
 from hf_finetune.tasks import image_classification as task
 
 
@@ -20,7 +21,8 @@ def _prepared(recipe_dict: dict):
     recipe = load_recipe(recipe_dict)
     data = sources.load_data(recipe.data, task.INPUTS)
     built = task.build_model(recipe.model, data.label_names)
-    return task.prepare(built, data.splits, recipe)
+    # seed 42: TrainingArguments' default, as these recipes set neither training.seed nor training.data_seed
+    return task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed=42))
 
 
 def _transform(ds):

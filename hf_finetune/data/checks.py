@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    from ..recipe import DataSpec
 
 logger = logging.getLogger(__name__)
 
 
-def check_images(splits: Any, column: str = "image", max_listed: int = 10) -> None:
+def check_inputs(splits: Mapping[str, Dataset], inputs: Mapping[str, str], spec: DataSpec) -> None:
+    """The pre-flight checks a task's input columns (`Task.INPUTS`) call for, once the data is loaded: every image
+    decodes (unless `data.check_images: false`). Texts need none here: `load_data` already handled empty ones."""
+    if "image" in inputs and spec.check_images:
+        check_images(splits)
+
+
+def check_images(splits: Mapping[str, Dataset], column: str = "image", max_listed: int = 10) -> None:
     """Raise DataError naming every image (up to `max_listed`) that cannot be decoded."""
     import datasets
     from PIL import Image
@@ -49,11 +61,11 @@ def check_images(splits: Any, column: str = "image", max_listed: int = 10) -> No
 
 
 def check_texts(
-    splits: Any,
+    splits: Mapping[str, Dataset],
     columns: Sequence[str] = ("text", "text_pair"),
     policy: str = "error",
     shown_as: dict[str, str] | None = None,
-) -> Any:
+) -> DatasetDict:
     """Rows whose text is null or blank: DataError naming split, column and rows (`error`), or dropped (`skip`).
 
     `shown_as` maps a column to the name the user knows it by (the data's own column) for the messages.

@@ -1,14 +1,32 @@
-"""Where a classifier's head is, read from the model's structure (used by transfer strategies and weight loading)."""
+"""Where a classifier's head is, read from the model's structure (used by transfer strategies and weight loading),
+and whether a built model or processor is timm's (through transformers' TimmWrapper)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BaseImageProcessor, PreTrainedTokenizerBase
 
 
-def head_module(model: Any) -> Any:
+def is_timm_model(model: torch.nn.Module) -> bool:
+    """A model wrapping a timm network (transformers' TimmWrapper): the network itself is `model.timm_model`.
+
+    The recipe's side of the same question is `ModelSpec.is_timm` (the model's name)."""
+    return hasattr(model, "timm_model")
+
+
+def is_timm_processor(processor: BaseImageProcessor | PreTrainedTokenizerBase | None) -> bool:
+    """timm's preprocessing inside transformers (TimmWrapperImageProcessor): its settings are timm's `data_config`,
+    not the size/crop fields of transformers' image processors. By name, so that asking imports nothing."""
+    return type(processor).__name__ == "TimmWrapperImageProcessor"
+
+
+def head_module(model: torch.nn.Module) -> torch.nn.Module | None:
     """The classification head: timm's `get_classifier()`, a model's own `transfer_head()`, or the usual
     transformers attribute (`classifier`, `score`, `head`, `fc`); None when there is none."""
-    if hasattr(model, "timm_model"):
+    if is_timm_model(model):
         head = model.timm_model.get_classifier()
         if isinstance(head, (tuple, list)):  # distilled models (DeiT, LeViT): the class head and the distillation head
             import torch
@@ -24,7 +42,7 @@ def head_module(model: Any) -> Any:
     return None
 
 
-def head_parameter_names(model: Any) -> list[str]:
+def head_parameter_names(model: torch.nn.Module) -> list[str]:
     """Names (as in `model.named_parameters()`) of the head's parameters."""
     module = head_module(model)
     ids = {id(p) for p in module.parameters()} if module is not None else set()

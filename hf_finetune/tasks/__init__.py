@@ -1,37 +1,69 @@
-"""Tasks: how a kind of model is built and how its inputs are prepared. One module per task, no base classes.
-
-Each task module provides the same names, which `api.py` calls in data-path order:
-
-    NAME                                    the recipe's `task`
-    INPUTS                                  canonical input column -> DataSpec key naming it in the data
-    build_model(spec, label_names)          -> BuiltModel (model with a head for the labels + processor/tokenizer)
-    training_defaults()                     task-specific TrainingArguments defaults (only for unset keys)
-    prepare(built, splits, recipe)          -> Prepared (Trainer-ready datasets + collator)
-    load_trained(path)                      -> BuiltModel from a saved output folder
-    predict(built, inputs, top_k)           -> one dict per input with its top-k labels and scores
-"""
+"""Tasks: how a kind of model is built and how its inputs are prepared. One module per task, no base classes:
+each module satisfies the `Task` Protocol below, and `api.py` calls it in data-path order."""
 
 from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-MODULES = {
-    "image-classification": "image_classification",
-    "text-classification": "text_classification",
-}
+from ..recipe import TASKS, AugmentationSpec, ModelSpec, read_saved_recipe
+from ._common import BuiltModel, PredictInputs, Prepared, PrepareSettings
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from timm.data import Mixup
+
+__all__ = ["MODULES", "BuiltModel", "PrepareSettings", "Prepared", "Task", "get_task", "task_of_saved"]
+
+# the recipe's `task` -> its module here (image-classification -> image_classification)
+MODULES = {name: name.replace("-", "_") for name in TASKS}
 
 
-def get_task(name: str) -> ModuleType:
-    return importlib.import_module(f".{MODULES[name]}", __name__)
+class Task(Protocol):
+    """What a task module provides (the modules themselves satisfy it: its members are their module-level names)."""
+
+    NAME: str
+    """The recipe's `task`."""
+    INPUTS: dict[str, str]
+    """Canonical input column -> the DataSpec key naming it in the data (`{"image": "image_column"}`)."""
+
+    def build_model(self, spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+        """The model with a head for `label_names` (id2label/label2id set) and its processor or tokenizer."""
+        ...
+
+    def training_defaults(self) -> dict[str, Any]:
+        """Task-specific TrainingArguments defaults, used only for keys the recipe leaves unset."""
+        ...
+
+    def prepare(self, built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareSettings) -> Prepared:
+        """Trainer-ready datasets (the train split with the recipe's augmentation, the others without) + collator."""
+        ...
+
+    def batch_mixer(self, aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> Mixup | None:
+        """What mixes training batches (mixup/CutMix, soft targets), or None when nothing does."""
+        ...
+
+    def load_trained(self, path: str | Path) -> BuiltModel:
+        """The model and processor or tokenizer of a saved output folder."""
+        ...
+
+    def predict(
+        self, built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """One dict per input with its top-k labels and scores, as `hf-finetune predict` prints them."""
+        ...
+
+
+def get_task(name: str) -> Task:
+    # import_module says only "a module"; tests/test_tasks.py checks that every task module fits the Protocol
+    return cast("Task", importlib.import_module(f".{MODULES[name]}", __name__))
 
 
 def task_of_saved(path: str | Path) -> str:
     """The task of a saved output folder: from its resolved recipe, else from the model's architecture."""
-    from ..recipe import read_saved_recipe
-
     path = Path(path)
     task = read_saved_recipe(path).get("task")
     if task in MODULES:

@@ -3,30 +3,73 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
-from ..recipe import ModelSpec
+from ..names import RECIPE_FILE
+from ..recipe import AugmentationSpec, ModelSpec, TokenizationSpec
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        BaseImageProcessor,
+        PreTrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
 logger = logging.getLogger(__name__)
+
+# what `predict` takes: image files, or texts and (text, text_pair) pairs; each task reports what it cannot read
+PredictInputs = Sequence[str | Path | tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the model expects, read from its image processor (never copy-pasted numbers)."""
+
+    size: tuple[int, int]  # (height, width) fed to the network
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str  # torchvision InterpolationMode name: bilinear, bicubic, nearest…
+    channels: int = 3
+    # Shorter side to resize to before a centre crop to `size` (timm's crop_pct, a processor's crop_size);
+    # None: resize straight to `size`. Training without random-resized-crop uses the same geometry as evaluation.
+    resize_shorter: int | None = None
 
 
 @dataclass
 class BuiltModel:
-    model: Any  # transformers.PreTrainedModel with a head sized for the labels
-    processor: Any  # image processor or tokenizer, saved next to the model (None only for 1-channel simple_cnn)
+    model: PreTrainedModel  # with a head sized for the labels
+    # saved next to the model; None only for the 1-channel simple_cnn (image processors feed RGB)
+    processor: BaseImageProcessor | PreTrainedTokenizerBase | None
     description: str
-    preprocess: Any = None  # image tasks: what the network expects (tasks.image_classification.Preprocess)
+    preprocess: Preprocess | None = None  # image tasks: what the network expects
 
 
 @dataclass
 class Prepared:
     """Datasets ready for Trainer (train with augmentation, the others without) and the batch collator."""
 
-    splits: dict[str, Any]
-    collate: Any
+    splits: dict[str, Dataset]
+    collate: Callable[[list[dict[str, Any]]], Mapping[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What a task's `prepare` takes from the recipe: only these sections, never the whole `Recipe`."""
+
+    augmentation: AugmentationSpec
+    tokenization: TokenizationSpec
+    # where the training split's random augmentation starts: Trainer's data_seed, else its seed (Trainer passes the
+    # same value and the epoch on through `set_epoch`)
+    seed: int
 
 
 def label_maps(label_names: list[str], with_count: bool = True) -> dict[str, Any]:
@@ -39,7 +82,7 @@ def label_maps(label_names: list[str], with_count: bool = True) -> dict[str, Any
     return maps
 
 
-def label_names_of(config: Any) -> list[str]:
+def label_names_of(config: PreTrainedConfig) -> list[str]:
     return [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
 
 
@@ -61,9 +104,9 @@ def load_error(path: str | Path, task_words: str, err: Exception) -> str:
     first = str(err).splitlines()[0] if str(err) else ""
     if "trust_remote_code" in str(err):
         return (
-            f"{path}: its model runs code shipped in the folder, and the recipe.yaml there does not say "
+            f"{path}: its model runs code shipped in the folder, and the {RECIPE_FILE} there does not say "
             f"model.trust_remote_code: true. Read that code; if you trust it, set model.trust_remote_code: true in "
-            f"{Path(path) / 'recipe.yaml'} ({type(err).__name__}: {first})"
+            f"{Path(path) / RECIPE_FILE} ({type(err).__name__}: {first})"
         )
     return f"{path}: not a saved {task_words} model ({type(err).__name__}: {first})"
 
@@ -79,7 +122,7 @@ _CONFIG_INIT_KEYWORDS = {
 }
 
 
-def check_config_keys(given: dict[str, Any], config: Any, what: str) -> None:
+def check_config_keys(given: dict[str, Any], config: PreTrainedConfig | type[PreTrainedConfig], what: str) -> None:
     """Refuse `model.config` keys the model's config does not know: transformers configs keep any extra keyword as a
     silent attribute, so a typo would otherwise train the default model. `config` is the config class or a loaded
     config (whose own attributes, e.g. extra keys from its config.json, count as known)."""
@@ -116,7 +159,13 @@ def check_config_keys(given: dict[str, Any], config: Any, what: str) -> None:
         )
 
 
-def load_classifier(spec: ModelSpec, name: str, label_names: list[str], auto_class: Any, task_words: str) -> Any:
+def load_classifier(
+    spec: ModelSpec,
+    name: str,
+    label_names: list[str],
+    auto_class: type[AutoModelForImageClassification | AutoModelForSequenceClassification],
+    task_words: str,
+) -> PreTrainedModel:
     """`auto_class.from_pretrained` (or `from_config` when not pretrained) with a head for `label_names`.
 
     The head is replaced for the new labels: by size (`ignore_mismatched_sizes`) and also when the old head has the
@@ -193,11 +242,13 @@ def not_found(name: str, err: Exception) -> str:
     )
 
 
-def reset_head(model: Any) -> None:
+def reset_head(model: PreTrainedModel) -> None:
     """Fresh weights for the classification head (timm's `reset_classifier`, else the `classifier` module)."""
     import torch
 
-    if hasattr(model, "timm_model"):
+    from ..models.structure import is_timm_model
+
+    if is_timm_model(model):
         model.timm_model.reset_classifier(model.config.num_labels)
         return
     head = getattr(model, "classifier", None)
@@ -210,7 +261,9 @@ def reset_head(model: Any) -> None:
     logger.info("model: re-initialised the classification head for the new labels")
 
 
-def scores_to_rows(keys: list[str], key_name: str, probs: Any, id2label: dict[int, str], k: int) -> list[dict]:
+def scores_to_rows(
+    keys: list[str], key_name: str, probs: torch.Tensor, id2label: dict[int, str], k: int
+) -> list[dict[str, Any]]:
     """Top-k labels and scores per input, as `predict` prints them (one JSON line each)."""
     if k < 1:
         raise ValueError(f"top_k must be at least 1, got {k}")

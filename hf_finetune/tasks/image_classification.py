@@ -17,17 +17,19 @@ import difflib
 import hashlib
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, ModelError
 from ..models.weights import load_weights_file
-from ..recipe import AugmentationSpec, ModelSpec, Recipe
+from ..recipe import AugmentationSpec, ModelSpec
 from ._common import (
     BuiltModel,
+    PredictInputs,
     Prepared,
+    PrepareSettings,
+    Preprocess,
     check_config_keys,
     hub_kwargs,
     label_maps,
@@ -37,24 +39,20 @@ from ._common import (
     scores_to_rows,
 )
 
+if TYPE_CHECKING:
+    import PIL.Image
+    import torch
+    from datasets import Dataset
+    from timm.data import Mixup
+    from torchvision.transforms import InterpolationMode
+    from transformers import BaseImageProcessor, PreTrainedModel, TimmWrapperImageProcessor
+
+    from ..models import SimpleCNNConfig
+
 logger = logging.getLogger(__name__)
 
 NAME = "image-classification"
 INPUTS = {"image": "image_column"}  # canonical column -> DataSpec key
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What the model expects, read from its image processor (never copy-pasted numbers)."""
-
-    size: tuple[int, int]  # (height, width) fed to the network
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str  # torchvision InterpolationMode name: bilinear, bicubic, nearest…
-    channels: int = 3
-    # Shorter side to resize to before a centre crop to `size` (timm's crop_pct, a processor's crop_size);
-    # None: resize straight to `size`. Training without random-resized-crop uses the same geometry as evaluation.
-    resize_shorter: int | None = None
 
 
 Builder = Callable[[ModelSpec, list[str]], BuiltModel]
@@ -100,7 +98,7 @@ def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     return BuiltModel(model, processor, "simple_cnn (from scratch)", preprocess_from_model(model, processor))
 
 
-def _simple_cnn_processor(config: Any) -> Any:
+def _simple_cnn_processor(config: SimpleCNNConfig) -> BaseImageProcessor | None:
     if config.num_channels != 3:
         return None  # image processors and pipeline() feed RGB; a 1-channel net uses the toolkit's own transforms
     from transformers import ViTImageProcessor
@@ -180,7 +178,7 @@ def _check_timm_option(arch: str, err: Exception, model_args: dict[str, Any]) ->
     ) from None
 
 
-def zero_head(model: Any) -> None:
+def zero_head(model: PreTrainedModel) -> None:
     """A new head on pretrained features starts at zero: timm's own head init (uniform ±1/√classes for the
     EfficientNet family) starts the loss near 9 instead of ln(classes) and cost 6–30 points of accuracy in the
     EfficientNet-Lite0 benchmark (benchmarks/README.md); zero logits give every class the same start."""
@@ -197,7 +195,7 @@ def zero_head(model: Any) -> None:
     logger.info("model: new classification head initialised to zero (pretrained backbone)")
 
 
-def _head_names(model: Any) -> set[str]:
+def _head_names(model: PreTrainedModel) -> set[str]:
     """State-dict keys of the classification head (replaced for the new labels, so a checkpoint's may differ)."""
     from ..models.structure import head_parameter_names
 
@@ -208,7 +206,7 @@ def _plain_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(cfg).items()}
 
 
-def _timm_processor(pretrained_cfg: dict[str, Any], arch: str) -> Any:
+def _timm_processor(pretrained_cfg: dict[str, Any], arch: str) -> TimmWrapperImageProcessor:
     from transformers import TimmWrapperImageProcessor
 
     return TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg, architecture=arch)
@@ -219,9 +217,10 @@ def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltMo
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from .. import models  # noqa: F401  (registers simple_cnn with the Auto classes: a saved one loads here)
+    from ..models.structure import is_timm_model
 
     model = load_classifier(spec, spec.name, label_names, AutoModelForImageClassification, "image classification")
-    if type(model).__name__ == "TimmWrapperForImageClassification" and not spec.pretrained:
+    if is_timm_model(model) and not spec.pretrained:
         _timm_init(model)
     if spec.weights:
         load_weights_file(model, spec.weights, _head_names(model))
@@ -239,7 +238,7 @@ def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltMo
     return BuiltModel(model, processor, description, preprocess_from_model(model, processor))
 
 
-def _timm_init(model: Any) -> None:
+def _timm_init(model: PreTrainedModel) -> None:
     import timm
 
     cfg = model.config
@@ -247,8 +246,10 @@ def _timm_init(model: Any) -> None:
     model.timm_model.load_state_dict(source.state_dict())
 
 
-def _resized_processor(processor: Any, size: int) -> Any:
-    if type(processor).__name__ == "TimmWrapperImageProcessor":
+def _resized_processor(processor: BaseImageProcessor, size: int) -> BaseImageProcessor:
+    from ..models.structure import is_timm_processor
+
+    if is_timm_processor(processor):
         cfg = dict(processor.data_config)
         cfg["input_size"] = [3, size, size]
         return _timm_processor(cfg, getattr(processor, "architecture", None) or "")
@@ -284,13 +285,15 @@ def load_trained(path: str | Path) -> BuiltModel:
 # --------------------------------------------------------------------------------------------- preprocessing
 
 
-def preprocess_from_model(model: Any, processor: Any) -> Preprocess:
+def preprocess_from_model(model: PreTrainedModel, processor: BaseImageProcessor | None) -> Preprocess:
     """Input size, normalisation and interpolation as the model's processor defines them."""
+    from ..models.structure import is_timm_processor
+
     config = model.config
     channels = int(getattr(config, "num_channels", 3) or 3)
     if processor is None:  # 1-channel simple_cnn
         return Preprocess((config.image_size, config.image_size), (0.5,) * channels, (0.5,) * channels, "bilinear", 1)
-    if type(processor).__name__ == "TimmWrapperImageProcessor":
+    if is_timm_processor(processor):
         cfg = processor.data_config
         _, h, w = cfg["input_size"]
         crop_pct = cfg.get("crop_pct") or 1.0
@@ -328,7 +331,7 @@ def _interpolation_name(resample: Any) -> str:
     return name if name in {"nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"} else "bilinear"
 
 
-def to_model_mode(image: Any, channels: int) -> Any:
+def to_model_mode(image: PIL.Image.Image, channels: int) -> PIL.Image.Image:
     """Grayscale, palette, CMYK and transparent images become what the model takes (RGB, or L for 1 channel)."""
     from PIL import Image
 
@@ -342,7 +345,7 @@ def to_model_mode(image: Any, channels: int) -> Any:
     return image if image.mode == target else image.convert(target)
 
 
-def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[Any], Any]:
+def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[PIL.Image.Image], torch.Tensor]:
     """PIL image → normalised tensor with augmentation (torchvision transforms, listed in application order)."""
     import torch
     from torchvision.transforms import InterpolationMode
@@ -385,14 +388,14 @@ def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[A
     return T.Compose(stages)
 
 
-def _tensor_safe(interp: Any) -> Any:
+def _tensor_safe(interp: InterpolationMode) -> InterpolationMode:
     """RandAugment/TrivialAugment geometry takes nearest or bilinear only."""
     from torchvision.transforms import InterpolationMode
 
     return interp if interp in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR) else InterpolationMode.BILINEAR
 
 
-def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> Any:
+def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> Mixup | None:
     """timm's Mixup/CutMix for training batches (soft targets), or None when the recipe asks for neither."""
     if not (aug.mixup_alpha or aug.cutmix_alpha):
         return None
@@ -411,14 +414,14 @@ def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float =
 class ProcessorTransform:
     """PIL image → tensor through an image processor (a module-level class, so it pickles for `spawn` workers)."""
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: BaseImageProcessor):
         self.processor = processor
 
-    def __call__(self, image: Any) -> Any:
+    def __call__(self, image: PIL.Image.Image) -> torch.Tensor:
         return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
 
-def build_eval_transform(built: BuiltModel) -> Callable[[Any], Any]:
+def build_eval_transform(built: BuiltModel) -> Callable[[PIL.Image.Image], torch.Tensor]:
     """PIL image → tensor exactly as the saved image processor (and so `pipeline()`) prepares it."""
     processor, pre = built.processor, built.preprocess
     if processor is None:
@@ -446,7 +449,7 @@ class BatchTransform:
     so that persistent dataloader workers see it too. Module-level, so it pickles for `spawn`/`forkserver` workers.
     """
 
-    def __init__(self, image_fn: Callable[[Any], Any], channels: int, seed: int | None = None):
+    def __init__(self, image_fn: Callable[[PIL.Image.Image], torch.Tensor], channels: int, seed: int | None = None):
         import torch
 
         self.image_fn = image_fn
@@ -471,7 +474,7 @@ class BatchTransform:
             out["labels"] = batch["label"]
         return out
 
-    def _seeded(self, images: list[Any], rows: list[int]) -> list[Any]:
+    def _seeded(self, images: list[PIL.Image.Image], rows: list[int]) -> list[torch.Tensor]:
         import torch
 
         seed, epoch = (int(v) for v in self._seed_epoch)
@@ -489,12 +492,14 @@ class BatchTransform:
             generator.set_state(saved)
 
 
-def make_batch_transform(image_fn: Callable[[Any], Any], channels: int, seed: int | None = None) -> BatchTransform:
+def make_batch_transform(
+    image_fn: Callable[[PIL.Image.Image], torch.Tensor], channels: int, seed: int | None = None
+) -> BatchTransform:
     """For `datasets.Dataset.with_transform`: rows of PIL images → `pixel_values` / `labels` (see BatchTransform)."""
     return BatchTransform(image_fn, channels, seed)
 
 
-def with_row_ids(ds: Any) -> Any:
+def with_row_ids(ds: Dataset) -> Dataset:
     """`ds` with a `ROW_ID` column: each row's number in the underlying Arrow table, stable across runs, processes
     and resumes. Added beside the table without copying it: `Dataset.add_column` would first rewrite a split or
     shuffled dataset (every image's bytes) to a new cache file."""
@@ -517,7 +522,7 @@ def with_row_ids(ds: Any) -> Any:
     )
 
 
-def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     import torch
 
     batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
@@ -540,13 +545,12 @@ def training_defaults() -> dict[str, Any]:
     }
 
 
-def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepared:
+def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareSettings) -> Prepared:
     """Decode + transform on the fly (`with_transform`): train with the recipe's augmentation, the rest as eval."""
     channels = built.preprocess.channels
-    # Trainer passes its own seed (data_seed, else seed) and the epoch through `set_epoch`; this is the start value
-    seed = recipe.training.get("data_seed")
-    seed = recipe.training.get("seed", 42) if seed is None else seed
-    train_fn = BatchTransform(build_train_transform(built.preprocess, recipe.augmentation), channels, seed=seed)
+    train_fn = BatchTransform(
+        build_train_transform(built.preprocess, settings.augmentation), channels, seed=settings.seed
+    )
     eval_fn = BatchTransform(build_eval_transform(built), channels)
     ready = {
         name: with_row_ids(ds).with_transform(train_fn) if name == "train" else ds.with_transform(eval_fn)
@@ -555,7 +559,7 @@ def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepar
     return Prepared(ready, collate)
 
 
-def predict(built: BuiltModel, images: list[str], top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
+def predict(built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
     """Top-k labels per image file, with the saved model's own preprocessing."""
     import torch
     from PIL import Image
@@ -563,8 +567,8 @@ def predict(built: BuiltModel, images: list[str], top_k: int, batch_size: int = 
     transform = build_eval_transform(built)
     built.model.eval()
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(images), batch_size):
-        chunk = [str(p) for p in images[start : start + batch_size]]
+    for start in range(0, len(inputs), batch_size):
+        chunk = [str(p) for p in inputs[start : start + batch_size]]
         pixels = []
         for path in chunk:
             try:

@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, ModelError
 from ..models.weights import load_weights_file
-from ..recipe import ModelSpec, Recipe
+from ..recipe import AugmentationSpec, ModelSpec
 from ._common import (
     BuiltModel,
+    PredictInputs,
     Prepared,
+    PrepareSettings,
     hub_kwargs,
     load_classifier,
     load_error,
     saved_trust_remote_code,
     scores_to_rows,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +88,9 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     return BuiltModel(model, tokenizer, description)
 
 
-def _load_tokenizer(name: str, spec: ModelSpec | None = None, trust_remote_code: bool = False) -> Any:
+def _load_tokenizer(
+    name: str, spec: ModelSpec | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -94,7 +103,7 @@ def _load_tokenizer(name: str, spec: ModelSpec | None = None, trust_remote_code:
     return tokenizer
 
 
-def check_tokenizer_fits(tokenizer: Any, model: Any) -> None:
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
     """A tokenizer with more ids than the model has embeddings would crash mid-training with an index error."""
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
@@ -105,7 +114,7 @@ def check_tokenizer_fits(tokenizer: Any, model: Any) -> None:
         )
 
 
-def return_segment_ids(tokenizer: Any, model: Any) -> None:
+def return_segment_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
     """Make the tokenizer return `token_type_ids` when the model reads them (BERT-style segment embeddings).
 
     A generic fast tokenizer (`PreTrainedTokenizerFast` around a `tokenizers` file) returns only input_ids and
@@ -124,7 +133,7 @@ def return_segment_ids(tokenizer: Any, model: Any) -> None:
     logger.info("tokenization: the model reads segment ids, so the tokenizer now returns token_type_ids too")
 
 
-def model_positions(model: Any) -> int | None:
+def model_positions(model: PreTrainedModel) -> int | None:
     """How many tokens the model's position embeddings can take (None: no such limit in its config)."""
     config = model.config
     limit = getattr(config, "max_position_embeddings", None)
@@ -133,7 +142,7 @@ def model_positions(model: Any) -> int | None:
     return limit
 
 
-def max_length_for(tokenizer: Any, model: Any, asked: int | None) -> int:
+def max_length_for(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, asked: int | None) -> int:
     """The truncation length: `asked` (checked against the model's positions), else the smallest of 512, the
     tokenizer's `model_max_length` and the model's positions."""
     limit = model_positions(model)
@@ -147,7 +156,7 @@ def max_length_for(tokenizer: Any, model: Any, asked: int | None) -> int:
     return min(int(c) for c in candidates if c)
 
 
-def _check_pairs(tokenizer: Any, model: Any) -> None:
+def _check_pairs(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
     """A sentence-pair column needs a tokenizer with a pair template and, if that template puts the second text in
     another segment, a model with an embedding for that segment (type_vocab_size)."""
     try:
@@ -173,11 +182,16 @@ def training_defaults() -> dict[str, Any]:
     return {"dataloader_num_workers": 0}
 
 
+def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> None:
+    """Texts are not mixed: mixup and cutmix blend pixels (the recipe refuses them for this task)."""
+    return None
+
+
 class Tokenize:
     """`datasets.map` function: rows of texts (and pairs) → token ids and `labels`. A module-level class rather than a
     closure, so it pickles (`map(num_proc=…)`, `spawn`/`forkserver` start methods)."""
 
-    def __init__(self, tokenizer: Any, max_length: int, pairs: bool, pad_to_max: bool):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, pairs: bool, pad_to_max: bool):
         self.tokenizer, self.max_length, self.pairs, self.pad_to_max = tokenizer, max_length, pairs, pad_to_max
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -189,7 +203,7 @@ class Tokenize:
         return encoded
 
 
-def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepared:
+def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareSettings) -> Prepared:
     """Tokenize every split once (batched, cached `datasets.map`); pad per batch unless `padding: max_length`."""
     from transformers import DataCollatorWithPadding, default_data_collator
 
@@ -197,8 +211,8 @@ def prepare(built: BuiltModel, splits: dict[str, Any], recipe: Recipe) -> Prepar
     pairs = any("text_pair" in ds.column_names for ds in splits.values())
     if pairs:
         _check_pairs(tokenizer, model)
-    max_length = max_length_for(tokenizer, model, recipe.tokenization.max_length)
-    pad_to_max = recipe.tokenization.padding == "max_length"
+    max_length = max_length_for(tokenizer, model, settings.tokenization.max_length)
+    pad_to_max = settings.tokenization.padding == "max_length"
     # saved with the tokenizer: `predict` and `pipeline(..., truncation=True)` then cut texts where training did
     tokenizer.model_max_length = max_length
     logger.info(
@@ -232,14 +246,12 @@ def load_trained(path: str | Path) -> BuiltModel:
     return BuiltModel(model, _load_tokenizer(str(path), trust_remote_code=trust), str(path))
 
 
-def predict(
-    built: BuiltModel, texts: list[str | tuple[str, str]], top_k: int, batch_size: int = 32
-) -> list[dict[str, Any]]:
+def predict(built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
     """Top-k labels per text, or per `(text, text_pair)` for a model trained on sentence pairs."""
     import torch
 
-    pairs = bool(texts) and isinstance(texts[0], (tuple, list))
-    parts = [list(t) if pairs else [t] for t in texts]
+    pairs = bool(inputs) and isinstance(inputs[0], (tuple, list))
+    parts = [list(t) if pairs else [t] for t in inputs]
     empty = [i for i, row in enumerate(parts) if any(not isinstance(t, str) or not t.strip() for t in row)]
     if empty:
         raise DataError(f"{len(empty)} of the texts to predict are empty (positions {empty[:10]}); remove them")
