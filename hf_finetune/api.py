@@ -178,7 +178,7 @@ def finetune(
         trainer.save_model(str(out))  # every process: FSDP gathers the shards; only the main one writes
     if trainer.is_world_process_zero():
         run = run_info(data, args, best, time.time() - started)
-        files = _write_results(out, recipe, data, built, results, run)
+        files = _write_results(out, recipe, args, data, built, results, run)
         if recipe.hub.push:
             from .hub import push_folder
 
@@ -427,9 +427,11 @@ def run_info(data: Any, args: Any, best: str | None, seconds: float) -> dict[str
     }
 
 
-def _write_results(out: Path, recipe: Recipe, data: Any, built: Any, results: dict[str, Any], run: dict) -> list[str]:
+def _write_results(
+    out: Path, recipe: Recipe, args: Any, data: Any, built: Any, results: dict[str, Any], run: dict
+) -> list[str]:
     from . import metrics as metrics_lib
-    from .card import write_model_card
+    from .card import CardFacts, write_model_card
     from .outputs import METRICS_FILE, RECIPE_FILE, finish_manifest, listing, write_json, write_text_atomic
 
     before = listing(out)
@@ -450,13 +452,6 @@ def _write_results(out: Path, recipe: Recipe, data: Any, built: Any, results: di
                 title=f"{recipe.name or 'model'} — {'validation' if prefix == 'eval' else 'test'} split",
             )
             files += [f"{name}.csv", f"{name}.png"]
-    write_model_card(
-        out,
-        recipe=recipe,
-        label_names=data.label_names,
-        results=results,
-        data_description=data.description,
-        model_description=built.description,
-        run=run,
-    )
+    facts = CardFacts.from_run(recipe, args, data.label_names, results, data.description, built.description, run)
+    write_model_card(out, facts)
     return finish_manifest(out, [*files, "README.md"], before=before)

@@ -12,14 +12,32 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .names import CARD_FILE, EVALUATED_PREFIXES, SPLIT_OF_PREFIX, confusion_matrix_files
 from .outputs import write_text_atomic
-from .recipe import AugmentationSpec, Recipe, TransferSpec, shipped_dir
+from .recipe import (
+    TASKS,
+    AugmentationSpec,
+    CardSpec,
+    DataSpec,
+    LossSpec,
+    ModelSpec,
+    Recipe,
+    TokenizationSpec,
+    TransferSpec,
+    shipped_dir,
+)
 
-TEMPLATES = {"image-classification": "image_classification.md", "text-classification": "text_classification.md"}
-SPLIT_NAMES = {"eval": "validation", "test": "test"}  # metrics.json prefix → the split's name on the card
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
+    from transformers import TrainingArguments
+
+# the shipped template of each task: model_cards/image_classification.md for image-classification, ...
+TEMPLATES = {task: task.replace("-", "_") + ".md" for task in TASKS}
 TRAINING_KEYS = (  # hyperparameters worth a row on the card, in reading order
     "learning_rate",
     "num_train_epochs",
@@ -51,64 +69,95 @@ SECRET_KEY = re.compile(r"token$", re.IGNORECASE)
 SNIPPET_MODEL = re.compile(r"""(pipeline\([^)]*?\bmodel\s*=\s*)(["'])(.*?)\2""", re.DOTALL)
 
 
-def write_model_card(
-    out: Path,
-    *,
-    recipe: Recipe,
-    label_names: list[str],
-    results: dict[str, Any],
-    data_description: str,
-    model_description: str,
-    run: dict[str, Any],
-    model_ref: str | None = None,
-) -> Path:
+# the recipe's sections the card reads, each a field of CardFacts under the same name
+RECIPE_SECTIONS = ("model", "data", "augmentation", "tokenization", "transfer", "loss", "card")
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a card is made from, gathered once when the run is over (`CardFacts.from_run`)."""
+
+    task: str
+    model_name: str  # the card's title and the model-index name
+    model: ModelSpec
+    data: DataSpec
+    augmentation: AugmentationSpec
+    tokenization: TokenizationSpec
+    transfer: TransferSpec
+    loss: LossSpec
+    card: CardSpec
+    label_names: list[str]
+    results: dict[str, Any]  # as in metrics.json: {"train": ..., "eval": ..., "test": ...}
+    run: dict[str, Any]  # the run's provenance, as in metrics.json's "run": splits, hardware, versions, time
+    data_description: str
+    model_description: str
+    hyperparameters: list[tuple[str, str]]  # (TrainingArguments field, value) as the run used them
+    best_model_chosen: bool  # load_best_model_at_end: the validation split also picked the checkpoint
+    recipe_yaml: str  # the recipe shown on the card: as saved for a re-run, credentials redacted
+    # handed whole to templates as `recipe` (users' templates may read any field); the card itself reads the sections
+    recipe: Recipe | None = None
+    model_ref: str | None = None  # what the usage snippet loads; default: the output folder's path
+
+    @classmethod
+    def from_run(
+        cls,
+        recipe: Recipe,
+        args: TrainingArguments,
+        label_names: list[str],
+        results: dict[str, Any],
+        data_description: str,
+        model_description: str,
+        run: dict[str, Any],
+        model_ref: str | None = None,
+    ) -> CardFacts:
+        """The facts of a finished run: its recipe's sections and the TrainingArguments it really trained with."""
+        processes = (run.get("hardware") or {}).get("processes") or 1
+        return cls(
+            task=recipe.task,
+            model_name=recipe.name or Path(recipe.output_dir).name,
+            **{section: getattr(recipe, section) for section in RECIPE_SECTIONS},
+            label_names=label_names,
+            results=results,
+            run=run,
+            data_description=data_description,
+            model_description=model_description,
+            hyperparameters=hyperparameters(args, processes),
+            best_model_chosen=bool(args.load_best_model_at_end),
+            # the recipe as saved with the outputs: without the one-off actions (overwrite, push, resume)
+            recipe_yaml=_recipe_yaml(recipe),
+            recipe=recipe,
+            model_ref=model_ref,
+        )
+
+    @property
+    def splits(self) -> dict[str, dict[str, Any]]:
+        """The evaluated splits' metrics, by metrics.json prefix (eval, test), in card order."""
+        return {p: self.results[p] for p in EVALUATED_PREFIXES if isinstance(self.results.get(p), dict)}
+
+    @property
+    def starts_pretrained(self) -> bool:
+        return self.model.pretrained and self.model.name != "simple_cnn"
+
+
+def write_model_card(out: Path, facts: CardFacts) -> Path:
     """Render the card for the output folder `out` and write it as `out/README.md`."""
-    text = render_model_card(
-        out,
-        recipe=recipe,
-        label_names=label_names,
-        results=results,
-        data_description=data_description,
-        model_description=model_description,
-        run=run,
-        model_ref=model_ref,
-    )
-    path = out / "README.md"
-    write_text_atomic(path, text)
+    path = Path(out) / CARD_FILE
+    write_text_atomic(path, render_model_card(out, facts))
     return path
 
 
-def render_model_card(
-    out: Path,
-    *,
-    recipe: Recipe,
-    label_names: list[str],
-    results: dict[str, Any],
-    data_description: str,
-    model_description: str,
-    run: dict[str, Any],
-    model_ref: str | None = None,
-) -> str:
-    """The card's text. `model_ref` is what the usage snippet loads (default: the folder's path)."""
+def render_model_card(out: Path, facts: CardFacts) -> str:
+    """The card's text."""
     from huggingface_hub import ModelCard
 
     out = Path(out)
-    context = card_context(
-        out,
-        recipe=recipe,
-        label_names=label_names,
-        results=results,
-        data_description=data_description,
-        model_description=model_description,
-        run=run,
-        model_ref=model_ref,
-    )
     template = (
-        Path(recipe.card.template).expanduser()
-        if recipe.card.template
-        else shipped_dir("model_cards") / TEMPLATES[recipe.task]
+        Path(facts.card.template).expanduser()
+        if facts.card.template
+        else shipped_dir("model_cards") / TEMPLATES[facts.task]
     )
-    card = ModelCard.from_template(build_card_data(recipe, results), template_path=str(template), **context)
+    context = card_context(out, facts)
+    card = ModelCard.from_template(build_card_data(facts), template_path=str(template), **context)
     # Jinja keeps the blank lines of left-out sections; more than one in a row is only noise in the markdown
     return re.sub(r"\n{3,}", "\n\n", str(card)).rstrip() + "\n"
 
@@ -134,55 +183,51 @@ def redact_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- metadata
 
 
-def build_card_data(recipe: Recipe, results: dict[str, Any]) -> Any:
+def build_card_data(facts: CardFacts) -> ModelCardData:
     """ModelCardData: license, base model, datasets, tags, pipeline tag, and one model-index row per split × metric."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    source = data_source(recipe)
-    base = base_model(recipe)
-    model_name = recipe.name or Path(recipe.output_dir).name
+    source = data_source(facts.data, facts.task)
     eval_results = [
         EvalResult(
-            task_type=recipe.task,
-            task_name=recipe.task.replace("-", " ").title(),
+            task_type=facts.task,
+            task_name=facts.task.replace("-", " ").title(),
             dataset_type=source["type"],
             dataset_name=source["name"],
             dataset_config=source["config"],
-            dataset_split=SPLIT_NAMES[prefix],
+            dataset_split=SPLIT_OF_PREFIX[prefix],
             metric_type=metric_type,
             metric_config=config,
             metric_name=name,
-            metric_value=round(float(results[prefix][key]), 4),
+            metric_value=round(float(m[key]), 4),
         )
-        for prefix in SPLIT_NAMES
-        if isinstance(results.get(prefix), dict)
+        for prefix, m in facts.splits.items()
         for key, metric_type, config, name in INDEX_METRICS
-        if results[prefix].get(key) is not None
+        if m.get(key) is not None
     ]
-    tags = ["hf_finetune", recipe.task]
-    if recipe.model.name.startswith(("timm:", "timm/")):
+    tags = ["hf_finetune", facts.task]
+    if facts.model.is_timm:
         tags.append("timm")
-    if recipe.model.name == "simple_cnn":
+    if facts.model.name == "simple_cnn":
         tags.append("simple_cnn")
-    language = recipe.card.language if recipe.task == "text-classification" else None
     return ModelCardData(
-        model_name=model_name,
-        license=recipe.card.license,
-        language=language,
+        model_name=facts.model_name,
+        license=facts.card.license,
+        language=facts.card.language if facts.task == "text-classification" else None,
         library_name="transformers",
-        pipeline_tag=recipe.task,
+        pipeline_tag=facts.task,
         tags=tags,
-        base_model=base,
+        base_model=base_model(facts.model),
         datasets=[source["id"]] if source["id"] else None,
         metrics=["accuracy", "f1", "precision", "recall"],
         eval_results=eval_results or None,
     )
 
 
-def base_model(recipe: Recipe) -> str | None:
+def base_model(model: ModelSpec) -> str | None:
     """The Hub id the weights started from, or None (from scratch, a local folder, a bare timm architecture)."""
-    name = recipe.model.name
-    if not recipe.model.pretrained or recipe.model.weights:
+    name = model.name
+    if not model.pretrained or model.weights:
         return None
     if name in BUILTIN_BASE_MODELS:
         return BUILTIN_BASE_MODELS[name]
@@ -191,90 +236,80 @@ def base_model(recipe: Recipe) -> str | None:
     return name
 
 
-def data_source(recipe: Recipe) -> dict[str, Any]:
+def data_source(data: DataSpec, task: str) -> dict[str, Any]:
     """What the model-index calls the dataset: a Hub id when there is one, else the kind and name of local data."""
-    d = recipe.data
-    if d.files:
-        first = Path(next(iter(d.files.values())))
+    if data.files:
+        first = Path(next(iter(data.files.values())))
         return {
             "id": None,
             "type": first.suffix.lstrip(".").lower() or "files",
             "name": first.parent.name,
             "config": None,
         }
-    if d.source.startswith("builtin:"):
-        kind = d.source.removeprefix("builtin:")
+    if data.source.startswith("builtin:"):
+        kind = data.source.removeprefix("builtin:")
         return {"id": None, "type": kind, "name": kind, "config": None}
-    path = Path(d.source).expanduser()
+    path = Path(data.source).expanduser()
     if path.is_dir():
-        kind = "imagefolder" if recipe.task == "image-classification" else "folder"
-        return {"id": None, "type": kind, "name": path.name, "config": d.config}
+        kind = "imagefolder" if task == "image-classification" else "folder"
+        return {"id": None, "type": kind, "name": path.name, "config": data.config}
     if path.is_file():
         return {"id": None, "type": path.suffix.lstrip(".").lower(), "name": path.stem, "config": None}
-    return {"id": d.source, "type": d.source, "name": d.source, "config": d.config}
+    return {"id": data.source, "type": data.source, "name": data.source, "config": data.config}
 
 
 # --------------------------------------------------------------------------------------------- body
 
 
-def card_context(
-    out: Path,
-    *,
-    recipe: Recipe,
-    label_names: list[str],
-    results: dict[str, Any],
-    data_description: str,
-    model_description: str,
-    run: dict[str, Any],
-    model_ref: str | None = None,
-) -> dict[str, Any]:
+def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
     """Everything a template can use. Empty values mean "leave the section out"."""
-    splits = {p: results[p] for p in SPLIT_NAMES if isinstance(results.get(p), dict)}
-    headline = "test" if "test" in splits else "eval" if "eval" in splits else None
-    source = data_source(recipe)
+    splits = facts.splits
+    headline = _headline(splits)
+    run = facts.run
     return {
-        "model_name": recipe.name or Path(recipe.output_dir).name,
-        "task": recipe.task,
-        "model_description": model_description,
-        "base_model_id": base_model(recipe),
-        "pretrained": recipe.model.pretrained and recipe.model.name != "simple_cnn",
-        "data_description": data_description,
-        "dataset_id": source["id"],
-        "label_names": label_names,
-        "labels": [{"id": i, "name": _cell(n)} for i, n in enumerate(label_names)],
+        "model_name": facts.model_name,
+        "task": facts.task,
+        "model_description": facts.model_description,
+        "base_model_id": base_model(facts.model),
+        "pretrained": facts.starts_pretrained,
+        "data_description": facts.data_description,
+        "dataset_id": data_source(facts.data, facts.task)["id"],
+        "label_names": facts.label_names,
+        "labels": [{"id": i, "name": _cell(n)} for i, n in enumerate(facts.label_names)],
         "metric_rows": [_metric_row(p, m) for p, m in splits.items()],
         "topk_names": sorted({k for m in splits.values() for k in m if re.fullmatch(r"top\d+_accuracy", k)}),
         "has_baseline": any(isinstance(m.get("baseline"), dict) for m in splits.values()),
-        "per_class_split": SPLIT_NAMES[headline] if headline and splits[headline].get("per_class") else None,
+        "per_class_split": SPLIT_OF_PREFIX[headline] if headline and splits[headline].get("per_class") else None,
         "per_class": _per_class(splits[headline]) if headline else [],
-        "confusion_images": [
-            {"split": SPLIT_NAMES[p], "file": f"confusion_matrix_{p}.png"}
-            for p in SPLIT_NAMES
-            if (Path(out) / f"confusion_matrix_{p}.png").is_file()
-        ],
+        "confusion_images": _confusion_images(Path(out), splits),
         "data_splits": _data_splits(run),
-        "class_counts": _class_counts(run, label_names),
-        "data_notes": _data_notes(recipe, run),
-        "preprocessing": _preprocessing(recipe),
-        "transfer": _transfer(recipe),
-        "augmentation": _augmentation(recipe),
-        "hyperparameters": _hyperparameters(recipe, run),
+        "class_counts": _class_counts(run, facts.label_names),
+        "data_notes": _data_notes(facts),
+        "preprocessing": _preprocessing(facts),
+        "transfer": _transfer(facts),
+        "augmentation": _augmentation(facts),
+        "hyperparameters": facts.hyperparameters,
         "hardware": run.get("hardware") or {},
         "wall_time": format_duration(run["wall_time_s"]) if run.get("wall_time_s") is not None else None,
         # the folder's name only: its local path means nothing on the Hub, where checkpoints are usually not pushed
         "best_checkpoint": Path(run["best_checkpoint"]).name if run.get("best_checkpoint") else None,
         "versions": sorted((run.get("versions") or {}).items()),
-        "model_ref": model_ref or str(out),
-        "needs_import": recipe.model.name == "simple_cnn",
-        "pairs": bool(recipe.data.text_pair_column),
+        "model_ref": facts.model_ref or str(out),
+        "needs_import": facts.model.name == "simple_cnn",
+        "pairs": bool(facts.data.text_pair_column),
         "example_text": TEXT_EXAMPLE,
-        "recipe_yaml": _recipe_yaml(recipe),
-        "limitations": limitations(recipe, label_names, splits, run),
+        "recipe_yaml": facts.recipe_yaml,
+        "limitations": limitations(facts),
         # the raw inputs, for templates that want more than the prepared tables
-        "recipe": recipe,
-        "results": results,
+        "recipe": facts.recipe,
+        "results": facts.results,
         "run": run,
     }
+
+
+def _headline(splits: Mapping[str, Any]) -> str | None:
+    """The split whose numbers the card leads with: test if there is one, else validation."""
+    return "test" if "test" in splits else "eval" if "eval" in splits else None
 
 
 def _cell(value: Any) -> str:
@@ -285,7 +320,7 @@ def _cell(value: Any) -> str:
 def _metric_row(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
     baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else {}
     return {
-        "split": SPLIT_NAMES[prefix],
+        "split": SPLIT_OF_PREFIX[prefix],
         "rows": m.get("num_samples", ""),
         **{k: _fmt(m.get(k)) for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")},
         "topk": {k: _fmt(v) for k, v in m.items() if re.fullmatch(r"top\d+_accuracy", k)},
@@ -295,7 +330,7 @@ def _metric_row(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: float | None) -> str:
     return "" if value is None else f"{float(value):.4f}"
 
 
@@ -312,6 +347,16 @@ def _per_class(m: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _confusion_images(out: Path, splits: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The confusion-matrix images the output stage wrote (a run without matplotlib has none)."""
+    images = []
+    for prefix in EVALUATED_PREFIXES:
+        _, png = confusion_matrix_files(prefix)
+        if (out / png).is_file():
+            images.append({"split": SPLIT_OF_PREFIX[prefix], "file": png})
+    return images
+
+
 def _data_splits(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"split": name, "rows": info.get("rows")} for name, info in (run.get("splits") or {}).items()]
 
@@ -324,12 +369,12 @@ def _class_counts(run: dict[str, Any], label_names: list[str]) -> dict[str, Any]
     return {"splits": list(splits), "rows": rows, "totals": [sum(c.values()) for c in splits.values()]}
 
 
-def _data_notes(recipe: Recipe, run: dict[str, Any]) -> list[str]:
-    d = recipe.data
+def _data_notes(facts: CardFacts) -> list[str]:
+    d = facts.data
     notes = []
     if d.files:
         notes.append("files: " + ", ".join(f"{split} `{Path(f).name}`" for split, f in d.files.items()))
-    if d.validation_split is None and "validation" in (run.get("splits") or {}):
+    if d.validation_split is None and "validation" in (facts.run.get("splits") or {}):
         notes.append(
             f"validation: the data's own validation split if it has one, else {d.validation_size:g} of train held "
             f"out (stratified, seed {d.seed})"
@@ -337,27 +382,27 @@ def _data_notes(recipe: Recipe, run: dict[str, Any]) -> list[str]:
     for key in ("max_train_samples", "max_eval_samples"):
         if getattr(d, key) is not None:
             notes.append(f"`data.{key}`: {getattr(d, key)} (the data was cut to this many rows)")
-    if recipe.task == "text-classification":
+    if facts.task == "text-classification":
         columns = f"text column `{d.text_column}`" + (
             f", pair column `{d.text_pair_column}`" if d.text_pair_column else ""
         )
         notes.append(f"{columns}, label column `{d.label_column}`; empty texts: {d.empty_text}")
     else:
         notes.append(f"image column `{d.image_column}`, label column `{d.label_column}`")
-    if recipe.loss.class_weights is not None:
-        notes.append(f"loss class weights: {recipe.loss.class_weights}")
+    if facts.loss.class_weights is not None:
+        notes.append(f"loss class weights: {facts.loss.class_weights}")
     return notes
 
 
-def _preprocessing(recipe: Recipe) -> list[str]:
-    if recipe.task == "text-classification":
-        t = recipe.tokenization
+def _preprocessing(facts: CardFacts) -> list[str]:
+    if facts.task == "text-classification":
+        t = facts.tokenization
         limit = f"{t.max_length} tokens" if t.max_length else "the model's limit (at most 512 tokens)"
         padding = (
             "dynamic padding (each batch to its longest text)" if t.padding == "dynamic" else "padding to max_length"
         )
         return [f"the model's own tokenizer, truncation to {limit}, {padding}"]
-    size = f"{recipe.model.image_size} px" if recipe.model.image_size else "the model's own input size"
+    size = f"{facts.model.image_size} px" if facts.model.image_size else "the model's own input size"
     return [f"resize and normalisation from the model's image processor (saved with the model), input size {size}"]
 
 
@@ -369,10 +414,10 @@ TRANSFER_TEXT = {
 }
 
 
-def _transfer(recipe: Recipe) -> list[str]:
-    tr, default = recipe.transfer, TransferSpec()
-    start = "pretrained weights" if recipe.model.pretrained and recipe.model.name != "simple_cnn" else "random init"
-    lines = [f"starting point: {start}" + (f" plus `{recipe.model.weights}`" if recipe.model.weights else "")]
+def _transfer(facts: CardFacts) -> list[str]:
+    tr, default, weights = facts.transfer, TransferSpec(), facts.model.weights
+    start = "pretrained weights" if facts.starts_pretrained else "random init"
+    lines = [f"starting point: {start}" + (f" plus `{weights}`" if weights else "")]
     lines.append(TRANSFER_TEXT.get(tr.strategy, tr.strategy))
     if tr.strategy in ("partial", "lp_ft") and tr.unfreeze_last is not None:
         lines.append(f"last {tr.unfreeze_last} blocks unfrozen")
@@ -385,56 +430,47 @@ def _transfer(recipe: Recipe) -> list[str]:
     return lines
 
 
-def _augmentation(recipe: Recipe) -> list[str]:
+def _augmentation(facts: CardFacts) -> list[str]:
     """The train-time augmentation that differs from none; ["none"] says so explicitly for image models."""
-    if recipe.task != "image-classification":
+    if facts.task != "image-classification":
         return []
+    aug, default = facts.augmentation, AugmentationSpec()
     changed = [
-        f"`{f.name}`: {_plain(getattr(recipe.augmentation, f.name))}"
+        f"`{f.name}`: {_plain(getattr(aug, f.name))}"
         for f in dataclasses.fields(AugmentationSpec)
-        if f.name != "preset" and getattr(recipe.augmentation, f.name) != getattr(AugmentationSpec(), f.name)
+        if f.name != "preset" and getattr(aug, f.name) != getattr(default, f.name)
     ]
-    preset = recipe.augmentation.preset
-    head = [f"preset `{preset}`"] if preset else []
+    head = [f"preset `{aug.preset}`"] if aug.preset else []
     return head + changed or ["none: only the model's resize and normalisation"]
 
 
-def _plain(value: Any) -> str:
+def _plain(value: object) -> str:
     if isinstance(value, tuple):
         return str(list(value))
+    if isinstance(value, Enum):  # TrainingArguments' optim, lr_scheduler_type: the name the user would write
+        return str(value.value)
     return str(value)
 
 
-def _hyperparameters(recipe: Recipe, run: dict[str, Any]) -> list[tuple[str, str]]:
-    """The values TrainingArguments ran with: the recipe's, else transformers' own defaults for these fields."""
-    from transformers import TrainingArguments
-
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(TrainingArguments) if f.default is not dataclasses.MISSING
-    }
-    training = recipe.training
+def hyperparameters(args: TrainingArguments, processes: int) -> list[tuple[str, str]]:
+    """The card's rows for the values the run trained with: the recipe's, the toolkit's defaults, a launcher's."""
     rows = []
     for key in TRAINING_KEYS:
-        value = training.get(key, defaults.get(key))
-        if key == "max_steps" and (value is None or value < 0):
+        value = getattr(args, key)
+        if key == "max_steps" and value <= 0:
             continue  # epochs decide the length
         rows.append((key, _plain(value)))
-    processes = (run.get("hardware") or {}).get("processes") or 1
-    per_device = training.get("per_device_train_batch_size", defaults.get("per_device_train_batch_size"))
-    accumulation = training.get("gradient_accumulation_steps", defaults.get("gradient_accumulation_steps"))
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
     if per_device and accumulation:
         rows.append(("effective batch size", f"{per_device * accumulation * processes} ({processes} process(es))"))
-    if training.get("load_best_model_at_end"):
-        rows.append(
-            ("metric_for_best_model", str(training.get("metric_for_best_model", recipe.metrics.metric_for_best_model)))
-        )
+    if args.load_best_model_at_end:
+        rows.append(("metric_for_best_model", str(args.metric_for_best_model)))
     return rows
 
 
 def _recipe_yaml(recipe: Recipe) -> str:
     from .recipe import dump_yaml
 
-    # the recipe as saved with the outputs: without the one-off actions (overwrite, push, resume) of the command
     return dump_yaml(redact_recipe(recipe.for_rerun().to_dict())).rstrip()
 
 
@@ -456,61 +492,21 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def limitations(
-    recipe: Recipe, label_names: list[str], splits: dict[str, dict[str, Any]], run: dict[str, Any]
-) -> list[str]:
+def limitations(facts: CardFacts) -> list[str]:
     """Caveats that follow from this run's own numbers, then the ones every classifier of this kind has."""
-    notes = []
-    headline = "test" if "test" in splits else "eval" if "eval" in splits else None
-    if headline:
-        m = splits[headline]
-        name = SPLIT_NAMES[headline]
-        n, acc = m.get("num_samples"), m.get("accuracy")
-        if n and acc is not None:
-            low, high = wilson_interval(float(acc), int(n))
-            notes.append(
-                f"The {name} split has {n} rows: accuracy {acc:.3f} has a 95% interval of about {low:.3f}–{high:.3f}"
-                ", so smaller differences between models are noise."
-            )
-        weak = sorted(
-            (row for row in m.get("per_class") or [] if row.get("f1") is not None and row["f1"] < 0.5),
-            key=lambda row: row["f1"],
-        )
-        if weak:
-            listed = ", ".join(f"{row['label']} (F1 {row['f1']:.2f})" for row in weak[:5])
-            notes.append(f"Weak classes on the {name} split: {listed}. Do not rely on the model for these.")
-        small = [row["label"] for row in m.get("per_class") or [] if 0 < row.get("support", 0) < 10]
-        if small:
-            notes.append(
-                f"Some classes have fewer than 10 {name} rows ({', '.join(map(str, small[:5]))}"
-                f"{'…' if len(small) > 5 else ''}): their per-class numbers are very uncertain."
-            )
-        baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else None
-        if baseline and m.get("f1_macro") is not None and m["f1_macro"] <= baseline.get("f1_macro", 0) + 0.05:
-            notes.append(
-                f"Macro F1 ({m['f1_macro']:.3f}) is barely above always answering the majority class "
-                f"({baseline['f1_macro']:.3f}): the model has learned little."
-            )
+    splits = facts.splits
+    headline = _headline(splits)
+    notes = _headline_caveats(SPLIT_OF_PREFIX[headline], splits[headline]) if headline else []
     if "test" not in splits and "eval" in splits:
-        chose = (
-            " and also chose the best checkpoint, so they are optimistic"
-            if recipe.training.get("load_best_model_at_end")
-            else ""
-        )
+        chose = " and also chose the best checkpoint, so they are optimistic" if facts.best_model_chosen else ""
         notes.append(f"There is no separate test split: the numbers come from the validation split{chose}.")
-    train_counts = ((run.get("splits") or {}).get("train") or {}).get("class_counts") or {}
-    if train_counts and min(train_counts.values()) > 0 and max(train_counts.values()) >= 3 * min(train_counts.values()):
-        big = max(train_counts, key=train_counts.get)
-        few = min(train_counts, key=train_counts.get)
-        notes.append(
-            f"The training data is imbalanced ({big}: {train_counts[big]} rows, {few}: {train_counts[few]}); "
-            "accuracy hides how the rare classes fare — read the per-class table."
-        )
+    train_counts = ((facts.run.get("splits") or {}).get("train") or {}).get("class_counts") or {}
+    notes += _imbalance_caveat(train_counts)
     notes.append(
-        f"The model knows only these {len(label_names)} classes: every input gets one of them, including inputs "
+        f"The model knows only these {len(facts.label_names)} classes: every input gets one of them, including inputs "
         "that belong to none."
     )
-    if recipe.task == "text-classification":
+    if facts.task == "text-classification":
         notes.append(
             "The metrics hold for texts like the evaluation data; other domains, styles or languages can score lower, "
             "and texts longer than the truncation length are judged on their beginning only."
@@ -521,3 +517,50 @@ def limitations(
             "balance can score lower."
         )
     return notes
+
+
+def _headline_caveats(name: str, m: dict[str, Any]) -> list[str]:
+    """What the headline split's own numbers say: how uncertain they are, which classes are weak or thin."""
+    notes = []
+    n, acc = m.get("num_samples"), m.get("accuracy")
+    if n and acc is not None:
+        low, high = wilson_interval(float(acc), int(n))
+        notes.append(
+            f"The {name} split has {n} rows: accuracy {acc:.3f} has a 95% interval of about {low:.3f}–{high:.3f}"
+            ", so smaller differences between models are noise."
+        )
+    weak = sorted(
+        (row for row in m.get("per_class") or [] if row.get("f1") is not None and row["f1"] < 0.5),
+        key=lambda row: row["f1"],
+    )
+    if weak:
+        listed = ", ".join(f"{row['label']} (F1 {row['f1']:.2f})" for row in weak[:5])
+        notes.append(f"Weak classes on the {name} split: {listed}. Do not rely on the model for these.")
+    small = [row["label"] for row in m.get("per_class") or [] if 0 < row.get("support", 0) < 10]
+    if small:
+        notes.append(
+            f"Some classes have fewer than 10 {name} rows ({', '.join(map(str, small[:5]))}"
+            f"{'…' if len(small) > 5 else ''}): their per-class numbers are very uncertain."
+        )
+    baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else None
+    if baseline and m.get("f1_macro") is not None and m["f1_macro"] <= baseline.get("f1_macro", 0) + 0.05:
+        notes.append(
+            f"Macro F1 ({m['f1_macro']:.3f}) is barely above always answering the majority class "
+            f"({baseline['f1_macro']:.3f}): the model has learned little."
+        )
+    return notes
+
+
+def _imbalance_caveat(train_counts: dict[str, int]) -> list[str]:
+    if (
+        not train_counts
+        or min(train_counts.values()) <= 0
+        or max(train_counts.values()) < 3 * min(train_counts.values())
+    ):
+        return []
+    big = max(train_counts, key=train_counts.get)
+    few = min(train_counts, key=train_counts.get)
+    return [
+        f"The training data is imbalanced ({big}: {train_counts[big]} rows, {few}: {train_counts[few]}); "
+        "accuracy hides how the rare classes fare — read the per-class table."
+    ]

@@ -13,7 +13,14 @@ import pytest
 from huggingface_hub import ModelCard
 
 from hf_finetune import finetune
-from hf_finetune.card import card_for_repo, format_duration, wilson_interval, write_model_card
+from hf_finetune.card import (
+    CardFacts,
+    card_for_repo,
+    format_duration,
+    hyperparameters,
+    wilson_interval,
+    write_model_card,
+)
 from hf_finetune.recipe import load_recipe
 
 LABELS = ["one", "two", "zero"]
@@ -66,16 +73,18 @@ def _write(out: Path, recipe: Any, results: dict[str, Any], run: dict[str, Any],
     for prefix in ("eval", "test"):
         if png and prefix in results:
             (out / f"confusion_matrix_{prefix}.png").write_bytes(b"\x89PNG")
-    path = write_model_card(
-        out,
-        recipe=recipe,
-        label_names=LABELS,
-        results=results,
-        data_description=run["data"],
-        model_description="simple_cnn (from scratch)",
-        run=run,
+    facts = CardFacts.from_run(
+        recipe, _training_args(recipe), LABELS, results, run["data"], "simple_cnn (from scratch)", run
     )
-    return ModelCard.load(path)
+    return ModelCard.load(write_model_card(out, facts))
+
+
+def _training_args(recipe: Any, **changes: Any) -> Any:
+    """The TrainingArguments `finetune` would resolve for `recipe` (its `training:` plus the toolkit's defaults)."""
+    from hf_finetune.trainer import build_training_args, training_defaults
+
+    training = {**recipe.training, **changes}
+    return build_training_args(training, training_defaults(training, {}, recipe.metrics.metric_for_best_model))
 
 
 def _eval_results(card: ModelCard) -> dict[tuple[str, str, str | None], float]:
@@ -198,6 +207,59 @@ def test_credentials_never_reach_the_card(tiny_recipe, tmp_path: Path):
     card = _write(recipe.output_dir, recipe, {"eval": _split(0.5, 0.4, 9)}, _run())
     assert "hf_do_not_print_me" not in str(card)
     assert "hub_token: <redacted>" in card.content
+
+
+def test_hyperparameters_are_the_resolved_training_arguments(tmp_path: Path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=0.01,
+        num_train_epochs=1.5,
+        max_steps=40,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        lr_scheduler_type="cosine",
+        warmup_steps=3,
+        optim="sgd",
+        seed=7,
+        load_best_model_at_end=True,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        use_cpu=True,
+        report_to="none",
+    )
+    assert hyperparameters(args, processes=2) == [
+        ("learning_rate", "0.01"),
+        ("num_train_epochs", "1.5"),
+        ("max_steps", "40"),
+        ("per_device_train_batch_size", "4"),
+        ("gradient_accumulation_steps", "2"),
+        ("weight_decay", "0.0"),
+        ("lr_scheduler_type", "cosine"),  # enums as the value a recipe would write, not SchedulerType.COSINE
+        ("warmup_steps", "3"),
+        ("optim", "sgd"),
+        ("max_grad_norm", "1.0"),
+        ("label_smoothing_factor", "0.0"),
+        ("seed", "7"),
+        ("load_best_model_at_end", "True"),
+        ("effective batch size", "16 (2 process(es))"),
+        ("metric_for_best_model", "loss"),  # transformers' own fallback: what the run really compared
+    ]
+
+
+def test_card_shows_the_values_the_run_trained_with_not_the_recipe(tiny_recipe, tmp_path: Path):
+    # values the recipe never wrote (a launcher's, a default filled in later) still reach the card: it reads the
+    # TrainingArguments the run used, not recipe.training
+    recipe = load_recipe(tiny_recipe())
+    args = _training_args(recipe, learning_rate=0.01, optim="sgd", max_steps=5, gradient_accumulation_steps=3)
+    run = _run()
+    recipe.output_dir.mkdir(parents=True)
+    facts = CardFacts.from_run(recipe, args, LABELS, {"eval": _split(0.5, 0.4, 9)}, run["data"], "simple_cnn", run)
+    text = ModelCard.load(write_model_card(recipe.output_dir, facts)).content
+    assert "| learning_rate | 0.01 |" in text and "| learning_rate | 0.003 |" not in text
+    assert "| optim | sgd |" in text and "| max_steps | 5 |" in text
+    assert "| effective batch size | 48 (1 process(es)) |" in text
 
 
 def test_card_for_repo_points_the_snippet_at_the_repo():
