@@ -61,17 +61,17 @@ def _expects(wording: str) -> dict[str, str]:
     return {"expects": wording}
 
 
-# (keys, rule, what the rule asks for): a set value (null is never checked) that a rule refuses is reported as
-# `section.key: <what>, got <value>`.
+# (keys, is_wrong, what is expected instead): a set value (null is never checked) that is_wrong is reported as
+# `section.key: <what is expected>, got <value>`.
 _Ranges = Iterable[tuple[tuple[str, ...], Callable[[Any], bool], str]]
 
 
 def _out_of_range(spec: object, section: str, ranges: _Ranges) -> list[str]:
     out = []
-    for keys, ok, expected in ranges:
+    for keys, is_wrong, expected in ranges:
         for key in keys:
             value = getattr(spec, key)
-            if value is not None and not ok(value):
+            if value is not None and is_wrong(value):
                 out.append(f"{section}.{key}: {expected}, got {value}")
     return out
 
@@ -103,7 +103,7 @@ class ModelSpec:
         out = []
         if not self.name:
             out.append("model.name: missing; e.g. simple_cnn, timm:resnet18, timm/resnet50.a1_in1k, google/vit-base…")
-        return out + _out_of_range(self, "model", [(("image_size",), lambda x: x >= 8, "must be at least 8 pixels")])
+        return out + _out_of_range(self, "model", [(("image_size",), lambda x: x < 8, "must be at least 8 pixels")])
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,10 @@ class DataSpec:
             self,
             "data",
             [
-                (("validation_size",), lambda x: 0 < x < 1, "must be between 0 and 1 (a fraction of train)"),
-                (("max_train_samples", "max_eval_samples"), lambda x: x >= 1, "must be at least 1 (or null for all)"),
+                (("validation_size",), lambda x: not 0 < x < 1, "must be between 0 and 1 (a fraction of train)"),
+                (("max_train_samples", "max_eval_samples"), lambda x: x < 1, "must be at least 1 (or null for all)"),
                 # numpy's seeding refuses it only once the data is loaded
-                (("seed",), lambda x: 0 <= x < 2**32, "expected a seed between 0 and 2**32 - 1"),
+                (("seed",), lambda x: not 0 <= x < 2**32, "expected a seed between 0 and 2**32 - 1"),
             ],
         )
 
@@ -177,15 +177,15 @@ class AugmentationSpec:
             self,
             "augmentation",
             [
-                (("horizontal_flip", "vertical_flip"), lambda x: 0 <= x <= 1, probability),
+                (("horizontal_flip", "vertical_flip"), lambda x: not 0 <= x <= 1, probability),
                 (
                     ("brightness", "contrast", "saturation", "rotation", "mixup_alpha", "cutmix_alpha"),
-                    lambda x: x >= 0,
+                    lambda x: x < 0,
                     "must be >= 0",
                 ),
-                (("random_erasing", "mixup_prob", "mixup_switch_prob"), lambda x: 0 <= x <= 1, probability),
-                (("hue",), lambda x: 0 <= x <= 0.5, "between 0 and 0.5"),
-                (("rand_augment_magnitude",), lambda x: 0 <= x <= 30, "0..30"),
+                (("random_erasing", "mixup_prob", "mixup_switch_prob"), lambda x: not 0 <= x <= 1, probability),
+                (("hue",), lambda x: not 0 <= x <= 0.5, "between 0 and 0.5"),
+                (("rand_augment_magnitude",), lambda x: not 0 <= x <= 30, "0..30"),
             ],
         )
         if self.rand_augment and self.trivial_augment:
@@ -219,10 +219,10 @@ class TransferSpec:
             self,
             "transfer",
             [
-                (("layer_decay",), lambda x: 0 < x <= 1, "between 0 (exclusive) and 1"),
-                (("probe_epochs",), lambda x: x > 0, "must be > 0"),
-                (("fine_tune_lr_scale",), lambda x: 0 < x <= 1, "between 0 (exclusive) and 1"),
-                (("head_lr",), lambda x: x > 0, "must be > 0"),
+                (("layer_decay",), lambda x: not 0 < x <= 1, "between 0 (exclusive) and 1"),
+                (("probe_epochs",), lambda x: x <= 0, "must be > 0"),
+                (("fine_tune_lr_scale",), lambda x: not 0 < x <= 1, "between 0 (exclusive) and 1"),
+                (("head_lr",), lambda x: x <= 0, "must be > 0"),
             ],
         )
 
@@ -293,7 +293,7 @@ class TokenizationSpec:
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
         at_least_two = "at least 2 tokens (or null for the model's limit)"
-        return _out_of_range(self, "tokenization", [(("max_length",), lambda x: x >= 2, at_least_two)])
+        return _out_of_range(self, "tokenization", [(("max_length",), lambda x: x < 2, at_least_two)])
 
 
 @dataclass(frozen=True)
