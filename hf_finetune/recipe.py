@@ -2,6 +2,8 @@
 
 Every problem (unknown key, wrong type, impossible value) is collected and reported at once, each naming the key,
 what was given and how to fix it. The `training:` section keeps transformers' own `TrainingArguments` names.
+Keys and types come first (choice fields are `Literal` types, checked with the others); once they are all right,
+each section's `problems()` checks its own values, in section order, then the rules that span sections.
 """
 
 from __future__ import annotations
