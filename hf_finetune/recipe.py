@@ -2,6 +2,8 @@
 
 Every problem (unknown key, wrong type, impossible value) is collected and reported at once, each naming the key,
 what was given and how to fix it. The `training:` section keeps transformers' own `TrainingArguments` names.
+Keys and types come first (choice fields are `Literal` types, checked with the others); once they are all right,
+each section's `problems()` checks its own values, in section order, then the rules that span sections.
 """
 
 from __future__ import annotations
@@ -12,19 +14,25 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import RecipeError
+from .names import RECIPE_FILE
 
-TASKS = ("image-classification", "text-classification")
-TRANSFER_STRATEGIES = ("full", "linear_probe", "partial", "lp_ft")
+# Choice fields are `Literal` types: the coercion code checks them like any other type (see `_coerce`).
+TaskName = Literal["image-classification", "text-classification"]
+TASKS: tuple[TaskName, ...] = typing.get_args(TaskName)
+TransferStrategy = Literal["full", "linear_probe", "partial", "lp_ft"]
+TRANSFER_STRATEGIES: tuple[TransferStrategy, ...] = typing.get_args(TransferStrategy)
+AugmentationPreset = Literal["none", "light", "standard", "strong"]
 
 # Augmentation presets fill in the options a recipe does not set itself.
-AUGMENTATION_PRESETS: dict[str, dict[str, Any]] = {
+AUGMENTATION_PRESETS: dict[AugmentationPreset, dict[str, Any]] = {
     "none": {},
     "light": {"random_resized_crop": True, "scale": [0.5, 1.0], "horizontal_flip": 0.5},
     "standard": {
@@ -46,6 +54,28 @@ AUGMENTATION_PRESETS: dict[str, dict[str, Any]] = {
         "cutmix_alpha": 1.0,
     },
 }
+# the field's type and the presets' table list the same names, in the same order (error messages show that order)
+assert typing.get_args(AugmentationPreset) == tuple(AUGMENTATION_PRESETS), "AugmentationPreset != the presets' names"
+
+
+def _expects(wording: str) -> dict[str, str]:
+    """Field metadata: what a wrong value's message says is expected, instead of the generic wording."""
+    return {"expects": wording}
+
+
+# (keys, is_wrong, what is expected instead): a set value (null is never checked) that is_wrong is reported as
+# `section.key: <what is expected>, got <value>`.
+_Ranges = Iterable[tuple[tuple[str, ...], Callable[[Any], bool], str]]
+
+
+def _out_of_range(spec: object, section: str, ranges: _Ranges) -> list[str]:
+    out = []
+    for keys, is_wrong, expected in ranges:
+        for key in keys:
+            value = getattr(spec, key)
+            if value is not None and is_wrong(value):
+                out.append(f"{section}.{key}: {expected}, got {value}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,13 @@ class ModelSpec:
         """A timm model: `timm:<architecture>` (built here) or `timm/<hub id>` (a timm checkpoint on the Hub)."""
         return self.name.startswith(("timm:", "timm/"))
 
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        out = []
+        if not self.name:
+            out.append("model.name: missing; e.g. simple_cnn, timm:resnet18, timm/resnet50.a1_in1k, google/vit-base…")
+        return out + _out_of_range(self, "model", [(("image_size",), lambda x: x < 8, "must be at least 8 pixels")])
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -83,7 +120,8 @@ class DataSpec:
     text_pair_column: str | None = None  # text tasks: second sentence of a pair (NLI, paraphrase…)
     label_column: str = "label"
     encoding: str | None = None  # CSV/JSON text encoding, e.g. latin-1; default UTF-8
-    empty_text: str = "error"  # rows with an empty or null text: "error" (stop, counted) or "skip" (warn, drop)
+    # rows with an empty or null text: "error" (stop, counted) or "skip" (warn, drop)
+    empty_text: Literal["error", "skip"] = field(default="error", metadata=_expects("'error' or 'skip'"))
     train_split: str = "train"
     validation_split: str | None = None  # None: "validation"/"valid"/"val"/"dev" if present; "none": split train
     test_split: str | None = None  # None: use "test" if present; "none": no test split
@@ -92,6 +130,22 @@ class DataSpec:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     check_images: bool = True  # open every image before training so a corrupt file fails fast, by name
+
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        out = []
+        if not self.source and not self.files:
+            out.append("data.source: missing; e.g. builtin:digits, ./my_images, train.csv or a Hub dataset id")
+        return out + _out_of_range(
+            self,
+            "data",
+            [
+                (("validation_size",), lambda x: not 0 < x < 1, "must be between 0 and 1 (a fraction of train)"),
+                (("max_train_samples", "max_eval_samples"), lambda x: x < 1, "must be at least 1 (or null for all)"),
+                # numpy's seeding refuses it only once the data is loaded
+                (("seed",), lambda x: not 0 <= x < 2**32, "expected a seed between 0 and 2**32 - 1"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -116,26 +170,80 @@ class AugmentationSpec:
     cutmix_alpha: float = 0.0  # batch-level CutMix
     mixup_prob: float = 1.0  # probability a batch is mixed at all
     mixup_switch_prob: float = 0.5  # with both on: chance of CutMix instead of mixup
-    preset: str | None = None  # none | light | standard | strong: fills the options not set explicitly
+    preset: AugmentationPreset | None = None  # fills the options not set explicitly (AUGMENTATION_PRESETS)
+
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        probability = "a probability between 0 and 1"
+        out = _out_of_range(
+            self,
+            "augmentation",
+            [
+                (("horizontal_flip", "vertical_flip"), lambda x: not 0 <= x <= 1, probability),
+                (
+                    ("brightness", "contrast", "saturation", "rotation", "mixup_alpha", "cutmix_alpha"),
+                    lambda x: x < 0,
+                    "must be >= 0",
+                ),
+                (("random_erasing", "mixup_prob", "mixup_switch_prob"), lambda x: not 0 <= x <= 1, probability),
+                (("hue",), lambda x: not 0 <= x <= 0.5, "between 0 and 0.5"),
+                (("rand_augment_magnitude",), lambda x: not 0 <= x <= 30, "0..30"),
+            ],
+        )
+        if self.rand_augment and self.trivial_augment:
+            out.append("augmentation: rand_augment and trivial_augment are alternatives; keep one")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            out.append(f"augmentation.scale: need 0 < min <= max <= 1, got {list(self.scale)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            out.append(f"augmentation.ratio: need 0 < min <= max, got {list(self.ratio)}")
+        return out
+
+    @property
+    def mixes(self) -> bool:
+        """Batch-level mixup or CutMix is on (each sample is mixed with another of its batch)."""
+        return bool(self.mixup_alpha or self.cutmix_alpha)
 
 
 @dataclass(frozen=True)
 class TransferSpec:
     """Which parameters train, and at which learning rate (see hf_finetune/transfer.py)."""
 
-    strategy: str = "full"  # full | linear_probe | partial | lp_ft
+    strategy: TransferStrategy = "full"
     unfreeze_last: int | None = None  # partial, and lp_ft's fine-tuning stage: how many of the last blocks train
     probe_epochs: float = 1.0  # lp_ft: epochs with only the head training
     fine_tune_lr_scale: float = 0.1  # lp_ft: backbone learning rate = learning_rate × this
     layer_decay: float | None = None  # layer-wise learning-rate decay, e.g. 0.75
     head_lr: float | None = None  # the head's learning rate (default: training.learning_rate)
 
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        return _out_of_range(
+            self,
+            "transfer",
+            [
+                (("layer_decay",), lambda x: not 0 < x <= 1, "between 0 (exclusive) and 1"),
+                (("probe_epochs",), lambda x: x <= 0, "must be > 0"),
+                (("fine_tune_lr_scale",), lambda x: not 0 < x <= 1, "between 0 (exclusive) and 1"),
+                (("head_lr",), lambda x: x <= 0, "must be > 0"),
+            ],
+        )
+
 
 @dataclass(frozen=True)
 class LossSpec:
     """Cross-entropy options beyond TrainingArguments' own `label_smoothing_factor`."""
 
-    class_weights: str | list[float] | None = None  # "balanced" (inverse class frequency in train) or one per class
+    # "balanced" (inverse class frequency in train) or one weight per class
+    class_weights: Literal["balanced"] | list[float] | None = field(
+        default=None, metadata=_expects("'balanced' or a list with one weight per class")
+    )
+
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        cw = self.class_weights
+        if isinstance(cw, list) and any(w < 0 for w in cw):
+            return [f"loss.class_weights: weights must be >= 0, got {cw}"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -145,6 +253,12 @@ class CardSpec:
     template: str | None = None  # a Jinja template file; default: the shipped one for the task
     license: str | None = None  # e.g. apache-2.0, mit; goes into the card's metadata
     language: str | list[str] | None = None  # text tasks, e.g. en
+
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        if self.template is not None and not Path(self.template).expanduser().is_file():
+            return [f"card.template: no such file {self.template!r}"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -160,13 +274,28 @@ class HubSpec:
     include: list[str] = field(default_factory=list)  # pickles to push anyway (hf-finetune push --include)
     delete_missing: bool = False  # also delete files on the branch that hf_finetune did not push
 
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        out = []
+        if self.push and not self.repo_id:
+            out.append("hub.repo_id: needed when hub.push is true, e.g. your-name/my-classifier")
+        if self.repo_id is not None and self.repo_id.count("/") != 1:
+            out.append(f"hub.repo_id: expected USER/NAME or ORG/NAME, got {self.repo_id!r}")
+        return out
+
 
 @dataclass(frozen=True)
 class TokenizationSpec:
     """Text tasks: the model's own fast tokenizer, truncation, and padding per batch (dynamic) by default."""
 
     max_length: int | None = None  # default: the model's limit, at most 512
-    padding: str = "dynamic"  # "dynamic" (pad each batch to its longest) or "max_length" (every row to max_length)
+    # "dynamic" (pad each batch to its longest) or "max_length" (every row to max_length)
+    padding: Literal["dynamic", "max_length"] = field(default="dynamic", metadata=_expects("'dynamic' or 'max_length'"))
+
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        at_least_two = "at least 2 tokens (or null for the model's limit)"
+        return _out_of_range(self, "tokenization", [(("max_length",), lambda x: x < 2, at_least_two)])
 
 
 @dataclass(frozen=True)
@@ -177,6 +306,10 @@ class MetricsSpec:
     extra: list[str] = field(default_factory=list)  # more `evaluate` metrics by name or path (Hub ones need network)
     metric_for_best_model: str = "accuracy"  # only used as the default when training keeps the best model
 
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        return [f"metrics.top_k: each k must be >= 1, got {k}" for k in self.top_k if k < 1]
+
 
 # Paths and texts as they are: no \xe9 escapes, no long value folded at a space onto the next line.
 _YAML_STYLE: dict[str, Any] = {"sort_keys": False, "allow_unicode": True, "width": 1 << 20}
@@ -184,7 +317,7 @@ _YAML_STYLE: dict[str, Any] = {"sort_keys": False, "allow_unicode": True, "width
 
 @dataclass(frozen=True)
 class Recipe:
-    task: str = "image-classification"
+    task: TaskName = "image-classification"
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     augmentation: AugmentationSpec = field(default_factory=AugmentationSpec)
@@ -298,9 +431,16 @@ def read_yaml(text: str) -> Any:
 
 def read_saved_recipe(output_dir: str | Path) -> dict[str, Any]:
     """The raw mapping of an output folder's `recipe.yaml`, read as recipes are; {} when it has none."""
-    saved = Path(output_dir) / "recipe.yaml"
+    saved = Path(output_dir) / RECIPE_FILE
     raw = read_yaml(saved.read_text(encoding="utf-8")) if saved.is_file() else None
     return raw if isinstance(raw, dict) else {}
+
+
+def load_saved_recipe(output_dir: str | Path, task: TaskName) -> Recipe:
+    """An output folder's resolved recipe, validated like any recipe; the defaults for `task` when it has none
+    (a model trained elsewhere, or a folder from before recipes were saved)."""
+    saved = Path(output_dir) / RECIPE_FILE
+    return load_recipe(saved) if saved.is_file() else Recipe(task=task)
 
 
 def dump_yaml(data: Any) -> str:
@@ -399,33 +539,26 @@ def load_recipe(
     problems: list[str] = []
     for key, value in _override_items(overrides, problems):
         _set_dotted(raw, key, value, problems)
-    _expand_preset(raw, problems)
+    _expand_preset(raw)
     recipe_obj = _build(Recipe, raw, "", problems)
-    # keys and types everywhere first; the checks that combine values only make sense once those are right
     recipe_obj = dataclasses.replace(recipe_obj, training=_check_training(recipe_obj.training, problems))
     _check_training_values(recipe_obj.training, problems)
-    if not 0 <= recipe_obj.data.seed < 2**32:  # numpy's seeding refuses it only once the data is loaded
-        problems.append(f"data.seed: expected a seed between 0 and 2**32 - 1, got {recipe_obj.data.seed}")
+    # keys and types everywhere first: the value checks only make sense once those are right
     if not problems:
-        recipe_obj = _finish(recipe_obj, problems)
-        _check_mixing(recipe_obj, problems)
+        problems = _value_problems(recipe_obj)
     if problems:
         raise RecipeError(problems, source)
-    return recipe_obj
+    return _with_default_output_dir(recipe_obj)
 
 
-def _expand_preset(raw: dict[str, Any], problems: list[str]) -> None:
-    """`augmentation.preset` fills the augmentation keys the recipe leaves unset (explicit keys win)."""
+def _expand_preset(raw: dict[str, Any]) -> None:
+    """`augmentation.preset` fills the augmentation keys the recipe leaves unset (explicit keys win); an unknown
+    preset fills nothing and is reported with the section's other types."""
     aug = raw.get("augmentation")
-    if not isinstance(aug, dict) or aug.get("preset") is None:
-        return
-    preset = aug["preset"]
-    if preset not in AUGMENTATION_PRESETS:
-        hint = _did_you_mean(str(preset), AUGMENTATION_PRESETS)
-        problems.append(f"augmentation.preset: {preset!r} is not one of {list(AUGMENTATION_PRESETS)}{hint}")
-        return
-    for key, value in AUGMENTATION_PRESETS[preset].items():
-        aug.setdefault(key, value)
+    preset = aug.get("preset") if isinstance(aug, dict) else None
+    if isinstance(preset, str) and preset in AUGMENTATION_PRESETS:
+        for key, value in AUGMENTATION_PRESETS[typing.cast(AugmentationPreset, preset)].items():
+            aug.setdefault(key, value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -494,11 +627,13 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         problems.append(f"{where}: expected a section (mapping), got {raw!r}")
         return cls()
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
-        if key not in names:
-            problems.append(f"{prefix}{key}: unknown key{_did_you_mean(str(key), names)}; {where} takes {names}")
+        if key not in fields:
+            problems.append(
+                f"{prefix}{key}: unknown key{_did_you_mean(str(key), fields)}; {where} takes {list(fields)}"
+            )
             continue
         expected = hints[key]
         if dataclasses.is_dataclass(expected):
@@ -508,9 +643,28 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         if ok:
             kwargs[key] = converted
         else:
-            hint = _quote_hint(value, expected)
-            problems.append(f"{prefix}{key}: expected {_type_name(expected)}, got {value!r}{hint}")
+            problems.append(f"{prefix}{key}: {_refused(value, expected, fields[key].metadata)}")
     return cls(**kwargs)
+
+
+def _refused(value: Any, expected: Any, metadata: Mapping[str, Any]) -> str:
+    """What a problem says about a value its field's type refuses: the field's own wording when it has one."""
+    if "expects" in metadata:
+        return f"{metadata['expects']}, got {value!r}"
+    choices = _choices(expected)
+    if choices:
+        return f"{value!r} is not one of {list(choices)}{_did_you_mean(str(value), choices)}"
+    return f"expected {_type_name(expected)}, got {value!r}{_quote_hint(value, expected)}"
+
+
+def _choices(hint: Any) -> tuple[Any, ...]:
+    """The values a `Literal[...]` (or `Literal[...] | None`) field takes; () for any other type."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        others = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _choices(others[0]) if len(others) == 1 else ()
+    return ()
 
 
 def _quote_hint(value: Any, expected: Any) -> str:
@@ -521,75 +675,91 @@ def _quote_hint(value: Any, expected: Any) -> str:
     return ""
 
 
+def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
+    """(ok, value) for a value against a type hint; YAML strings like '1e-4' count as floats."""
+    if expected is Any:
+        return True, value
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, typing.get_args(expected))
+    if origin is Literal:
+        # the very value, not an equal one of another type (true == 1)
+        return any(type(value) is type(choice) and value == choice for choice in typing.get_args(expected)), value
+    if origin in (list, tuple):
+        return _coerce_items(value, expected)
+    if origin is dict:
+        return isinstance(value, dict), value
+    scalar = _SCALARS.get(expected)
+    return scalar(value) if scalar else (True, value)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
+    if value is None and type(None) in args:
+        return True, None
+    if isinstance(value, str) and str in args:
+        return True, value  # `bool | str` keeps "no" as written: converting is for fields that take no strings
+    for arg in args:
+        if arg is type(None):
+            continue
+        ok, converted = _coerce(value, arg)
+        if ok:
+            return True, converted
+    return False, value
+
+
+def _coerce_items(value: Any, expected: Any) -> tuple[bool, Any]:
+    """A list (any length, one item type) or a tuple (one type per position), from a YAML list."""
+    args = typing.get_args(expected)
+    as_list = typing.get_origin(expected) is list
+    if not isinstance(value, (list, tuple)) or (not as_list and len(value) != len(args)):
+        return False, value
+    hints = [args[0] if args else Any] * len(value) if as_list else args
+    out = []
+    for item, hint in zip(value, hints, strict=True):
+        ok, converted = _coerce(item, hint)
+        if not ok:
+            return False, value
+        out.append(converted)
+    return True, out if as_list else tuple(out)
+
+
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 
 
-def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
-    """(ok, value) for a value against a type hint; YAML strings like '1e-4' count as floats."""
-    origin = typing.get_origin(expected)
-    args = typing.get_args(expected)
-    if expected is Any:
-        return True, value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return True, None
-        if isinstance(value, str) and str in args:
-            return True, value  # `bool | str` keeps "no" as written: converting is for fields that take no strings
-        for arg in args:
-            if arg is type(None):
-                continue
-            ok, converted = _coerce(value, arg)
-            if ok:
-                return True, converted
-        return False, value
-    if expected is bool:
-        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
-            return True, _BOOL_WORDS[value.lower()]  # YAML 1.1's yes/no/on/off, for fields that are true/false
-        return isinstance(value, bool), value
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if expected is float:
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, (int, float)):
+def _to_bool(value: Any) -> tuple[bool, Any]:
+    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return True, _BOOL_WORDS[value.lower()]  # YAML 1.1's yes/no/on/off, for fields that are true/false
+    return isinstance(value, bool), value
+
+
+def _to_int(value: Any) -> tuple[bool, Any]:
+    return isinstance(value, int) and not isinstance(value, bool), value
+
+
+def _to_float(value: Any) -> tuple[bool, Any]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True, float(value)
+    if isinstance(value, str):
+        try:
             return True, float(value)
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if expected is str:
-        return isinstance(value, str), value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
+        except ValueError:
             return False, value
-        out = []
-        for item in value:
-            ok, converted = _coerce(item, args[0] if args else Any)
-            if not ok:
-                return False, value
-            out.append(converted)
-        return True, out
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            return False, value
-        out = []
-        for item, arg in zip(value, args, strict=True):
-            ok, converted = _coerce(item, arg)
-            if not ok:
-                return False, value
-            out.append(converted)
-        return True, tuple(out)
-    if origin is dict:
-        return isinstance(value, dict), value
-    return True, value
+    return False, value
+
+
+def _to_str(value: Any) -> tuple[bool, Any]:
+    return isinstance(value, str), value
+
+
+_SCALARS: dict[Any, Callable[[Any], tuple[bool, Any]]] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
     if origin is tuple:
         return f"a list of {len(typing.get_args(hint))} numbers"
     if origin is list:
@@ -601,7 +771,7 @@ def _type_name(hint: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def _did_you_mean(word: str, choices: Any) -> str:
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -672,17 +842,6 @@ def _check_training(training: dict[str, Any], problems: list[str]) -> dict[str, 
             value = converted
         out[key] = value
     return out
-
-
-def _check_mixing(recipe: Recipe, problems: list[str]) -> None:
-    """mixup/CutMix mixes each sample with another one of its batch: a batch of one cannot be mixed."""
-    a = recipe.augmentation
-    batch = recipe.training.get("per_device_train_batch_size", 8)  # TrainingArguments' default
-    if (a.mixup_alpha or a.cutmix_alpha) and isinstance(batch, int) and batch < 2:
-        problems.append(
-            f"training.per_device_train_batch_size: mixup/CutMix mixes each sample with another of its batch and "
-            f"needs at least 2 per device, got {batch}; raise it or set augmentation.mixup_alpha/cutmix_alpha to 0"
-        )
 
 
 def _enum_choices(hint: Any) -> list[str]:
@@ -810,84 +969,35 @@ def _scheduler_kwargs_problems(name: Any, kwargs: dict[str, Any]) -> list[str]:
     ]
 
 
-def _finish(recipe: Recipe, problems: list[str]) -> Recipe:
-    """Checks that need more than one key, plus the defaults that depend on the recipe (logged by the trainer)."""
-    if recipe.task not in TASKS:
-        problems.append(f"task: {recipe.task!r} is not one of {list(TASKS)}{_did_you_mean(recipe.task, TASKS)}")
-    if not recipe.model.name:
-        problems.append("model.name: missing; e.g. simple_cnn, timm:resnet18, timm/resnet50.a1_in1k, google/vit-base…")
-    if not recipe.data.source and not recipe.data.files:
-        problems.append("data.source: missing; e.g. builtin:digits, ./my_images, train.csv or a Hub dataset id")
-    d, a = recipe.data, recipe.augmentation
-    if not 0 < d.validation_size < 1:
-        problems.append(f"data.validation_size: must be between 0 and 1 (a fraction of train), got {d.validation_size}")
-    for key in ("max_train_samples", "max_eval_samples"):
-        value = getattr(d, key)
-        if value is not None and value < 1:
-            problems.append(f"data.{key}: must be at least 1 (or null for all), got {value}")
-    for key in ("horizontal_flip", "vertical_flip"):
-        if not 0 <= getattr(a, key) <= 1:
-            problems.append(f"augmentation.{key}: a probability between 0 and 1, got {getattr(a, key)}")
-    for key in ("brightness", "contrast", "saturation", "rotation", "mixup_alpha", "cutmix_alpha"):
-        if getattr(a, key) < 0:
-            problems.append(f"augmentation.{key}: must be >= 0, got {getattr(a, key)}")
-    for key in ("random_erasing", "mixup_prob", "mixup_switch_prob"):
-        if not 0 <= getattr(a, key) <= 1:
-            problems.append(f"augmentation.{key}: a probability between 0 and 1, got {getattr(a, key)}")
-    if not 0 <= a.hue <= 0.5:
-        problems.append(f"augmentation.hue: between 0 and 0.5, got {a.hue}")
-    if not 0 <= a.rand_augment_magnitude <= 30:
-        problems.append(f"augmentation.rand_augment_magnitude: 0..30, got {a.rand_augment_magnitude}")
-    if a.rand_augment and a.trivial_augment:
-        problems.append("augmentation: rand_augment and trivial_augment are alternatives; keep one")
-    tr = recipe.transfer
-    if tr.strategy not in TRANSFER_STRATEGIES:
-        hint = _did_you_mean(tr.strategy, TRANSFER_STRATEGIES)
-        problems.append(f"transfer.strategy: {tr.strategy!r} is not one of {list(TRANSFER_STRATEGIES)}{hint}")
-    if tr.layer_decay is not None and not 0 < tr.layer_decay <= 1:
-        problems.append(f"transfer.layer_decay: between 0 (exclusive) and 1, got {tr.layer_decay}")
-    if tr.probe_epochs <= 0:
-        problems.append(f"transfer.probe_epochs: must be > 0, got {tr.probe_epochs}")
-    if not 0 < tr.fine_tune_lr_scale <= 1:
-        problems.append(f"transfer.fine_tune_lr_scale: between 0 (exclusive) and 1, got {tr.fine_tune_lr_scale}")
-    if tr.head_lr is not None and tr.head_lr <= 0:
-        problems.append(f"transfer.head_lr: must be > 0, got {tr.head_lr}")
-    if recipe.hub.push and not recipe.hub.repo_id:
-        problems.append("hub.repo_id: needed when hub.push is true, e.g. your-name/my-classifier")
-    if recipe.hub.repo_id is not None and recipe.hub.repo_id.count("/") != 1:
-        problems.append(f"hub.repo_id: expected USER/NAME or ORG/NAME, got {recipe.hub.repo_id!r}")
-    if recipe.card.template is not None and not Path(recipe.card.template).expanduser().is_file():
-        problems.append(f"card.template: no such file {recipe.card.template!r}")
-    cw = recipe.loss.class_weights
-    if isinstance(cw, str) and cw != "balanced":
-        problems.append(f"loss.class_weights: 'balanced' or a list with one weight per class, got {cw!r}")
-    if isinstance(cw, list) and any(w < 0 for w in cw):
-        problems.append(f"loss.class_weights: weights must be >= 0, got {cw}")
-    if recipe.task == "text-classification" and (a.mixup_alpha or a.cutmix_alpha):
-        problems.append("augmentation.mixup_alpha/cutmix_alpha: mixing applies to images only")
-    if not 0 < a.scale[0] <= a.scale[1] <= 1:
-        problems.append(f"augmentation.scale: need 0 < min <= max <= 1, got {list(a.scale)}")
-    if not 0 < a.ratio[0] <= a.ratio[1]:
-        problems.append(f"augmentation.ratio: need 0 < min <= max, got {list(a.ratio)}")
-    if d.empty_text not in ("error", "skip"):
-        problems.append(f"data.empty_text: 'error' or 'skip', got {d.empty_text!r}")
-    t = recipe.tokenization
-    if t.padding not in ("dynamic", "max_length"):
-        problems.append(f"tokenization.padding: 'dynamic' or 'max_length', got {t.padding!r}")
-    if t.max_length is not None and t.max_length < 2:
-        problems.append(
-            f"tokenization.max_length: at least 2 tokens (or null for the model's limit), got {t.max_length}"
+def _value_problems(recipe: Recipe) -> list[str]:
+    """Each section's own value checks, in the recipe's section order, then the rules that span sections."""
+    sections = [getattr(recipe, f.name) for f in dataclasses.fields(recipe)]
+    own = [problem for section in sections if dataclasses.is_dataclass(section) for problem in section.problems()]
+    return own + _cross_section_problems(recipe)
+
+
+def _cross_section_problems(recipe: Recipe) -> list[str]:
+    out = []
+    a = recipe.augmentation
+    if recipe.task == "text-classification" and a.mixes:
+        out.append("augmentation.mixup_alpha/cutmix_alpha: mixing applies to images only")
+    if recipe.task == "text-classification" and a != AugmentationSpec():
+        out.append("augmentation: image augmentation does not apply to text-classification; remove the section")
+    # mixup/CutMix mixes each sample with another one of its batch: a batch of one cannot be mixed
+    batch = recipe.training.get("per_device_train_batch_size", 8)  # TrainingArguments' default
+    if a.mixes and isinstance(batch, int) and batch < 2:
+        out.append(
+            f"training.per_device_train_batch_size: mixup/CutMix mixes each sample with another of its batch and "
+            f"needs at least 2 per device, got {batch}; raise it or set augmentation.mixup_alpha/cutmix_alpha to 0"
         )
-    if recipe.task == "text-classification" and recipe.augmentation != AugmentationSpec():
-        problems.append("augmentation: image augmentation does not apply to text-classification; remove the section")
-    if recipe.model.image_size is not None and recipe.model.image_size < 8:
-        problems.append(f"model.image_size: must be at least 8 pixels, got {recipe.model.image_size}")
-    for k in recipe.metrics.top_k:
-        if k < 1:
-            problems.append(f"metrics.top_k: each k must be >= 1, got {k}")
-    training = dict(recipe.training)
-    if "output_dir" not in training:
-        training["output_dir"] = str(Path("outputs") / (recipe.name or "run"))
+    return out
+
+
+def _with_default_output_dir(recipe: Recipe) -> Recipe:
+    """`training.output_dir` defaults to outputs/<recipe name> (logged by the trainer)."""
+    if "output_dir" in recipe.training:
+        return recipe
+    training = {**recipe.training, "output_dir": str(Path("outputs") / (recipe.name or "run"))}
     return dataclasses.replace(recipe, training=training)
 
 

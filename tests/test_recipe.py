@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from hf_finetune.errors import RecipeError
-from hf_finetune.recipe import find_recipe, list_recipes, load_recipe
+from hf_finetune.names import RECIPE_FILE
+from hf_finetune.recipe import Recipe, find_recipe, list_recipes, load_recipe, load_saved_recipe
 
 BASE = {"model": {"name": "simple_cnn"}, "data": {"source": "builtin:digits"}}
 
@@ -141,3 +142,34 @@ def test_hub_keys_in_training_are_refused_and_a_token_is_never_echoed():
 def test_hub_push_needs_a_repo_id():
     with pytest.raises(RecipeError, match=r"hub\.repo_id: needed"):
         load_recipe({**BASE, "hub": {"push": True}})
+
+
+def test_value_problems_come_in_section_order_then_the_rules_across_sections():
+    raw = {
+        "task": "text-classification",
+        "metrics": {"top_k": [0]},
+        "hub": {"repo_id": "no-slash"},
+        "augmentation": {"mixup_alpha": 0.2},
+        "data": {"source": "builtin:tweets", "seed": -1},
+        "model": {"name": "simple_cnn", "image_size": 4},
+        "training": {"per_device_train_batch_size": 1},
+    }
+    with pytest.raises(RecipeError) as info:
+        load_recipe(raw)
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "model.image_size",
+        "data.seed",
+        "hub.repo_id",
+        "metrics.top_k",
+        "augmentation.mixup_alpha/cutmix_alpha",
+        "augmentation",
+        "training.per_device_train_batch_size",
+    ]
+
+
+def test_saved_recipe_is_the_folders_resolved_recipe_or_the_tasks_defaults(tmp_path: Path):
+    assert load_saved_recipe(tmp_path, "text-classification") == Recipe(task="text-classification")
+    recipe = load_recipe({**BASE, "data": {"source": "./pets", "seed": 7}, "training": {"output_dir": str(tmp_path)}})
+    (tmp_path / RECIPE_FILE).write_text(recipe.to_saved_yaml(), encoding="utf-8")
+    saved = load_saved_recipe(tmp_path, "text-classification")
+    assert saved.task == "image-classification" and saved.data == recipe.data and saved.output_dir == tmp_path
