@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hf_finetune.errors import MetricError
 from hf_finetune.files import atomic_output
+from hf_finetune.names import EVALUATED_PREFIXES, SPLIT_OF_PREFIX, confusion_matrix_files
 
 if TYPE_CHECKING:
     import evaluate
@@ -470,6 +471,22 @@ def write_confusion_matrix(
 
     with atomic_output(Path(png_path), "wb") as handle:
         fig.savefig(handle, format="png")
+
+
+def write_confusion_matrices(
+    path: Path, results: Mapping[str, Any], label_names: list[str], model_name: str
+) -> list[str]:
+    """Each evaluated split's confusion matrix as CSV and PNG in the folder `path`; returns the files' names."""
+    files: list[str] = []
+    for prefix in EVALUATED_PREFIXES:
+        split = results.get(prefix)
+        if not isinstance(split, dict) or "confusion_matrix" not in split:
+            continue
+        csv_name, png_name = confusion_matrix_files(prefix)
+        title = f"{model_name} — {SPLIT_OF_PREFIX[prefix]} split"
+        write_confusion_matrix(split["confusion_matrix"], label_names, path / csv_name, path / png_name, title=title)
+        files += [csv_name, png_name]
+    return files
 
 
 def majority_baseline(train_labels: Sequence[int], labels: Sequence[int], label_names: Sequence[str]) -> dict[str, Any]:

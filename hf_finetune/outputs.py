@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import OutputDirError
 
@@ -28,6 +28,14 @@ from .names import (
     RECIPE_FILE,
     confusion_matrix_files,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from .recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -320,3 +328,66 @@ def _within(child: Path, parent: Path) -> bool:
 def _some(names: Sequence[str], n: int = 5) -> str:
     shown = ", ".join(names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+# --------------------------------------------------------------------------------------------- the run's results
+
+# The packages whose versions a run records (provenance for metrics.json and the card).
+_RECORDED_PACKAGES = ("hf_finetune", "transformers", "torch", "datasets", "accelerate", "timm", "evaluate")
+
+
+def write_recipe(path: Path, recipe: Recipe) -> str:
+    """The resolved recipe as `recipe.yaml`, the file `--resume` and a re-run start from. Returns its name."""
+    write_text_atomic(path / RECIPE_FILE, recipe.to_saved_yaml())
+    return RECIPE_FILE
+
+
+def write_metrics(path: Path, label_names: list[str], results: dict[str, Any], run: dict[str, Any]) -> str:
+    """`metrics.json`: the label names, each split's metrics, and the run's provenance. Returns its name."""
+    payload = {"label_names": label_names, **results, "run": run}
+    if run["best_checkpoint"]:
+        payload["best_checkpoint"] = run["best_checkpoint"]
+    write_json(path / METRICS_FILE, payload)
+    return METRICS_FILE
+
+
+def run_info(
+    splits: Mapping[str, Dataset],
+    label_names: list[str],
+    description: str,
+    args: TrainingArguments,
+    best: str | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """Provenance for metrics.json and the model card: data splits and class counts, hardware, versions, time."""
+    import os
+    import platform
+    from collections import Counter
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    rows = {}
+    for name, ds in splits.items():
+        counts = Counter(int(v) for v in ds["label"])
+        rows[name] = {"rows": len(ds), "class_counts": {n: counts.get(i, 0) for i, n in enumerate(label_names)}}
+    if torch.cuda.is_available() and not args.use_cpu:
+        device = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}"
+    else:
+        device = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    versions = {}
+    for package in _RECORDED_PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    # what Trainer hands accelerate: the recipe's bf16/fp16, else accelerate launch's (ACCELERATE_MIXED_PRECISION)
+    precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)
+    return {
+        "data": description,
+        "splits": rows,
+        "hardware": {"device": device, "processes": args.world_size, "precision": precision},
+        "versions": versions,
+        "wall_time_s": round(seconds, 1),
+        "best_checkpoint": best,
+    }
