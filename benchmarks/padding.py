@@ -32,26 +32,27 @@ tokens) and `attention_mask.sum()` (real tokens) for every training forward. Rea
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Set before torch is imported (all torch imports below are inside functions): OpenMP reads these once, at start-up.
-# PASSIVE stops idle OpenMP threads from spinning, which on a 2-core box steals cores from the process doing work.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Without these, any Hub lookup waits 20–45 s before failing on machines with no network.
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-    os.environ.setdefault(_var, "1")
+import _common
+from _common import weight_checksum
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+if TYPE_CHECKING:
+    import torch
+    from transformers import TrainerCallback
+
+# all torch imports below are inside functions, so this still comes first
+_common.set_environment()
+
+PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers")
 BASE_RECIPE = "quickstart-text"  # the shipped text quickstart: MiniLM on tweets, lr 1e-4, linear schedule, warm-up
 MODEL = "builtin:all-MiniLM-L6-v2"
 DATA = "builtin:tweets"
@@ -113,18 +114,11 @@ class RunResult:
 # --------------------------------------------------------------------------------------------- one run
 
 
-def weight_checksum(model: Any) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
-
-
-def make_callback(counts: Counts) -> Any:
+def make_callback(counts: Counts) -> TrainerCallback:
     """A TrainerCallback that times the epoch and counts the tokens of every training batch."""
     from transformers import TrainerCallback
 
-    def count_tokens(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def count_tokens(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, torch.Tensor]) -> None:
         # Trainer calls model(**batch), so the batch is in kwargs. On CPU these are two cheap reads per step (no
         # device sync), paid equally by all three configurations.
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
@@ -299,54 +293,6 @@ def runs_table(runs: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def git_state() -> str:
-    """The commit, and how many package files differ from it: the numbers belong to that code, edits included."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "hf_finetune"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{commit}" + (f" + {len(changed)} modified package files" if changed else "")
-
-
-def machine_info() -> dict[str, Any]:
-    import accelerate
-    import datasets
-    import tokenizers
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass  # not Linux: platform.processor() is the best there is
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "tokenizers": tokenizers.__version__,
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "git": git_state(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -398,18 +344,25 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
     # The comparison only means something if every run trained on the same rows from the same starting weights.
-    same_rows = len({(r.samples, r.real_tokens) for r in runs}) == 1
-    ref_sum = runs[0].init_checksum
-    same_init = all(abs(r.init_checksum - ref_sum) <= 1e-9 * max(1.0, abs(ref_sum)) for r in runs)
-    print(f"\nchecks: same samples and real tokens in every run {same_rows}; same initial weights {same_init}")
-    if not (same_rows and same_init):
+    check = {
+        "same_samples_and_real_tokens": len({(r.samples, r.real_tokens) for r in runs}) == 1,
+        "same_initial_weights": _common.same_checksums(r.init_checksum for r in runs),
+    }
+    print(
+        f"\nchecks: same samples and real tokens in every run {check['same_samples_and_real_tokens']}; "
+        f"same initial weights {check['same_initial_weights']}"
+    )
+    if not all(check.values()):
         print("WARNING: the runs did not do the same work; the ratios are not a fair comparison")
+    report(args, argv if argv is not None else sys.argv[1:], runs, check)
+    return 0
 
+
+def report(args: argparse.Namespace, argv: list[str], runs: list[RunResult], check: dict[str, bool]) -> None:
+    """Prints the tables and the headline ratios, and writes them with every run's numbers to the results files."""
     med = medians(runs)
     summary, per_run = table(med), runs_table(runs)
     ratio_b, ratio_c = med["b"]["ratio_epoch_time"], med["c"]["ratio_epoch_time"]
-    machine = machine_info()
-    command = "python benchmarks/padding.py " + " ".join(argv if argv is not None else sys.argv[1:])
     headline = (
         f"epoch time ratio b/a (dynamic / pad to {args.max_length}): {ratio_b:.3f}; "
         f"c/a (dynamic + group_by_length / pad to {args.max_length}): {ratio_c:.3f}  (< 1: faster than a; "
@@ -417,19 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n" + summary + "\n\n" + per_run + "\n\n" + headline)
 
-    stem = args.output or RESULTS_DIR / "padding_cpu"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    machine = _common.machine_info(PACKAGES, git=_common.describe_git(_common.git_state()))
     settings = {k: v for k, v in vars(args).items() if k != "output"}
     payload = {
         "benchmark": "padding",
-        "command": command.strip(),
+        "command": _common.command_line("padding.py", argv),
         "machine": machine,
         "settings": settings,
         "base_recipe": BASE_RECIPE,
         "model": MODEL,
         "data": DATA,
         "configs": {key: {"label": label, "overrides": config} for key, label, config in CONFIGS},
-        "checks": {"same_samples_and_real_tokens": same_rows, "same_initial_weights": same_init},
+        "checks": check,
         "ratio_b_over_a": ratio_b,
         "ratio_c_over_a": ratio_c,
         "cpu_ratio_b_over_a": med["b"]["ratio_epoch_cpu"],
@@ -437,41 +389,35 @@ def main(argv: list[str] | None = None) -> int:
         "medians": med,
         "runs": [asdict(r) for r in runs],
     }
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    markdown = "\n".join(
-        [
-            f"# padding — pad every batch to {args.max_length} tokens vs dynamic padding (± group_by_length)",
-            "",
-            f"`{payload['command']}`",
-            "",
-            f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}",
-            f"- versions: python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}"
-            f", accelerate {machine['accelerate']}, datasets {machine['datasets']}, tokenizers {machine['tokenizers']}",
-            f"- date: {machine['date']}; OMP_WAIT_POLICY={machine['OMP_WAIT_POLICY']}; code: {machine['git']}",
-            f"- model {MODEL} (pretrained), data {DATA}, base recipe `{BASE_RECIPE}`, one epoch per run",
-            f"- settings: {json.dumps(settings)}",
-            f"- same samples and real tokens in every run: {same_rows}; same initial weights: {same_init}",
-            "",
-            f"**{headline}**",
-            "",
-            "Medians over rounds; epoch time shows [min–max] across rounds. Epoch CPU s: CPU seconds the process "
-            "used during the epoch (all threads), a cross-check that is less sensitive to other processes. Padded "
-            "tokens: what the model received (batch × padded length, summed over the epoch); padding fraction: the "
-            "share of those that are padding.",
-            "",
-            summary,
-            "",
-            "Every run, in the order it ran (whole call: the full finetune() including data, tokenization, model "
-            "loading, the final evaluation and writing outputs, not compared; load 1m: the machine's 1-minute load "
-            "average just before the run, above the core count means other processes were competing for the CPU):",
-            "",
-            per_run,
-            "",
-        ]
-    )
-    stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
-    print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
-    return 0
+    markdown = [
+        f"# padding — pad every batch to {args.max_length} tokens vs dynamic padding (± group_by_length)",
+        "",
+        f"`{payload['command']}`",
+        "",
+        *_common.machine_lines(machine, PACKAGES, date_note=f"; code: {machine['git']}"),
+        f"- model {MODEL} (pretrained), data {DATA}, base recipe `{BASE_RECIPE}`, one epoch per run",
+        f"- settings: {json.dumps(settings)}",
+        f"- same samples and real tokens in every run: {check['same_samples_and_real_tokens']}; same initial "
+        f"weights: {check['same_initial_weights']}",
+        "",
+        f"**{headline}**",
+        "",
+        "Medians over rounds; epoch time shows [min–max] across rounds. Epoch CPU s: CPU seconds the process "
+        "used during the epoch (all threads), a cross-check that is less sensitive to other processes. Padded "
+        "tokens: what the model received (batch × padded length, summed over the epoch); padding fraction: the "
+        "share of those that are padding.",
+        "",
+        summary,
+        "",
+        "Every run, in the order it ran (whole call: the full finetune() including data, tokenization, model "
+        "loading, the final evaluation and writing outputs, not compared; load 1m: the machine's 1-minute load "
+        "average just before the run, above the core count means other processes were competing for the CPU):",
+        "",
+        per_run,
+        "",
+    ]
+    json_path, md_path = _common.write_results(args.output or _common.RESULTS_DIR / "padding_cpu", payload, markdown)
+    print(f"\nwrote {json_path} and {md_path}")
 
 
 if __name__ == "__main__":

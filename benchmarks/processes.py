@@ -43,10 +43,8 @@ processes (`--cpu`, `--multi_gpu`, torchrun) and records how many it really star
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -55,18 +53,20 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Set before torch is imported (all torch imports below are inside functions): OpenMP reads these once, at start-up.
-# PASSIVE stops idle OpenMP threads from spinning; with two processes on two cores a spinning pool steals the core the
-# other rank needs. The child processes inherit both settings through the environment.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Without these, any Hub lookup waits 20–45 s before failing on machines with no network.
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-    os.environ.setdefault(_var, "1")
+import _common
+from _common import weight_checksum
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import TrainerCallback
+
+# all torch imports below are inside functions, so this still comes first; the launched ranks inherit it
+_common.set_environment()
 
 SCRIPT = Path(__file__).resolve()
-RESULTS_DIR = SCRIPT.parent / "results"
+PACKAGES = ("torch", "transformers", "accelerate", "timm")
 EVAL_SAMPLES = 32  # rows kept per evaluation split; the final evaluation is never timed
 # the launcher exactly as tests/test_distributed.py runs it; `--main_process_port 0` lets torch pick a free port
 LAUNCH = [
@@ -136,9 +136,6 @@ class RunResult:
 
 def worker(recipe_path: str, record_dir: str) -> int:
     """Runs inside every launched process: `finetune` with a timing callback; each rank writes rank<N>.json."""
-    import torch
-    from transformers import TrainerCallback
-
     import hf_finetune
 
     record: dict[str, Any] = {
@@ -146,8 +143,19 @@ def worker(recipe_path: str, record_dir: str) -> int:
         "images": 0,
         **{k: [] for k in ("step_begin", "pre_optimizer", "optimizer_done", "step_end_cpu")},
     }
+    hf_finetune.finetune(recipe_path, callbacks=[make_recorder(record)])
+    record["allreduce_ms"] = _time_allreduce(record["grad_numel"])
+    Path(record_dir, f"rank{record['rank']}.json").write_text(json.dumps(record), encoding="utf-8")
+    _close_process_group()
+    return 0
 
-    def count_images(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+
+def make_recorder(record: dict[str, Any]) -> TrainerCallback:
+    """A TrainerCallback that fills `record`: images seen, threads, initial weights, each step's phase times."""
+    import torch
+    from transformers import TrainerCallback
+
+    def count_images(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, torch.Tensor]) -> None:
         if module.training:  # the final evaluation runs the same model in eval mode
             pixels = kwargs.get("pixel_values", args[0] if args else None)
             record["images"] += int(pixels.shape[0])
@@ -156,10 +164,7 @@ def worker(recipe_path: str, record_dir: str) -> int:
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             # the model Trainer hands callbacks is the inner one; DDP's forward still goes through its hooks
             model.register_forward_pre_hook(count_images, with_kwargs=True)
-            with torch.no_grad():
-                record["init_checksum"] = float(
-                    sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point())
-                )
+            record["init_checksum"] = weight_checksum(model)
             record["grad_numel"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             record["rank"], record["world_size"] = args.process_index, args.world_size
             record["threads"] = torch.get_num_threads()  # after accelerate/Trainer set-up: what the steps use
@@ -188,11 +193,7 @@ def worker(recipe_path: str, record_dir: str) -> int:
             record["cpu_s"] = record["step_end_cpu"][-1][1]
             record["global_step"] = state.global_step
 
-    hf_finetune.finetune(recipe_path, callbacks=[Recorder()])
-    record["allreduce_ms"] = _time_allreduce(record["grad_numel"])
-    Path(record_dir, f"rank{record['rank']}.json").write_text(json.dumps(record), encoding="utf-8")
-    _close_process_group()
-    return 0
+    return Recorder()
 
 
 def _close_process_group() -> None:
@@ -309,16 +310,13 @@ def run_one(args: argparse.Namespace, config: Config, repeat: int, log_dir: Path
         command = command_for(config, recipe, record_dir)
         waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else 0.0
         load = os.getloadavg()[0]
-        busy0, ours0 = machine_busy_s(), children_cpu_s()
+        before = machine_busy_s(), children_cpu_s()
         started = time.perf_counter()
         proc = subprocess.run(
             command, env=child_env(config.threads), capture_output=True, text=True, timeout=args.timeout
         )
         command_s = time.perf_counter() - started
-        busy1, ours1 = machine_busy_s(), children_cpu_s()
-        other = None
-        if busy0 is not None and busy1 is not None:
-            other = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / command_s
+        other = other_load_cores(before, (machine_busy_s(), children_cpu_s()), command_s)
         log = log_dir / f"{config.key}-{repeat}.log"
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
         if proc.returncode != 0:
@@ -421,6 +419,17 @@ def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3, window_s: fl
     return waited
 
 
+def other_load_cores(
+    before: tuple[float | None, float], after: tuple[float | None, float], seconds: float
+) -> float | None:
+    """How many cores other processes kept busy: the machine's busy CPU seconds less ours (`machine_busy_s()`,
+    `children_cpu_s()` before and after), per second; None where the machine's figure is unknown."""
+    (busy0, ours0), (busy1, ours1) = before, after
+    if busy0 is None or busy1 is None:
+        return None
+    return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / seconds
+
+
 def children_cpu_s() -> float:
     import resource
 
@@ -470,9 +479,7 @@ def median_of(runs: list[RunResult], key: str, attr: str) -> float:
 
 def cell(runs: list[RunResult], key: str, attr: str, digits: int = 1) -> str:
     values = [getattr(r, attr) for r in runs if r.config == key and getattr(r, attr) is not None]
-    if not values:
-        return "—"
-    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+    return _common.median_range(values, digits) if values else "—"
 
 
 def summary_table(runs: list[RunResult], configs: list[Config]) -> str:
@@ -531,35 +538,6 @@ def runs_table(runs: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def machine_info() -> dict[str, Any]:
-    import accelerate
-    import timm
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass  # not Linux: platform.processor() is the best there is
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "timm": timm.__version__,
-        "gloo": torch.distributed.is_gloo_available(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def checks(runs: list[RunResult], configs: dict[str, Config], args: argparse.Namespace) -> dict[str, Any]:
     """Did every run do the work it was meant to? Same initial weights everywhere, the asked-for steps, processes,
     threads and images; losses close (not equal: other data order per rank, and BatchNorm sees 16 images, not 32)."""
@@ -586,6 +564,27 @@ def checks(runs: list[RunResult], configs: dict[str, Config], args: argparse.Nam
     }
 
 
+def ratios_and_efficiency(
+    runs: list[RunResult], configs: list[Config]
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Each configuration's medians over 1x2's, and its steady images/s as a fraction of twice 1x1's."""
+    keys = {c.key for c in configs}
+    ratios: dict[str, dict[str, float]] = {}
+    if "1x2" in keys:
+        for c in configs:
+            if c.key != "1x2" and not c.diagnostic:
+                ratios[f"{c.key}/1x2"] = {
+                    attr: median_of(runs, c.key, attr) / median_of(runs, "1x2", attr)
+                    for attr in ("trainer_images_per_s", "steady_images_per_s")
+                }
+    efficiency = {}
+    if "1x1" in keys:
+        # twice one rank's images/s alone on an idle core: the ceiling for both ways of using two cores
+        ideal = 2 * median_of(runs, "1x1", "steady_images_per_s")
+        efficiency = {c.key: median_of(runs, c.key, "steady_images_per_s") / ideal for c in configs if not c.diagnostic}
+    return ratios, efficiency
+
+
 def write_results(
     args: argparse.Namespace,
     argv: list[str],
@@ -594,32 +593,12 @@ def write_results(
     check: dict[str, Any],
     launchers: dict[str, Any] | None,
 ) -> tuple[Path, Path]:
-    machine = machine_info()
-    by_key = {c.key: c for c in configs}
-    ratios: dict[str, dict[str, float]] = {}
-    if "1x2" in by_key:
-        for c in configs:
-            if c.key != "1x2" and not c.diagnostic:
-                ratios[f"{c.key}/1x2"] = {
-                    attr: median_of(runs, c.key, attr) / median_of(runs, "1x2", attr)
-                    for attr in ("trainer_images_per_s", "steady_images_per_s")
-                }
-    efficiency = {}
-    if "1x1" in by_key:
-        # twice one rank's images/s alone on an idle core: the ceiling for both ways of using two cores
-        ideal = 2 * median_of(runs, "1x1", "steady_images_per_s")
-        efficiency = {c.key: median_of(runs, c.key, "steady_images_per_s") / ideal for c in configs if not c.diagnostic}
-    summary = summary_table(runs, configs)
-    per_run = runs_table(runs)
-    command = "python benchmarks/processes.py " + " ".join(argv)
-    settings = {k: v for k, v in vars(args).items() if k not in ("output", "worker", "record", "probe")}
-    stem = args.output or RESULTS_DIR / "processes_cpu"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    ratios, efficiency = ratios_and_efficiency(runs, configs)
     payload = {
         "benchmark": "processes",
-        "command": command.strip(),
-        "machine": machine,
-        "settings": settings,
+        "command": _common.command_line("processes.py", argv),
+        "machine": _common.machine_info(PACKAGES, gloo=gloo_available()),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "worker", "record", "probe")},
         "configs": [asdict(c) for c in configs],
         "child_commands": {
             c.key: " ".join(
@@ -633,84 +612,98 @@ def write_results(
         "launcher_check": launchers,
         "runs": [asdict(r) for r in runs],
     }
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    stem = args.output or _common.RESULTS_DIR / "processes_cpu"
+    return _common.write_results(stem, payload, results_markdown(args, payload, runs, configs))
 
-    ratio_lines = [
-        f"- **{name}: {v['trainer_images_per_s']:.3f}** (Trainer images/s), {v['steady_images_per_s']:.3f} (steady)"
-        for name, v in ratios.items()
-    ]
-    eff_lines = [f"- {k}: {v:.2f}" for k, v in efficiency.items()]
-    launch_lines = []
+
+def gloo_available() -> bool:
+    import torch
+
+    return torch.distributed.is_gloo_available()
+
+
+def launcher_lines(launchers: dict[str, Any] | None) -> list[str]:
+    """One line per launcher: how many processes it started, and each one's rank and threads."""
+    lines = []
     for name, seen in (launchers or {}).items():
-        procs = seen["processes"]
-        launch_lines.append(
+        lines.append(
             f"- `{name}`: {seen['processes_started']} process(es); per process (RANK, accelerate num_processes, "
             f"OMP_NUM_THREADS, torch threads): "
             + ", ".join(
                 f"({p['RANK']}, {p['accelerate_num_processes']}, {p['OMP_NUM_THREADS']}, {p['torch_threads']})"
-                for p in procs
+                for p in seen["processes"]
             )
         )
-    markdown = "\n".join(
-        [
-            "# processes — one process vs two on a CPU-only machine, same global batch",
+    return lines
+
+
+def results_markdown(
+    args: argparse.Namespace, payload: dict[str, Any], runs: list[RunResult], configs: list[Config]
+) -> list[str]:
+    """The results page: machine and settings, the checks, the commands, the ratios, then the tables."""
+    settings, check = payload["settings"], payload["checks"]
+    return [
+        "# processes — one process vs two on a CPU-only machine, same global batch",
+        "",
+        f"`{payload['command']}`",
+        "",
+        *_common.machine_lines(payload["machine"], PACKAGES),
+        f"- settings: {json.dumps(settings)}",
+        f"- checks: same initial weights {check['same_initial_weights']}; problems: "
+        f"{check['problems'] or 'none'}; train loss range (same global batch) "
+        f"{check['train_loss_range_same_global_batch']}",
+        "",
+        "Commands each run executes (RECIPE.yaml written by the script; `--worker` calls `hf_finetune.finetune` "
+        "with a step-timing callback, otherwise what `python -m hf_finetune train RECIPE.yaml` does):",
+        "",
+        *[f"- {k}: `{v}`" for k, v in payload["child_commands"].items()],
+        "",
+        "Ratios of the medians (above 1 means faster than one process with 2 threads):",
+        "",
+        *ratio_lines(payload["ratios"], payload["efficiency_vs_twice_one_rank_alone"]),
+        "Medians over rounds, [min–max] across rounds. images/s (Trainer): metrics.json "
+        "`train.train_samples_per_second`; images/s (steady): step-timing callback, first "
+        f"{args.warmup} steps left out; step: median wall time per optimizer step on rank 0; CPU ms/image: CPU "
+        "time of every rank (all threads) over the training loop per image; all-reduce: one gloo all-reduce of a "
+        "buffer the size of all gradients, timed after training:",
+        "",
+        summary_table(runs, configs),
+        "",
+        "Where a step's time goes on rank 0 (medians; wall ms with the process's CPU ms, all its threads, in "
+        "brackets). data: previous step's end → `on_step_begin` (next batch + Trainer bookkeeping); fwd+bwd: "
+        "`on_step_begin` → `on_pre_optimizer_step` (forward, backward including DDP's gloo all-reduce, gradient "
+        "clipping); optimizer: the AdamW step; rest: scheduler step and zero_grad:",
+        "",
+        phases_table(runs, configs),
+        "",
+        "Every run, in the order it ran (load 1m: the machine's 1-minute load average just before the run; above "
+        "the core count means other processes were competing for the CPU):",
+        "",
+        runs_table(runs),
+        "",
+        "What each launcher starts on this machine (OMP_NUM_THREADS unset):",
+        "",
+        *launcher_lines(payload["launcher_check"]),
+        "",
+    ]
+
+
+def ratio_lines(ratios: dict[str, dict[str, float]], efficiency: dict[str, float]) -> list[str]:
+    """The ratio list, then (with a 1x1 run) the efficiency list, each followed by a blank line."""
+    lines = [
+        f"- **{name}: {v['trainer_images_per_s']:.3f}** (Trainer images/s), {v['steady_images_per_s']:.3f} (steady)"
+        for name, v in ratios.items()
+    ]
+    lines.append("")
+    if efficiency:
+        lines += [
+            "Steady images/s as a fraction of twice the 1x1 diagnostic (one rank's share alone on an idle "
+            "core, i.e. perfect use of both cores):",
             "",
-            f"`{payload['command']}`",
+            *[f"- {k}: {v:.2f}" for k, v in efficiency.items()],
             "",
-            f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}",
-            f"- versions: python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}"
-            f", accelerate {machine['accelerate']}, timm {machine['timm']}",
-            f"- date: {machine['date']}; OMP_WAIT_POLICY={machine['OMP_WAIT_POLICY']}",
-            f"- settings: {json.dumps(settings)}",
-            f"- checks: same initial weights {check['same_initial_weights']}; problems: "
-            f"{check['problems'] or 'none'}; train loss range (same global batch) "
-            f"{check['train_loss_range_same_global_batch']}",
-            "",
-            "Commands each run executes (RECIPE.yaml written by the script; `--worker` calls `hf_finetune.finetune` "
-            "with a step-timing callback, otherwise what `python -m hf_finetune train RECIPE.yaml` does):",
-            "",
-            *[f"- {k}: `{v}`" for k, v in payload["child_commands"].items()],
-            "",
-            "Ratios of the medians (above 1 means faster than one process with 2 threads):",
-            "",
-            *ratio_lines,
-            "",
-            *(
-                [
-                    "Steady images/s as a fraction of twice the 1x1 diagnostic (one rank's share alone on an idle "
-                    "core, i.e. perfect use of both cores):",
-                    "",
-                    *eff_lines,
-                    "",
-                ]
-                if eff_lines
-                else []
-            ),
-            "Medians over rounds, [min–max] across rounds. images/s (Trainer): metrics.json "
-            "`train.train_samples_per_second`; images/s (steady): step-timing callback, first "
-            f"{args.warmup} steps left out; step: median wall time per optimizer step on rank 0; CPU ms/image: CPU "
-            "time of every rank (all threads) over the training loop per image; all-reduce: one gloo all-reduce of a "
-            "buffer the size of all gradients, timed after training:",
-            "",
-            summary,
-            "",
-            "Where a step's time goes on rank 0 (medians; wall ms with the process's CPU ms, all its threads, in "
-            "brackets). data: previous step's end → `on_step_begin` (next batch + Trainer bookkeeping); fwd+bwd: "
-            "`on_step_begin` → `on_pre_optimizer_step` (forward, backward including DDP's gloo all-reduce, gradient "
-            "clipping); optimizer: the AdamW step; rest: scheduler step and zero_grad:",
-            "",
-            phases_table(runs, configs),
-            "",
-            "Every run, in the order it ran (load 1m: the machine's 1-minute load average just before the run; above "
-            "the core count means other processes were competing for the CPU):",
-            "",
-            per_run,
-            "",
-            *(["What each launcher starts on this machine (OMP_NUM_THREADS unset):", "", *launch_lines, ""]),
         ]
-    )
-    stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
-    return stem.with_suffix(".json"), stem.with_suffix(".md")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- main

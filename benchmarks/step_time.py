@@ -23,10 +23,8 @@ evaluation and output writing happen outside every span and are never counted.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,17 +32,22 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Set before torch is imported (all torch imports below are inside functions): OpenMP reads these once, at start-up.
-# PASSIVE stops idle OpenMP threads from spinning; on a 2-core box a spinning pool and a DataLoader worker (or a
-# second process) fight for the same cores and a 2-thread step can slow down 10×.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Without these, any Hub lookup waits 20–45 s before failing on machines with no network.
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-    os.environ.setdefault(_var, "1")
+import _common
+from _common import weight_checksum
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from transformers import TrainerCallback, TrainingArguments
+
+    from hf_finetune.recipe import Recipe
+
+# all torch imports below are inside functions, so this still comes first
+_common.set_environment()
+
+PACKAGES = ("torch", "transformers", "accelerate", "timm")
 TOOLKIT, PLAIN = "toolkit", "plain"
 EVAL_SAMPLES = 32  # rows kept per evaluation split; the toolkit's final evaluation is never timed
 # Weight-decay exclusions of transformers' `Trainer.get_decay_parameter_names` (5.x): the plain loop builds the same
@@ -102,7 +105,7 @@ class RunResult:
 # --------------------------------------------------------------------------------------------- shared setup
 
 
-def build_recipe(args: argparse.Namespace, output_dir: str) -> Any:
+def build_recipe(args: argparse.Namespace, output_dir: str) -> Recipe:
     """The recipe both sides use; the plain loop reads its data, model and optimizer settings from it."""
     from hf_finetune.recipe import load_recipe
 
@@ -140,7 +143,7 @@ def build_recipe(args: argparse.Namespace, output_dir: str) -> Any:
     )
 
 
-def optimizer_signature(optimizer: Any) -> dict[str, Any]:
+def optimizer_signature(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Class, per-group hyper-parameters and parameter counts: equal on both sides means equal optimizer work."""
     # Trainer's optimizer is wrapped by accelerate (AcceleratedOptimizer); what steps is the one inside.
     optimizer = getattr(optimizer, "optimizer", optimizer)
@@ -154,13 +157,6 @@ def optimizer_signature(optimizer: Any) -> dict[str, Any]:
     return {"class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", "groups": groups}
 
 
-def weight_checksum(model: Any) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
-
-
 def set_threads(threads: int) -> None:
     import torch
 
@@ -171,7 +167,7 @@ def set_threads(threads: int) -> None:
 # --------------------------------------------------------------------------------------------- the two sides
 
 
-def make_timer_callback(timings: Timings, reference_state: dict[str, Any]) -> Any:
+def make_timer_callback(timings: Timings, reference_state: dict[str, torch.Tensor]) -> TrainerCallback:
     """A TrainerCallback that gives Trainer's model the reference weights and times its steps."""
     from transformers import TrainerCallback
 
@@ -192,7 +188,7 @@ def make_timer_callback(timings: Timings, reference_state: dict[str, Any]) -> An
     return StepTimer()
 
 
-def run_toolkit(args: argparse.Namespace, reference_state: dict[str, Any]) -> tuple[Timings, float, float]:
+def run_toolkit(args: argparse.Namespace, reference_state: dict[str, torch.Tensor]) -> tuple[Timings, float, float]:
     """One `hf_finetune.finetune` call; returns its timings, the mean train loss and the whole call's seconds."""
     import hf_finetune
 
@@ -210,13 +206,13 @@ def run_toolkit(args: argparse.Namespace, reference_state: dict[str, Any]) -> tu
 class PlainSetup:
     """Everything the plain loop needs, built once with the toolkit's own functions (not timed)."""
 
-    model_factory: Callable[[], Any]
-    train_dataset: Any
-    training_args: Any  # transformers.TrainingArguments resolved exactly as finetune() resolves them
+    model_factory: Callable[[], torch.nn.Module]
+    train_dataset: datasets.Dataset
+    training_args: TrainingArguments  # resolved exactly as finetune() resolves them
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
-def prepare_plain(args: argparse.Namespace) -> tuple[PlainSetup, dict[str, Any], int]:
+def prepare_plain(args: argparse.Namespace) -> tuple[PlainSetup, dict[str, torch.Tensor], int]:
     """Data, transforms and model exactly as `hf_finetune.api.finetune` builds them (same calls, same order).
 
     Returns the setup, the reference initial weights both sides start from, and the training-set size.
@@ -242,7 +238,7 @@ def prepare_plain(args: argparse.Namespace) -> tuple[PlainSetup, dict[str, Any],
         training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model),
     )
 
-    def model_factory() -> Any:
+    def model_factory() -> torch.nn.Module:
         model = task.build_model(recipe.model, data.label_names).model
         model.load_state_dict(reference_state)
         return model
@@ -356,7 +352,7 @@ def table(runs: list[RunResult]) -> tuple[str, dict[str, dict[str, float]]]:
         for side in (TOOLKIT, PLAIN):
             values = [getattr(r, key) for r in runs if r.side == side]
             med[side] = statistics.median(values)
-            cells.append(f"{med[side]:.1f} [{min(values):.1f}–{max(values):.1f}]")
+            cells.append(_common.median_range(values))
         ratio = med[TOOLKIT] / med[PLAIN] if timed else None
         medians[key] = {**med, **({"ratio": ratio} if ratio is not None else {})}
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {f'{ratio:.3f}' if ratio is not None else '—'} |")
@@ -374,34 +370,6 @@ def runs_table(runs: list[RunResult]) -> str:
             f"{r.images_per_s:.1f} | {r.threads} | {r.train_loss:.3f} | {r.load_avg_1m:.2f} |"
         )
     return "\n".join(lines)
-
-
-def machine_info() -> dict[str, Any]:
-    import accelerate
-    import timm
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass  # not Linux: platform.processor() is the best there is
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "timm": timm.__version__,
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -469,77 +437,76 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     # The comparison only means something if both sides did the same work.
-    reference_sig, reference_sum = signatures[PLAIN][0], checksums[PLAIN][0]
-    same_optimizer = all(sig == reference_sig for sigs in signatures.values() for sig in sigs)
-    same_init = all(
-        abs(c - reference_sum) <= 1e-9 * max(1.0, abs(reference_sum)) for cs in checksums.values() for c in cs
-    )
+    reference_sig = signatures[PLAIN][0]
+    check = {
+        "same_optimizer": all(sig == reference_sig for sigs in signatures.values() for sig in sigs),
+        "same_initial_weights": _common.same_checksums([*checksums[PLAIN], *checksums[TOOLKIT]]),
+        "optimizer": reference_sig,
+    }
     print(
-        f"\nchecks: same optimizer (class, groups, hyper-parameters) {same_optimizer}; same initial weights {same_init}"
+        f"\nchecks: same optimizer (class, groups, hyper-parameters) {check['same_optimizer']}; "
+        f"same initial weights {check['same_initial_weights']}"
     )
-    if not (same_optimizer and same_init):
+    if not (check["same_optimizer"] and check["same_initial_weights"]):
         print("WARNING: the two sides did not do the same work; the ratio is not a fair comparison")
         print(json.dumps(signatures, indent=1, default=str))
+    report(args, argv if argv is not None else sys.argv[1:], runs, n_train, check)
+    return 0
 
+
+def report(
+    args: argparse.Namespace, argv: list[str], runs: list[RunResult], n_train: int, check: dict[str, Any]
+) -> None:
+    """Prints the tables and the headline ratio, and writes them with every run's numbers to the results files."""
     summary, medians = table(runs)
     per_run = runs_table(runs)
-    ratio = medians["incl_data_ms"]["ratio"]
-    machine = machine_info()
-    command = "python benchmarks/step_time.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    ratio, ratio_step_only = medians["incl_data_ms"]["ratio"], medians["step_only_ms"]["ratio"]
     print("\n" + summary + "\n\n" + per_run)
     print(
         f"\nratio toolkit/plain (step incl. data, median): {ratio:.3f}  "
-        f"(step only: {medians['step_only_ms']['ratio']:.3f}; < 1 means the toolkit is faster)"
+        f"(step only: {ratio_step_only:.3f}; < 1 means the toolkit is faster)"
     )
     toolkit_calls = [r.call_s for r in runs if r.call_s is not None]
     print(f"whole finetune() call incl. setup, final eval and writing outputs (not compared): {toolkit_calls}")
 
-    stem = args.output or RESULTS_DIR / "step_time_cpu"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    machine = _common.machine_info(PACKAGES)
     settings = {k: v for k, v in vars(args).items() if k != "output"}
     payload = {
         "benchmark": "step_time",
-        "command": command.strip(),
+        "command": _common.command_line("step_time.py", argv),
         "machine": machine,
         "settings": settings,
         "train_images": n_train,
-        "checks": {"same_optimizer": same_optimizer, "same_initial_weights": same_init, "optimizer": reference_sig},
+        "checks": check,
         "medians": medians,
         "ratio_step_incl_data": ratio,
-        "ratio_step_only": medians["step_only_ms"]["ratio"],
+        "ratio_step_only": ratio_step_only,
         "runs": [asdict(r) for r in runs],
     }
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    markdown = "\n".join(
-        [
-            "# step_time — toolkit (Trainer) vs plain PyTorch loop",
-            "",
-            f"`{payload['command']}`",
-            "",
-            f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}",
-            f"- versions: python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}"
-            f", accelerate {machine['accelerate']}, timm {machine['timm']}",
-            f"- date: {machine['date']}; OMP_WAIT_POLICY={machine['OMP_WAIT_POLICY']}",
-            f"- settings: {json.dumps(settings)}",
-            f"- same optimizer: {same_optimizer}; same initial weights: {same_init}",
-            "",
-            f"**ratio toolkit/plain, step incl. data (median): {ratio:.3f}** "
-            f"(step only: {medians['step_only_ms']['ratio']:.3f}; < 1 means the toolkit is faster)",
-            "",
-            "Medians over repeats, [min–max] across repeats:",
-            "",
-            summary,
-            "",
-            "Every run, in the order it ran (load 1m: the machine's 1-minute load average just before the run; above "
-            "the core count means other processes were competing for the CPU during the benchmark):",
-            "",
-            per_run,
-            "",
-        ]
-    )
-    stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
-    print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
-    return 0
+    markdown = [
+        "# step_time — toolkit (Trainer) vs plain PyTorch loop",
+        "",
+        f"`{payload['command']}`",
+        "",
+        *_common.machine_lines(machine, PACKAGES),
+        f"- settings: {json.dumps(settings)}",
+        f"- same optimizer: {check['same_optimizer']}; same initial weights: {check['same_initial_weights']}",
+        "",
+        f"**ratio toolkit/plain, step incl. data (median): {ratio:.3f}** "
+        f"(step only: {ratio_step_only:.3f}; < 1 means the toolkit is faster)",
+        "",
+        "Medians over repeats, [min–max] across repeats:",
+        "",
+        summary,
+        "",
+        "Every run, in the order it ran (load 1m: the machine's 1-minute load average just before the run; above "
+        "the core count means other processes were competing for the CPU during the benchmark):",
+        "",
+        per_run,
+        "",
+    ]
+    json_path, md_path = _common.write_results(args.output or _common.RESULTS_DIR / "step_time_cpu", payload, markdown)
+    print(f"\nwrote {json_path} and {md_path}")
 
 
 if __name__ == "__main__":

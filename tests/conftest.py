@@ -83,11 +83,16 @@ def tiny_recipe(digits_folder: Path, tmp_path: Path):
                 "disable_tqdm": True,
             },
         }
-        for key, value in sections.items():
-            recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
-        return recipe
+        return _with_sections(recipe, sections)
 
     return make
+
+
+def _with_sections(recipe: dict, sections: dict) -> dict:
+    """A test's sections on top of a base recipe: a dict is merged into that section, anything else replaces it."""
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe
 
 
 POSITIVE = ["good", "great", "lovely", "happy", "fine", "nice", "superb", "calm"]
@@ -169,30 +174,39 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def text_data(folder: Path) -> dict:
+    """The data section that reads `text_csv`'s train.csv and test.csv (or those of a folder laid out like it)."""
+    return {
+        "files": {"train": str(folder / "train.csv"), "test": str(folder / "test.csv")},
+        "text_column": "review",
+        "label_column": "sentiment",
+    }
+
+
+def make_text_recipe(folder: Path, model_dir: Path, output_dir: Path, **sections) -> dict:
+    """The tiny text recipe (the CSVs in `folder`, the tiny BERT in `model_dir`); trains in a few seconds. A plain
+    function, not only the `text_recipe` fixture, because module-scoped fixtures cannot use a function-scoped one."""
+    recipe = {
+        "name": "tiny-text",
+        "task": "text-classification",
+        "model": {"name": str(model_dir)},
+        "data": text_data(folder),
+        "training": {
+            "output_dir": str(output_dir),
+            "num_train_epochs": 2,
+            "per_device_train_batch_size": 16,
+            "learning_rate": 1e-3,
+            "disable_tqdm": True,
+        },
+    }
+    return _with_sections(recipe, sections)
+
+
 @pytest.fixture
 def text_recipe(text_csv: Path, tiny_bert_dir: Path, tmp_path: Path):
-    """A text-classification recipe over the CSVs with the tiny BERT; trains in a few seconds."""
+    """`make_text_recipe` over the `text_csv` CSVs and the tiny BERT, writing under this test's tmp_path."""
 
     def make(**sections):
-        recipe = {
-            "name": "tiny-text",
-            "task": "text-classification",
-            "model": {"name": str(tiny_bert_dir)},
-            "data": {
-                "files": {"train": str(text_csv / "train.csv"), "test": str(text_csv / "test.csv")},
-                "text_column": "review",
-                "label_column": "sentiment",
-            },
-            "training": {
-                "output_dir": str(tmp_path / "text-out"),
-                "num_train_epochs": 2,
-                "per_device_train_batch_size": 16,
-                "learning_rate": 1e-3,
-                "disable_tqdm": True,
-            },
-        }
-        for key, value in sections.items():
-            recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
-        return recipe
+        return make_text_recipe(text_csv, tiny_bert_dir, tmp_path / "text-out", **sections)
 
     return make

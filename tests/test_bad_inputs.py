@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from conftest import text_data
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {0: "zéro", 1: "un", 2: "deux"}
@@ -413,11 +414,7 @@ def world(tmp_path_factory, tiny_vit_dir: Path, tiny_bert_dir: Path, text_csv: P
                 "name": "texte",
                 "task": "text-classification",
                 "model": {"name": str(tiny_bert_dir)},
-                "data": {
-                    "files": {"train": str(texts / "train.csv"), "test": str(texts / "test.csv")},
-                    "text_column": "review",
-                    "label_column": "sentiment",
-                },
+                "data": text_data(texts),
                 "training": {"output_dir": str(root / "sorties" / "texte"), "num_train_epochs": 1},
             },
             allow_unicode=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_texts
+from conftest import make_text_recipe, make_texts
 
 # the shipped recipes' own documented commands, with only the source swapped for a local copy of that shape
 SST2 = ["bert-base-uncased", "data.config=sst2", "data.text_column=sentence"]
@@ -306,27 +306,16 @@ def weighted_text_model(tmp_path_factory, text_csv: Path, tiny_bert_dir: Path) -
     metric = root / "wrong_rate"
     metric.mkdir()
     (metric / "wrong_rate.py").write_text(METRIC_MODULE)
-    recipe = {
-        "task": "text-classification",
-        "model": {"name": str(tiny_bert_dir)},
-        "data": {
-            "files": {"train": str(text_csv / "train.csv"), "test": str(text_csv / "test.csv")},
-            "text_column": "review",
-            "label_column": "sentiment",
-            "max_eval_samples": 12,
-        },
-        "loss": {"class_weights": "balanced"},
-        "metrics": {"top_k": [2], "extra": [str(metric)]},
-        "training": {
-            "output_dir": str(root / "out"),
-            "num_train_epochs": 2,
-            "per_device_train_batch_size": 16,
-            "per_device_eval_batch_size": 5,
-            "learning_rate": 1e-3,
-            "label_smoothing_factor": 0.2,
-            "disable_tqdm": True,
-        },
-    }
+    recipe = make_text_recipe(
+        text_csv,
+        tiny_bert_dir,
+        root / "out",
+        data={"max_eval_samples": 12},
+        loss={"class_weights": "balanced"},
+        metrics={"top_k": [2], "extra": [str(metric)]},
+        training={"per_device_eval_batch_size": 5, "label_smoothing_factor": 0.2},
+    )
+    del recipe["name"]  # this model was always trained under the default name
     return finetune(recipe).output_dir
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from conftest import make_text_recipe
 from hub_emulator import HubEmulator
 
 from hf_finetune.hub import stage_folder
@@ -74,24 +75,7 @@ def trained_text(text_csv: Path, tiny_bert_dir: Path, tmp_path_factory) -> Path:
     from hf_finetune import finetune
 
     out = tmp_path_factory.mktemp("pushed") / "text-out"
-    recipe = {
-        "name": "tiny-text",
-        "task": "text-classification",
-        "model": {"name": str(tiny_bert_dir)},
-        "data": {
-            "files": {"train": str(text_csv / "train.csv"), "test": str(text_csv / "test.csv")},
-            "text_column": "review",
-            "label_column": "sentiment",
-        },
-        "training": {
-            "output_dir": str(out),
-            "num_train_epochs": 2,
-            "per_device_train_batch_size": 16,
-            "learning_rate": 1e-3,
-            "disable_tqdm": True,
-            "save_strategy": "epoch",
-        },
-    }
+    recipe = make_text_recipe(text_csv, tiny_bert_dir, out, training={"save_strategy": "epoch"})
     return finetune(recipe).output_dir
 
 

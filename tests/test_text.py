@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_texts
+from conftest import make_text_recipe, make_texts
 
 from hf_finetune import finetune, predict
 from hf_finetune.cli import main
@@ -27,30 +27,6 @@ INT_LABELS = {"negative": 10, "neutral": 3, "positive": 7}  # not 0..2, and not 
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _recipe(text_csv: Path, bert: Path, out: Path, **sections) -> dict:
-    """The `text_recipe` fixture's recipe, for module-scoped fixtures (which cannot use that function-scoped one)."""
-    recipe = {
-        "name": "tiny-text",
-        "task": "text-classification",
-        "model": {"name": str(bert)},
-        "data": {
-            "files": {"train": str(text_csv / "train.csv"), "test": str(text_csv / "test.csv")},
-            "text_column": "review",
-            "label_column": "sentiment",
-        },
-        "training": {
-            "output_dir": str(out),
-            "num_train_epochs": 2,
-            "per_device_train_batch_size": 16,
-            "learning_rate": 1e-3,
-            "disable_tqdm": True,
-        },
-    }
-    for key, value in sections.items():
-        recipe[key] = {**recipe.get(key, {}), **value}
-    return recipe
 
 
 def _write_table(path: Path, rows: list[dict], encoding: str = "utf-8") -> Path:
@@ -133,7 +109,7 @@ def _cli_error(capsys, argv: list[str]) -> str:
 def trained(text_csv: Path, tiny_bert_dir: Path, tmp_path_factory) -> Path:
     """One tiny BERT trained on the CSVs (string labels, validation carved from train), shared by the output tests."""
     out = tmp_path_factory.mktemp("text_trained") / "out"
-    result = finetune(_recipe(text_csv, tiny_bert_dir, out))
+    result = finetune(make_text_recipe(text_csv, tiny_bert_dir, out))
     assert result.label_names == LABELS
     return out
 
@@ -226,7 +202,7 @@ def test_builtin_tweets():
 
 
 def _prepared(tiny_bert_dir: Path, data_dir: Path, **tokenization):
-    recipe = load_recipe(_recipe(data_dir, tiny_bert_dir, data_dir / "unused", tokenization=tokenization))
+    recipe = load_recipe(make_text_recipe(data_dir, tiny_bert_dir, data_dir / "unused", tokenization=tokenization))
     data = sources.load_data(recipe.data, tc.INPUTS)
     built = tc.build_model(recipe.model, data.label_names)
     return built, data, tc.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, 42))
