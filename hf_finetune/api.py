@@ -1,6 +1,10 @@
-"""The Python API. `finetune` reads top to bottom in data-path order:
+"""The Python API: `finetune`, `evaluate`, `predict`.
 
-recipe → data → checks → model + preprocessing → Trainer → best-model check → metrics → output folder.
+`finetune` is a table of contents: one named phase per step of the data path, each a helper below it that owns the
+ordering rules of its step. The stages (data, tasks, transfer, trainer, checkpoints, metrics, outputs, card, hub) do
+not import each other; this module joins them.
+
+    recipe → training arguments → data and model → output folder claimed → Trainer → train → evaluate splits → save
 """
 
 from __future__ import annotations
@@ -8,17 +12,28 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import DataError
-from .recipe import Recipe, load_recipe
+from .errors import DataError, HFFinetuneError, RecipeError
+from .names import METRIC_PREFIX, SPLITS
+from .recipe import DataSpec, HubSpec, Recipe, find_recipe, load_recipe, load_saved_recipe, parse_override
+from .tasks import PrepareSettings, Task, get_task, task_of_saved
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from .data.sources import LoadedData
+    from .metrics import ClassificationMetrics
+    from .outputs import OutputPlan
+    from .tasks import BuiltModel, Prepared
+    from .trainer import BatchMixer
+    from .transfer import TransferPlan
 
 logger = logging.getLogger("hf_finetune")
-
-SPLIT_PREFIX = {"validation": "eval", "test": "test", "train": "train"}
 
 
 @dataclass
@@ -43,7 +58,7 @@ def finetune(
     recipe: str | Path | dict[str, Any] | Recipe,
     overrides: Sequence[str] | dict[str, Any] | None = None,
     *,
-    callbacks: Sequence[Any] = (),
+    callbacks: Sequence[TrainerCallback] = (),
     **kwargs: Any,
 ) -> Result:
     """Fine-tune as the recipe says and write the output folder.
@@ -52,39 +67,47 @@ def finetune(
     (`["training.learning_rate=1e-4"]`), a dict, or keyword arguments — `training={"num_train_epochs": 1}` or
     `**{"data.source": "./pets"}`. `callbacks` are extra `transformers.TrainerCallback`s.
     """
-    from . import metrics as metrics_lib
-    from . import transfer
-    from .checkpoints import (
-        CheckpointMarker,
-        ResumeWeightsCheck,
-        interrupted,
-        main_process_first,
-        resolve_resume,
-        stop_on_signals,
-    )
-    from .data import checks, sources
-    from .loss import class_weights, classification_loss
-    from .outputs import RECIPE_FILE, check_output_dir, clear_output_dir, recording, start_manifest, write_text_atomic
-    from .recipe import find_recipe
-    from .tasks import PrepareSettings, get_task
-    from .trainer import (
-        avoid_single_sample_last_batch,
-        build_trainer,
-        build_training_args,
-        log_distribution,
-        mixed_precision,
-        training_defaults,
-        verify_best_model,
-    )
-
     setup_logging()
     started = time.time()
     recipe_file = find_recipe(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = load_recipe(recipe, _merge_overrides(overrides, kwargs))
     task = get_task(recipe.task)
-    out = recipe.output_dir
-    claim = check_output_dir(  # before anything is loaded: a refused folder costs nothing and nothing is changed
-        out,
+    claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
+    args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed
+    parts = _build_parts(recipe, task, args)  # resume point, data, checks, model, transfer, splits, loss, metrics
+    _claim_output_dir(recipe, args, claim, parts.resume)  # every check passed: empty what we wrote, write recipe.yaml
+    trainer = _make_trainer(args, parts, callbacks)
+    train_metrics, best = _train(trainer, parts.resume, recipe.output_dir)
+    results = {"train": train_metrics, **_evaluate_splits(trainer, parts)}
+    files = _save(trainer, recipe, args, parts, results, best, time.time() - started)
+    logger.info("done: outputs in %s", recipe.output_dir.resolve())
+    return Result(recipe.output_dir, results, parts.data.label_names, recipe, best, files)
+
+
+# --------------------------------------------------------------------------------------------- finetune's phases
+
+
+@dataclass
+class _Parts:
+    """What a run is made of, all built (and checked) before the output folder is touched."""
+
+    resume: str | None  # the checkpoint training continues from
+    data: LoadedData
+    built: BuiltModel
+    plan: TransferPlan
+    transfer_callbacks: list[TrainerCallback]
+    prepared: Prepared  # the Trainer-ready splits and their collator
+    compute_metrics: ClassificationMetrics
+    loss: Callable[..., torch.Tensor] | None  # None: the model's own loss
+    mixup: BatchMixer | None
+
+
+def _check_output_dir(recipe: Recipe, recipe_file: Path | None) -> OutputPlan:
+    """May the run write its folder? Not over another run's results or the user's data or recipe; nothing changes."""
+    from .outputs import check_output_dir
+
+    return check_output_dir(
+        recipe.output_dir,
         overwrite=recipe.overwrite,
         resume=bool(recipe.training.get("resume_from_checkpoint")),
         protected={
@@ -93,27 +116,32 @@ def finetune(
             **{f"data.files.{k}": v for k, v in recipe.data.files.items()},
         },
     )
+
+
+def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
+    """TrainingArguments from `training:` plus the toolkit's logged defaults; sets the processes up under a launcher.
+
+    The global RNG is seeded here, before any head is built: new heads and from-scratch models are initialised from
+    it, and seeding only when Trainer starts would give two runs of one recipe different starting weights."""
+    from transformers import enable_full_determinism, set_seed
+
+    from .trainer import build_training_args, log_distribution, mixed_precision, training_defaults
+
     precision = mixed_precision(recipe.training, dict(os.environ))
     defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
-    args = build_training_args(recipe.training, defaults)  # also sets up the processes under accelerate/torchrun
-    main_process = args.process_index == 0
-    # new heads and from-scratch models are initialised from the global RNG: seed it before they are built, not
-    # only when Trainer starts, or two runs of one recipe start from different weights
-    _seed(args)
-    with main_process_first(args, "resume", local=False):  # one process sets incomplete checkpoints aside
-        resume = resolve_resume(recipe.training.get("resume_from_checkpoint"), out, set_aside=args.should_save)
-    with main_process_first(args, "data and model"):  # one process fills the caches; the others read them
-        data = sources.load_data(recipe.data, task.INPUTS)
-        if main_process:
-            checks.check_inputs(data.splits, task.INPUTS, recipe.data)
-        built = task.build_model(recipe.model, data.label_names)
-        plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
+    args = build_training_args(recipe.training, defaults)
+    _refuse_what_processes_cannot_run(recipe, args.world_size)
     log_distribution(args, precision)
-    if plan.trainable_later and args.world_size > 1:
-        from .errors import RecipeError
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+    return args
 
+
+def _refuse_what_processes_cannot_run(recipe: Recipe, world_size: int) -> None:
+    """What the recipe and the process count alone rule out: refused before any data or model is loaded."""
+    if recipe.transfer.strategy == "lp_ft" and world_size > 1:
         raise RecipeError(
             [
                 "transfer.strategy lp_ft: unfreezing parameters in the middle of a run is not something "
@@ -121,78 +149,185 @@ def finetune(
                 "(model.name=<the probe's output folder>) as two runs"
             ]
         )
-    train_labels = data.splits["train"]["label"]
-    weights = class_weights(recipe.loss.class_weights, train_labels, data.label_names)
+
+
+def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
+    """Resume point, data (checked), model with its new head, transfer plan, Trainer-ready splits, loss and metrics."""
+    from . import transfer
+    from .checkpoints import main_process_first, resolve_resume
+    from .data import checks, sources
+
+    with main_process_first(args, "resume", local=False):  # one process sets incomplete checkpoints aside
+        resume = resolve_resume(
+            recipe.training.get("resume_from_checkpoint"), recipe.output_dir, set_aside=args.should_save
+        )
+    with main_process_first(args, "data and model"):  # one process fills the caches; the others read them
+        data = sources.load_data(recipe.data, task.INPUTS)
+        if args.process_index == 0:
+            checks.check_inputs(data.splits, task.INPUTS, recipe.data)
+        built = task.build_model(recipe.model, data.label_names)
+        plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
+        seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
+        prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
     mixup = task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
-    custom_groups = recipe.transfer != type(recipe.transfer)()  # anything but plain full fine-tuning
-    compute_metrics = metrics_lib.ClassificationMetrics(
-        data.label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra
-    )
-    compute_metrics.load()  # an unavailable extra metric fails now, not after the first epoch
-    if main_process:
-        # only now, after every check passed, are the earlier run's entries (and only those) removed
-        clear_output_dir(out, claim)
-        start_manifest(out, resume=bool(resume))
-        # written first so that a run stopped early can be resumed from its own folder
-        write_text_atomic(out / RECIPE_FILE, recipe.to_saved_yaml())
+    loss = _training_loss(recipe, data, args, mixing=mixup is not None)
+    compute_metrics = _metrics(recipe, data.label_names)
+    return _Parts(resume, data, built, plan, transfer_callbacks, prepared, compute_metrics, loss, mixup)
+
+
+def _training_loss(
+    recipe: Recipe, data: LoadedData, args: TrainingArguments, *, mixing: bool
+) -> Callable[..., torch.Tensor] | None:
+    from .loss import class_weights, classification_loss
+
+    weights = class_weights(recipe.loss.class_weights, data.splits["train"]["label"], data.label_names)
+    return classification_loss(weights, args.label_smoothing_factor, mixing)
+
+
+def _metrics(recipe: Recipe, label_names: list[str]) -> ClassificationMetrics:
+    """The run's compute_metrics, loaded now: an unavailable extra metric fails before training, not after it."""
+    from .metrics import ClassificationMetrics
+
+    compute_metrics = ClassificationMetrics(label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
+    compute_metrics.load()
+    return compute_metrics
+
+
+def _claim_output_dir(recipe: Recipe, args: TrainingArguments, claim: OutputPlan, resume: str | None) -> None:
+    """Every check passed: only now are the earlier run's entries (and only those) removed. recipe.yaml is written
+    first, so that a run stopped early can be resumed from its own folder. Every process waits for the main one."""
+    from .outputs import clear_output_dir, start_manifest, write_recipe
+
+    if args.process_index == 0:
+        clear_output_dir(recipe.output_dir, claim)
+        start_manifest(recipe.output_dir, resume=bool(resume))
+        write_recipe(recipe.output_dir, recipe)
     args.distributed_state.wait_for_everyone()
-    run_callbacks = [CheckpointMarker(), *([ResumeWeightsCheck(resume)] if resume else [])]
-    trainer = build_trainer(
-        model=built.model,
+
+
+def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[TrainerCallback]) -> Trainer:
+    from . import transfer
+    from .checkpoints import CheckpointMarker, ResumeWeightsCheck
+    from .metrics import make_preprocess_logits
+    from .trainer import avoid_single_sample_last_batch, build_trainer
+
+    model, plan, mixing = parts.built.model, parts.plan, parts.mixup is not None
+    run_callbacks = [CheckpointMarker(), *([ResumeWeightsCheck(parts.resume)] if parts.resume else [])]
+    return build_trainer(
+        model=model,
         args=args,
-        train_dataset=avoid_single_sample_last_batch(prepared.splits["train"], args, built.model, mixup is not None),
-        eval_dataset=prepared.splits["validation"],
-        collate=prepared.collate,
-        processor=built.processor,
-        compute_metrics=compute_metrics,
-        preprocess_logits=metrics_lib.make_preprocess_logits(max([1, *recipe.metrics.top_k])),
-        callbacks=[*run_callbacks, *transfer_callbacks, *callbacks],
+        train_dataset=avoid_single_sample_last_batch(parts.prepared.splits["train"], args, model, mixing),
+        eval_dataset=parts.prepared.splits["validation"],
+        collate=parts.prepared.collate,
+        processor=parts.built.processor,
+        compute_metrics=parts.compute_metrics,
+        preprocess_logits=make_preprocess_logits(parts.compute_metrics.max_k),
+        callbacks=[*run_callbacks, *parts.transfer_callbacks, *callbacks],
         param_groups=(
-            (lambda model, decay: transfer.param_groups(model, plan, args.learning_rate, args.weight_decay, decay))
-            if custom_groups
+            (lambda m, decay: transfer.param_groups(m, plan, args.learning_rate, args.weight_decay, decay))
+            if plan.needs_param_groups
             else None
         ),
-        loss=classification_loss(weights, args.label_smoothing_factor, mixup is not None),
-        mixup=mixup,
+        loss=parts.loss,
+        mixup=parts.mixup,
     )
-    with stop_on_signals() as stop:
-        trainer.add_callback(stop)
-        train_output = trainer.train(resume_from_checkpoint=resume)
-    if stop.signum is not None:
-        raise interrupted(stop.signum, trainer.state.global_step, out)
-    best = verify_best_model(trainer)
 
-    results: dict[str, Any] = {"train": dict(train_output.metrics)}
-    for split, ds in prepared.splits.items():
+
+def _train(trainer: Trainer, resume: str | None, output_dir: Path) -> tuple[dict[str, float], str | None]:
+    """Train (stopping cleanly on SIGINT/SIGTERM after one checkpoint); returns the train metrics and the best
+    checkpoint, whose weights are verified to be the ones in memory."""
+    from .checkpoints import interrupted, stop_on_signals
+    from .trainer import verify_best_model
+
+    with stop_on_signals() as stop:
+        trainer.add_callback(stop)  # last: it also cancels any save into a checkpoint that is already complete
+        output = trainer.train(resume_from_checkpoint=resume)
+    if stop.signum is not None:
+        raise interrupted(stop.signum, trainer.state.global_step, output_dir)
+    return dict(output.metrics), verify_best_model(trainer)
+
+
+def _evaluate_splits(trainer: Trainer, parts: _Parts) -> dict[str, dict[str, Any]]:
+    """Metrics of every split but train, keyed as in metrics.json (`eval`, `test`), each beside its majority-class
+    baseline (always answering the most frequent training class)."""
+    from .metrics import majority_baseline
+
+    train_labels = parts.data.splits["train"]["label"]
+    results = {}
+    for split, ds in parts.prepared.splits.items():
         if split == "train":
             continue
-        prefix = SPLIT_PREFIX[split]
+        prefix = METRIC_PREFIX[split]
         scalars = trainer.evaluate(ds, metric_key_prefix=prefix)
-        results[prefix] = _split_metrics(scalars, prefix, compute_metrics.last_report)
-        results[prefix]["baseline"] = metrics_lib.majority_baseline(
-            train_labels, data.splits[split]["label"], data.label_names
-        )
+        results[prefix] = _split_metrics(scalars, prefix, parts.compute_metrics.last_report)
+        labels = parts.data.splits[split]["label"]
+        results[prefix]["baseline"] = majority_baseline(train_labels, labels, parts.data.label_names)
+    return results
 
-    files: list[str] = []
-    with recording(out, enabled=main_process):  # the model's file names vary by model and tokenizer
-        trainer.save_model(str(out))  # every process: FSDP gathers the shards; only the main one writes
-    if trainer.is_world_process_zero():
-        run = run_info(data, args, best, time.time() - started)
-        files = _write_results(out, recipe, args, data, built, results, run)
-        if recipe.hub.push:
-            from .hub import push_folder
 
-            push_folder(
-                out,
-                recipe.hub.repo_id,
-                private=recipe.hub.private,
-                revision=recipe.hub.revision,
-                include_checkpoints=recipe.hub.include_checkpoints,
-                include=recipe.hub.include,
-                delete_missing=recipe.hub.delete_missing,
-            )
-    logger.info("done: outputs in %s", out.resolve())
-    return Result(out, results, data.label_names, recipe, best, files)
+def _save(
+    trainer: Trainer,
+    recipe: Recipe,
+    args: TrainingArguments,
+    parts: _Parts,
+    results: dict[str, Any],
+    best: str | None,
+    seconds: float,
+) -> list[str]:
+    """The model (every process: FSDP gathers the shards; only the main one writes), then on the main process the
+    results, the card and, if asked, the push. Returns the result files written."""
+    from .outputs import recording
+
+    out = recipe.output_dir
+    with recording(out, enabled=args.process_index == 0):  # the model's file names vary by model and tokenizer
+        trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return []
+    files = _write_results(out, recipe, args, parts, results, best, seconds)
+    if recipe.hub.push:
+        _push(out, recipe.hub)
+    return files
+
+
+def _write_results(
+    out: Path,
+    recipe: Recipe,
+    args: TrainingArguments,
+    parts: _Parts,
+    results: dict[str, Any],
+    best: str | None,
+    seconds: float,
+) -> list[str]:
+    """recipe.yaml, metrics.json (with the run's provenance), the confusion matrices and the model card."""
+    from .card import CardFacts, write_model_card
+    from .metrics import write_confusion_matrices
+    from .outputs import finish_manifest, listing, run_info, write_metrics, write_recipe
+
+    data, labels = parts.data, parts.data.label_names
+    before = listing(out)
+    run = run_info(data.splits, labels, data.description, args, best, seconds)
+    files = [write_recipe(out, recipe), write_metrics(out, labels, results, run)]
+    files += write_confusion_matrices(out, results, labels, recipe.name or "model")
+    facts = CardFacts.from_run(recipe, args, labels, results, data.description, parts.built.description, run)
+    files.append(write_model_card(out, facts).name)
+    return finish_manifest(out, files, before=before)
+
+
+def _push(out: Path, hub: HubSpec) -> None:
+    from .hub import push_folder
+
+    push_folder(
+        out,
+        hub.repo_id,
+        private=hub.private,
+        revision=hub.revision,
+        include_checkpoints=hub.include_checkpoints,
+        include=hub.include,
+        delete_missing=hub.delete_missing,
+    )
+
+
+# --------------------------------------------------------------------------------------------- evaluate, predict
 
 
 def evaluate(
@@ -208,42 +343,51 @@ def evaluate(
     `metrics.extra`. `data` (any source a recipe takes) is evaluated whole: no row caps, no carving; its split is
     reported by the data's name (`new.csv`, or `new_folder:test` for a folder or dataset with several splits).
     """
-    import tempfile
-
-    import torch
-    from transformers import TrainingArguments
-
-    from . import metrics as metrics_lib
     from .data import checks, sources
-    from .errors import HFFinetuneError
-    from .loss import classification_loss, saved_class_weights
-    from .tasks import PrepareSettings, get_task, task_of_saved
-    from .trainer import build_trainer
+    from .loss import saved_class_weights
 
     setup_logging()
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise HFFinetuneError(f"batch size {batch_size!r}: give a whole number of at least 1")
     output_dir = Path(output_dir)
     task = get_task(task_of_saved(output_dir))
-    recipe = _saved_recipe(output_dir, task.NAME)
+    recipe = load_saved_recipe(output_dir, task.NAME)
     built = task.load_trained(output_dir)
     labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
-    spec = recipe.data
-    if data is not None:
-        # new data is evaluated whole: the recipe's row caps and split choices were about its own data
-        spec = replace(
-            spec,
-            source=data,
-            files={},
-            validation_split=None,
-            test_split=None,
-            train_split="train",
-            max_train_samples=None,
-            max_eval_samples=None,
-        )
+    spec = recipe.data if data is None else _whole(recipe.data, data)
     loaded = sources.load_data(spec, task.INPUTS, label_names=labels, carve_validation=data is None)
+    split = _split_to_score(loaded, split)
+    chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
+    checks.check_inputs(chosen, task.INPUTS, spec)  # a truncated file is named here, not a traceback mid-evaluation
+    settings = PrepareSettings(recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training))
+    prepared = task.prepare(built, chosen, settings)
+    train_labels = loaded.splits["train"]["label"] if data is None and "train" in loaded.splits else None
+    weights = saved_class_weights(recipe.loss.class_weights, output_dir, train_labels, labels)
+    prefix = METRIC_PREFIX.get(split, split) if data is None else "eval"
+    result = _score(recipe, task, built, labels, prepared, split, prefix, weights, batch_size)
+    result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))
+    result["data"] = loaded.description
+    return result
+
+
+def _whole(spec: DataSpec, data: str) -> DataSpec:
+    """New data is evaluated whole: the recipe's row caps and split choices were about its own data."""
+    return replace(
+        spec,
+        source=data,
+        files={},
+        validation_split=None,
+        test_split=None,
+        train_split="train",
+        max_train_samples=None,
+        max_eval_samples=None,
+    )
+
+
+def _split_to_score(loaded: LoadedData, split: str | None) -> str:
+    """The split asked for, checked; by default test, else validation, else train — the first with labels."""
     if split is None:
-        split = next((s for s in ("test", "validation", "train") if s in loaded.splits), None)
+        split = next((s for s in reversed(SPLITS) if s in loaded.splits), None)
         if split is None:
             raise DataError(f"{loaded.description}: no split has labels ({list(loaded.unlabelled)} are hidden)")
     if split not in loaded.splits:
@@ -253,17 +397,39 @@ def evaluate(
                 f"cannot be scored; the splits with labels are {list(loaded.splits)}"
             )
         raise DataError(f"--split {split!r}: the data has splits {list(loaded.splits)}")
-    chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
-    checks.check_inputs(chosen, task.INPUTS, spec)  # a truncated file is named here, not a traceback mid-evaluation
-    seed = recipe.training.get("data_seed")
-    seed = recipe.training.get("seed", 42) if seed is None else seed
-    prepared = task.prepare(built, chosen, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
-    compute_metrics = metrics_lib.ClassificationMetrics(labels, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
-    compute_metrics.load()
+    return split
+
+
+def _augmentation_seed(training: dict[str, Any]) -> int:
+    """The seed augmentation starts from, as TrainingArguments resolves it: data_seed, else seed (default 42)."""
+    seed = training.get("data_seed")
+    return training.get("seed", 42) if seed is None else seed
+
+
+def _score(
+    recipe: Recipe,
+    task: Task,
+    built: BuiltModel,
+    labels: list[str],
+    prepared: Prepared,
+    split: str,
+    prefix: str,
+    weights: list[float] | None,
+    batch_size: int | None,
+) -> dict[str, Any]:
+    """One evaluation pass with the run's own loss settings (class weights, label smoothing, mixup's soft-target
+    loss on hard labels), `metrics.top_k` and `metrics.extra`, in a throwaway Trainer folder."""
+    import tempfile
+
+    import torch
+    from transformers import TrainingArguments
+
+    from .loss import classification_loss
+    from .metrics import make_preprocess_logits
+    from .trainer import build_trainer
+
+    compute_metrics = _metrics(recipe, labels)
     smoothing = float(recipe.training.get("label_smoothing_factor") or 0.0)
-    train_labels = loaded.splits["train"]["label"] if data is None and "train" in loaded.splits else None
-    weights = saved_class_weights(recipe.loss.class_weights, output_dir, train_labels, labels)
-    prefix = SPLIT_PREFIX.get(split, split) if data is None else "eval"
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp,
@@ -281,15 +447,11 @@ def evaluate(
             collate=prepared.collate,
             processor=None,
             compute_metrics=compute_metrics,
-            preprocess_logits=metrics_lib.make_preprocess_logits(max([1, *recipe.metrics.top_k])),
-            # as in training: the toolkit's loss when it has class weights (or mixup: the same on hard labels)
-            loss=classification_loss(weights, smoothing, _mixes(recipe)),
+            preprocess_logits=make_preprocess_logits(compute_metrics.max_k),
+            loss=classification_loss(weights, smoothing, recipe.augmentation.mixes),
         )
         scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
-    result = _split_metrics(scalars, prefix, compute_metrics.last_report)
-    result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))
-    result["data"] = loaded.description
-    return result
+    return _split_metrics(scalars, prefix, compute_metrics.last_report)
 
 
 def predict(
@@ -298,15 +460,12 @@ def predict(
     """Top-k labels and scores for each input — image files or texts, as the saved model's task takes.
 
     A model trained on sentence pairs takes `(text, text_pair)` tuples."""
-    from .errors import HFFinetuneError
-    from .tasks import get_task, task_of_saved
-
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise HFFinetuneError(f"top_k {top_k!r}: give a whole number of at least 1 (how many labels to list)")
     task = get_task(task_of_saved(output_dir))
     inputs = list(inputs)
-    if task.NAME == "text-classification":
-        pair_column = _saved_recipe(Path(output_dir), task.NAME).data.text_pair_column
+    if "text_pair" in task.INPUTS:
+        pair_column = load_saved_recipe(output_dir, task.NAME).data.text_pair_column
         _check_pairs_given(inputs, pair_column, Path(output_dir))
     return task.predict(task.load_trained(output_dir), inputs, top_k)
 
@@ -335,11 +494,6 @@ def _data_split_name(data: str, split: str, splits: list[str]) -> str:
     return f"{name}:{split}" if len(splits) > 1 else name
 
 
-def _mixes(recipe: Recipe) -> bool:
-    aug = recipe.augmentation
-    return bool(aug.mixup_alpha or aug.cutmix_alpha)
-
-
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -354,15 +508,15 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.setLevel(level if int(os.environ.get("RANK", "0")) == 0 else max(level, logging.WARNING))
 
 
-def _merge_overrides(overrides: Sequence[str] | dict[str, Any] | None, kwargs: dict[str, Any]) -> Any:
+def _merge_overrides(
+    overrides: Sequence[str] | dict[str, Any] | None, kwargs: dict[str, Any]
+) -> list[str] | dict[str, Any] | None:
     if not kwargs:
         return list(overrides) if isinstance(overrides, (list, tuple)) else overrides
     if overrides is None:
         return kwargs
     if isinstance(overrides, dict):
         return {**overrides, **kwargs}
-    from .recipe import parse_override
-
     return {**dict(parse_override(o) for o in overrides), **kwargs}
 
 
@@ -373,85 +527,3 @@ def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any
         if report and key in report:
             out[key] = report[key]
     return out
-
-
-def _saved_recipe(output_dir: Path, task: str) -> Recipe:
-    """The run's resolved recipe (data section, tokenization), or defaults for a folder that has none."""
-    from .outputs import RECIPE_FILE
-
-    saved = output_dir / RECIPE_FILE
-    return load_recipe(saved) if saved.is_file() else Recipe(task=task)
-
-
-def _seed(args: Any) -> None:
-    from transformers import enable_full_determinism, set_seed
-
-    if args.full_determinism:
-        enable_full_determinism(args.seed)
-    else:
-        set_seed(args.seed)
-
-
-def run_info(data: Any, args: Any, best: str | None, seconds: float) -> dict[str, Any]:
-    """Provenance for metrics.json and the model card: data splits and class counts, hardware, versions, time."""
-    import os
-    import platform
-    from collections import Counter
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    splits = {}
-    for name, ds in data.splits.items():
-        counts = Counter(int(v) for v in ds["label"])
-        splits[name] = {"rows": len(ds), "class_counts": {n: counts.get(i, 0) for i, n in enumerate(data.label_names)}}
-    if torch.cuda.is_available() and not args.use_cpu:
-        device = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}"
-    else:
-        device = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    versions = {}
-    for package in ("hf_finetune", "transformers", "torch", "datasets", "accelerate", "timm", "evaluate"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    # what Trainer hands accelerate: the recipe's bf16/fp16, else accelerate launch's (ACCELERATE_MIXED_PRECISION)
-    precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)
-    return {
-        "data": data.description,
-        "splits": splits,
-        "hardware": {"device": device, "processes": args.world_size, "precision": precision},
-        "versions": versions,
-        "wall_time_s": round(seconds, 1),
-        "best_checkpoint": best,
-    }
-
-
-def _write_results(
-    out: Path, recipe: Recipe, args: Any, data: Any, built: Any, results: dict[str, Any], run: dict
-) -> list[str]:
-    from . import metrics as metrics_lib
-    from .card import CardFacts, write_model_card
-    from .outputs import METRICS_FILE, RECIPE_FILE, finish_manifest, listing, write_json, write_text_atomic
-
-    before = listing(out)
-    write_text_atomic(out / RECIPE_FILE, recipe.to_saved_yaml())
-    payload = {"label_names": data.label_names, **results, "run": run}
-    if run["best_checkpoint"]:
-        payload["best_checkpoint"] = run["best_checkpoint"]
-    write_json(out / METRICS_FILE, payload)
-    files = [RECIPE_FILE, METRICS_FILE]
-    for prefix in ("eval", "test"):
-        if prefix in results and "confusion_matrix" in results[prefix]:
-            name = f"confusion_matrix_{prefix}"
-            metrics_lib.write_confusion_matrix(
-                results[prefix]["confusion_matrix"],
-                data.label_names,
-                out / f"{name}.csv",
-                out / f"{name}.png",
-                title=f"{recipe.name or 'model'} — {'validation' if prefix == 'eval' else 'test'} split",
-            )
-            files += [f"{name}.csv", f"{name}.png"]
-    facts = CardFacts.from_run(recipe, args, data.label_names, results, data.description, built.description, run)
-    write_model_card(out, facts)
-    return finish_manifest(out, [*files, "README.md"], before=before)

@@ -17,8 +17,8 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .files import write_text_atomic
 from .names import CARD_FILE, EVALUATED_PREFIXES, SPLIT_OF_PREFIX, confusion_matrix_files
-from .outputs import write_text_atomic
 from .recipe import (
     TASKS,
     AugmentationSpec,

@@ -91,7 +91,7 @@ class CheckpointMarker(TrainerCallback):
             return
         from transformers.trainer_utils import rotate_checkpoints
 
-        from .outputs import write_json
+        from .files import write_json
 
         write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step, "epoch": state.epoch})
         # as Trainer does it (mtime order, newest and best protected), only later

@@ -270,6 +270,11 @@ class ClassificationMetrics:
         self._extra_modules: list[tuple[str, str, Any]] | None = None
 
     @property
+    def max_k(self) -> int:
+        """How many top labels each prediction must carry: `make_preprocess_logits(max_k)` keeps just those."""
+        return max([1, *self.top_k])
+
+    @property
     def num_labels(self) -> int:
         return len(self.label_names)
 

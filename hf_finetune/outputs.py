@@ -14,11 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import OutputDirError
-
-# The atomic writers and the shared file names were first defined here; other modules still import them from here.
-from .files import atomic_output as atomic_output
-from .files import write_json
-from .files import write_text_atomic as write_text_atomic
+from .files import write_json, write_text_atomic
 from .names import (
     CARD_FILE,
     COMPLETE_MARKER,

@@ -270,7 +270,8 @@ def test_what_counts_as_an_earlier_runs_in_folders_left_by_killed_or_older_runs(
     import json
 
     from hf_finetune.errors import OutputDirError
-    from hf_finetune.outputs import MANIFEST_FILE, check_output_dir
+    from hf_finetune.names import MANIFEST_FILE
+    from hf_finetune.outputs import check_output_dir
 
     def folder(name: str, files: list[str], manifest: dict | None) -> Path:
         out = tmp_path / name
