@@ -257,12 +257,13 @@ class _SignalHandler:
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         if os.getpid() != self.owner:
             return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): the trainer decides
-        if self.callback.signum is not None:
-            if self.launched and self.first is not None and time.monotonic() - self.first < LAUNCHER_ECHO_S:
+        if self.first is not None:
+            if self.launched and time.monotonic() - self.first < LAUNCHER_ECHO_S:
                 return  # the launcher's copy of the same request
             raise KeyboardInterrupt  # a second signal: stop now, without waiting for the step
-        self.callback.signum = signum
+        # this process's first signal, even when another rank's signal already has it stopping after this step
         self.first = time.monotonic()
+        self.callback.signum = self.callback.signum or signum
         logger.warning(
             "received %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name
         )

@@ -227,6 +227,21 @@ def test_a_launchers_echo_of_ctrl_c_is_not_a_second_signal(launched: bool, monke
                 os.kill(os.getpid(), signal.SIGINT)
 
 
+def test_a_rank_stopping_for_another_takes_its_own_first_signal_as_the_same_request(monkeypatch):
+    """Under a launcher, a rank learns of another rank's signal through the collective check and is already
+    stopping after this step; its own first signal (the launcher forwarding the request) is that same request, not
+    a second one that would end it mid-step without its checkpoint."""
+    from hf_finetune.checkpoints import stop_on_signals
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    with stop_on_signals() as stop:
+        stop.signum = signal.SIGTERM  # what the collective check sets on a rank that got no signal itself
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second signal of its own: stop now
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 # --------------------------------------------------------------------------------------------- several processes
 
 

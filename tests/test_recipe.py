@@ -173,3 +173,24 @@ def test_saved_recipe_is_the_folders_resolved_recipe_or_the_tasks_defaults(tmp_p
     (tmp_path / RECIPE_FILE).write_text(recipe.to_saved_yaml(), encoding="utf-8")
     saved = load_saved_recipe(tmp_path, "text-classification")
     assert saved.task == "image-classification" and saved.data == recipe.data and saved.output_dir == tmp_path
+
+
+def test_every_augmentation_preset_is_a_choice_of_the_preset_field():
+    """`augmentation.preset` is checked against its Literal type: a preset missing there could never be chosen,
+    and a name there without a preset would pass the check and fail when it is expanded."""
+    import typing
+
+    from hf_finetune.recipe import AUGMENTATION_PRESETS, AugmentationPreset
+
+    assert typing.get_args(AugmentationPreset) == tuple(AUGMENTATION_PRESETS)
+    for name in AUGMENTATION_PRESETS:
+        assert (
+            load_recipe(
+                {
+                    "model": {"name": "simple_cnn"},
+                    "data": {"source": "builtin:digits"},
+                    "augmentation": {"preset": name},
+                }
+            ).augmentation.preset
+            == name
+        )
