@@ -276,36 +276,30 @@ def _save(
 ) -> list[str]:
     """The model (every process: FSDP gathers the shards; only the main one writes), then on the main process the
     results, the card and, if asked, the push. Returns the result files written."""
-    from .outputs import recording
+    from .outputs import recording, run_info
 
     out = recipe.output_dir
     with recording(out, enabled=args.process_index == 0):  # the model's file names vary by model and tokenizer
         trainer.save_model(str(out))
     if not trainer.is_world_process_zero():
         return []
-    files = _write_results(out, recipe, args, parts, results, best, seconds)
+    run = run_info(parts.data.splits, parts.data.label_names, parts.data.description, args, best, seconds)
+    files = _write_results(out, recipe, args, parts, results, run)
     if recipe.hub.push:
         _push(out, recipe.hub)
     return files
 
 
 def _write_results(
-    out: Path,
-    recipe: Recipe,
-    args: TrainingArguments,
-    parts: _Parts,
-    results: dict[str, Any],
-    best: str | None,
-    seconds: float,
+    out: Path, recipe: Recipe, args: TrainingArguments, parts: _Parts, results: dict[str, Any], run: dict[str, Any]
 ) -> list[str]:
     """recipe.yaml, metrics.json (with the run's provenance), the confusion matrices and the model card."""
     from .card import CardFacts, write_model_card
     from .metrics import write_confusion_matrices
-    from .outputs import finish_manifest, listing, run_info, write_metrics, write_recipe
+    from .outputs import finish_manifest, listing, write_metrics, write_recipe
 
     data, labels = parts.data, parts.data.label_names
     before = listing(out)
-    run = run_info(data.splits, labels, data.description, args, best, seconds)
     files = [write_recipe(out, recipe), write_metrics(out, labels, results, run)]
     files += write_confusion_matrices(out, results, labels, recipe.name or "model")
     facts = CardFacts.from_run(recipe, args, labels, results, data.description, parts.built.description, run)

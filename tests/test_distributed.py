@@ -87,6 +87,22 @@ def test_two_rank_text_run(text_recipe, tmp_path: Path):
     assert json.loads((out / "metrics.json").read_text())["test"]["num_samples"] == 30
 
 
+def test_lp_ft_under_two_ranks_is_refused_before_any_data_is_loaded(tiny_recipe, tmp_path: Path):
+    """A refusal that needs only the recipe and the process count comes first: here the data folder does not even
+    exist, and the user still hears about lp_ft (not about the data, after minutes of loading), and nothing is
+    written."""
+    out = tmp_path / "lp_ft"
+    recipe = tiny_recipe(transfer={"strategy": "lp_ft"}, training={"output_dir": str(out)})
+    recipe["data"]["source"] = str(tmp_path / "no such folder")
+    proc = _launch(["-m", "hf_finetune", "train", str(_write(recipe, tmp_path / "r.yaml"))])
+    assert proc.returncode != 0
+    assert proc.stderr.count("exitcode  : 2 ") == 2, proc.stderr[-4000:]  # both ranks: the CLI's bad-input status
+    assert proc.stderr.count("error: 1 problem in the recipe") == 2
+    assert "transfer.strategy lp_ft" in proc.stderr and "DistributedDataParallel" in proc.stderr
+    assert "no such folder" not in proc.stderr and "hf_finetune/" not in proc.stderr  # no data error, no traceback
+    assert not out.exists()
+
+
 def test_distributed_evaluation_counts_every_sample_once(tiny_recipe, tmp_path: Path):
     from hf_finetune import evaluate
 
