@@ -1,11 +1,14 @@
-"""Models built here rather than downloaded. Importing this package registers them with transformers' Auto classes."""
+"""Models built here rather than downloaded. Importing this package registers them with transformers' Auto classes
+(so hf_finetune loads their folders with its own classes, old folders without code included) and for their code to be
+saved with them (so the folders load where hf_finetune is not installed)."""
 
 from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification
+from .configuration_simple_cnn import SimpleCNNConfig
+from .modeling_simple_cnn import SimpleCNNForImageClassification
 
 __all__ = ["SimpleCNNConfig", "SimpleCNNForImageClassification"]
 
@@ -29,6 +32,10 @@ def _register() -> None:
             )
     AutoConfig.register(model_type, SimpleCNNConfig, exist_ok=True)
     AutoModelForImageClassification.register(SimpleCNNConfig, SimpleCNNForImageClassification, exist_ok=True)
+    # save_pretrained (ours and Trainer's checkpoints) then copies configuration_/modeling_simple_cnn.py into the
+    # folder and writes `auto_map` in config.json: the Hub convention for an architecture transformers lacks.
+    SimpleCNNConfig.register_for_auto_class()
+    SimpleCNNForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 
 _register()
