@@ -266,6 +266,7 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
     splits = facts.splits
     headline = _headline(splits)
     run = facts.run
+    code_files = shipped_code_files(out)
     return {
         "model_name": facts.model_name,
         "task": facts.task,
@@ -295,7 +296,9 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "best_checkpoint": Path(run["best_checkpoint"]).name if run.get("best_checkpoint") else None,
         "versions": sorted((run.get("versions") or {}).items()),
         "model_ref": facts.model_ref or str(out),
-        "needs_import": facts.model.name == "simple_cnn",
+        "code_files": code_files,
+        # the folder's own code must run to load it: simple_cnn (transformers lacks it) or a remote-code model
+        "trust_remote_code": bool(code_files) or facts.model.name == "simple_cnn" or facts.model.trust_remote_code,
         "pairs": bool(facts.data.text_pair_column),
         "example_text": TEXT_EXAMPLE,
         "recipe_yaml": facts.recipe_yaml,
@@ -305,6 +308,19 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "results": facts.results,
         "run": run,
     }
+
+
+def shipped_code_files(out: Path) -> list[str]:
+    """The .py files of `out` that its config.json's `auto_map` names: the model's own code, saved beside it."""
+    import json
+
+    try:
+        auto_map = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    # "repo--module.Class" points at another repo's code, not a file here
+    return sorted({f"{r.rsplit('.', 1)[0]}.py" for r in refs if "--" not in r and "." in r})
 
 
 def _headline(splits: Mapping[str, Any]) -> str | None:

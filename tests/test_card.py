@@ -132,9 +132,9 @@ def test_image_card_metadata_and_every_section(tiny_recipe, tmp_path: Path):
     assert "CPU (x86_64, 2 cores), 1 process(es)" in text and "wall time: 2 min 5 s" in text
     assert "- transformers 5.24.0" in text and "- torch 2.14.1" in text
     assert "best checkpoint: `checkpoint-12`" in text and "/runs/tiny" not in text
-    # usage: simple_cnn needs its registration import; the local card loads the local folder
-    assert "import hf_finetune.models" in text
-    assert f'pipeline("image-classification", model="{out}")' in text
+    # usage: simple_cnn's code travels with it (trust_remote_code, no hf_finetune); the card loads the local folder
+    assert "import hf_finetune" not in text and "The model's code is in the repo" in text
+    assert f'pipeline("image-classification", model="{out}", trust_remote_code=True)' in text
     # the resolved recipe, whole
     recipe_block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert load_recipe(_yaml(recipe_block)) == recipe
@@ -193,7 +193,8 @@ def test_text_card_says_text_classification_with_a_text_example(text_recipe, tmp
     assert {r.dataset_type for r in card.data.eval_results} == {"csv"}
     assert f'pipeline("text-classification", model="{recipe.output_dir}")' in text
     assert 'classifier("Replace this sentence with the text you want to classify.")' in text
-    assert "import hf_finetune.models" not in text
+    usage = text.split("## How to use", 1)[1].split("```", 2)[1]
+    assert "import hf_finetune" not in usage and "trust_remote_code" not in usage  # BERT's code is transformers'
     assert "truncation to 64 tokens" in text and "augmentation" not in text.split("## Recipe")[0]
     assert "text column `review`, label column `sentiment`" in text
 
@@ -266,6 +267,11 @@ def test_card_for_repo_points_the_snippet_at_the_repo():
     text = 'x\nclassifier = pipeline("image-classification", model="/tmp/out dir")\nclassifier("a.png")\n'
     assert card_for_repo(text, "me/digits") == (
         'x\nclassifier = pipeline("image-classification", model="me/digits")\nclassifier("a.png")\n'
+    )
+    # simple_cnn's snippet: the repo id replaces the folder, the flag its code needs stays
+    remote = 'classifier = pipeline("image-classification", model="/tmp/out", trust_remote_code=True)\n'
+    assert card_for_repo(remote, "me/cnn", "dev") == (
+        'classifier = pipeline("image-classification", model="me/cnn", revision="dev", trust_remote_code=True)\n'
     )
 
 
