@@ -307,8 +307,11 @@ def _check_include(
 
 
 def _refuse_outside_model_files(out: Path, outside: list[tuple[str, Path]]) -> None:
+    from .card import shipped_code_files
+
+    code = set(shipped_code_files(out))  # a custom architecture's code is as much the model as its weights
     for name, target in outside:
-        if "/" not in name and any(fnmatch.fnmatchcase(name, p) for p in MODEL_FILES):
+        if "/" not in name and (name in code or any(fnmatch.fnmatchcase(name, p) for p in MODEL_FILES)):
             raise HubError(
                 f"{out / name} is a link to {target}, outside the output folder: push uploads only what is inside "
                 "it, and the repo would have no usable model without this file. Replace the link with the file "
@@ -593,6 +596,7 @@ def _check_output_dir(out: Path) -> None:
         raise HubError(f"{out}: no such folder; give the output folder of a run (training.output_dir)")
     if not (out / "config.json").is_file() and not (out / "config.json").is_symlink():
         raise HubError(f"{out} holds no model (config.json is missing); push a folder written by `hf-finetune train`")
+    _refuse_missing_code(out)
     weights = [p for p in out.iterdir() if any(fnmatch.fnmatchcase(p.name, w) for w in MODEL_FILES[1:])]
     pickled = sorted(p.name for p in out.glob("pytorch_model*.bin"))
     if not weights and pickled:
@@ -605,6 +609,18 @@ def _check_output_dir(out: Path) -> None:
             f"{out} holds no model weights (no *.safetensors file next to config.json): a run that stopped before "
             "the end leaves its weights in checkpoint-* folders. Finish it (hf-finetune train "
             f"{out / RECIPE_FILE} --resume) and push again."
+        )
+
+
+def _refuse_missing_code(out: Path) -> None:
+    from .card import shipped_code_files
+
+    missing = [f for f in shipped_code_files(out) if not (out / f).is_file()]
+    if missing:
+        raise HubError(
+            f"{out / 'config.json'} names model code in {', '.join(missing)} (its auto_map), which is not in the "
+            "folder: the pushed repo would not load. Put the file back, or save the model again with "
+            "save_pretrained (it copies the code), and push again."
         )
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 local, repo_id, revision, task = sys.argv[1:5]
 inputs = json.loads(sys.argv[5])
 from huggingface_hub import ModelCard, snapshot_download
-import hf_finetune.models  # registers simple_cnn, as the card's snippet says
+import hf_finetune.models  # an hf_finetune user's view; tests/test_portable.py loads with transformers alone
 from transformers import pipeline
 
 snapshot = Path(snapshot_download(repo_id, revision=revision))
@@ -185,7 +185,9 @@ def test_train_with_hub_push_uploads_through_xet_and_reloads(tiny_recipe, digits
     assert "model.safetensors" in result["files"] and all(result["same_bytes"].values())
     _same_predictions(result)
     _eval_results_match(result, json.loads((out / "metrics.json").read_text()))
-    assert "import hf_finetune.models" in result["card"]
+    # simple_cnn's code went with it, and the card says how to run it
+    assert {"configuration_simple_cnn.py", "modeling_simple_cnn.py"} <= set(result["files"])
+    assert f'model="{repo_id}", trust_remote_code=True' in result["card"]
 
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     # the saved copy does not push again when it is run again (issue 9, item 1); it still names the repo
