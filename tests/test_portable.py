@@ -276,3 +276,25 @@ def test_push_refuses_a_folder_whose_model_code_is_missing_or_outside(tmp_path: 
     # the folder as save_pretrained left it passes these checks (and then stops only for want of a Hub)
     whole = _cli("push", str(saved), "--repo-id", "tester/x", cwd=tmp_path)
     assert whole.returncode == 2 and "HF_HUB_OFFLINE is set" in whole.stderr, whole.stderr[-2000:]
+
+
+def test_folders_saved_before_the_code_travelled_still_load_in_hf_finetune(tmp_path: Path):
+    import torch
+
+    from hf_finetune.models import SimpleCNNConfig, SimpleCNNForImageClassification
+    from hf_finetune.tasks.image_classification import load_trained
+
+    model = SimpleCNNForImageClassification(SimpleCNNConfig(num_labels=2, image_size=8, filters=[4], dense_units=[]))
+    model.save_pretrained(tmp_path)
+    # as an older hf_finetune wrote it: model_type simple_cnn, no code, no auto_map
+    for name in CODE_FILES:
+        (tmp_path / name).unlink()
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["auto_map"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    loaded = load_trained(tmp_path).model.eval()
+    assert type(loaded) is SimpleCNNForImageClassification
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model.eval()(x).logits)
