@@ -98,15 +98,26 @@ def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     return BuiltModel(model, processor, "simple_cnn (from scratch)", preprocess_from_model(model, processor))
 
 
-def _simple_cnn_processor(config: SimpleCNNConfig) -> BaseImageProcessor | None:
-    if config.num_channels != 3:
-        return None  # image processors and pipeline() feed RGB; a 1-channel net uses the toolkit's own transforms
+def _simple_cnn_processor(config: SimpleCNNConfig) -> BaseImageProcessor:
+    """ViT's resize + normalise, so `pipeline()` on the saved folder prepares images as training did; a 1-channel
+    net gets the grayscale variant (pipeline's loader hands every processor RGB), whose code travels with the folder."""
     from transformers import ViTImageProcessor
 
-    return ViTImageProcessor(
+    from ..models.image_processing_simple_cnn import SimpleCNNImageProcessor
+
+    channels = config.num_channels
+    if channels not in (1, 3):
+        raise ModelError(
+            f"model.config.num_channels {channels}: image files become RGB (3 channels) or grayscale (1) "
+            "as pipeline() reads them; use 1 or 3"
+        )
+    processor_class = SimpleCNNImageProcessor if channels == 1 else ViTImageProcessor
+    if channels == 1:
+        SimpleCNNImageProcessor.register_for_auto_class()  # save_pretrained copies the code and writes auto_map
+    return processor_class(
         size={"height": config.image_size, "width": config.image_size},
-        image_mean=[0.5] * 3,
-        image_std=[0.5] * 3,
+        image_mean=[0.5] * channels,
+        image_std=[0.5] * channels,
     )
 
 
@@ -264,7 +275,7 @@ def _resized_processor(processor: BaseImageProcessor, size: int) -> BaseImagePro
 
 def load_trained(path: str | Path) -> BuiltModel:
     """A model saved by `finetune` (or any image-classification folder), with its processor."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from .. import models  # noqa: F401  (registers simple_cnn)
 
@@ -273,13 +284,33 @@ def load_trained(path: str | Path) -> BuiltModel:
         model = AutoModelForImageClassification.from_pretrained(str(path), trust_remote_code=trust)
     except Exception as err:
         raise ModelError(load_error(path, "image-classification", err)) from None
-    try:
-        processor = AutoImageProcessor.from_pretrained(str(path), trust_remote_code=trust)
-    except Exception:
-        processor = None
-    if processor is None and getattr(model.config, "model_type", "") != "simple_cnn":
-        raise ModelError(f"{path}: has a model but no image processor (preprocessor_config.json)")
+    processor = _saved_processor(path, model, trust)
     return BuiltModel(model, processor, str(path), preprocess_from_model(model, processor))
+
+
+def _saved_processor(path: str | Path, model: PreTrainedModel, trust: bool) -> BaseImageProcessor | None:
+    """The folder's image processor; a 1-channel simple_cnn's is our own class, so the copy in the folder never runs.
+    None only for a 1-channel simple_cnn saved before it had one (the toolkit's own transforms then)."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    from ..models.image_processing_simple_cnn import SimpleCNNImageProcessor
+
+    config_file = Path(path) / "preprocessor_config.json"
+    is_simple_cnn = getattr(model.config, "model_type", "") == "simple_cnn"
+    if is_simple_cnn and not config_file.is_file():
+        return None
+    try:
+        saved = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        if is_simple_cnn and saved.get("image_processor_type") == SimpleCNNImageProcessor.__name__:
+            return SimpleCNNImageProcessor.from_pretrained(str(path))
+        return AutoImageProcessor.from_pretrained(str(path), trust_remote_code=trust)
+    except Exception as err:
+        raise ModelError(
+            f"{path}: has a model but its image processor (preprocessor_config.json) cannot be loaded "
+            f"({type(err).__name__}: {err})"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- preprocessing
@@ -331,18 +362,24 @@ def _interpolation_name(resample: Any) -> str:
     return name if name in {"nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"} else "bilinear"
 
 
-def to_model_mode(image: PIL.Image.Image, channels: int) -> PIL.Image.Image:
-    """Grayscale, palette, CMYK and transparent images become what the model takes (RGB, or L for 1 channel)."""
-    from PIL import Image
+def to_model_mode(image: PIL.Image.Image, channels: int, source: str | None = None) -> PIL.Image.Image:
+    """The image as `pipeline()`'s loader (`transformers.image_utils.load_image`) makes it: EXIF orientation applied,
+    then PIL's `convert("RGB")` — transparency is dropped, not composited (a transparent pixel shows the colour
+    stored under it, black in most files), palette/CMYK/16-bit converted by PIL (16-bit values saturate at 255).
+    A 1-channel model gets that RGB image's PIL grayscale, as its saved processor computes it. `source` (a file
+    name) is named in the error for a mode PIL cannot convert."""
+    from PIL import ImageOps
 
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        # transparent pixels become white, not black (what a viewer shows)
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    target = "L" if channels == 1 else "RGB"
-    return image if image.mode == target else image.convert(target)
+    try:
+        # a no-op for images `datasets` decoded: it already applied (and removed) the orientation tag
+        image = ImageOps.exif_transpose(image).convert("RGB")
+    except (ValueError, OSError) as err:
+        where = source or getattr(image, "filename", "") or "an image"
+        raise DataError(
+            f"{where}: image mode {image.mode!r} cannot be converted to RGB the way pipeline() reads images "
+            f"({type(err).__name__}: {err}); save it as an 8-bit RGB or grayscale PNG/JPEG"
+        ) from None
+    return image.convert("L") if channels == 1 else image
 
 
 def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[PIL.Image.Image], torch.Tensor]:
@@ -574,9 +611,10 @@ def predict(built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: in
             try:
                 with Image.open(path) as img:
                     img.load()
-                    pixels.append(transform(to_model_mode(img, built.preprocess.channels)))
+                    image = to_model_mode(img, built.preprocess.channels, path)
             except (OSError, SyntaxError, ValueError) as err:
                 raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from None
+            pixels.append(transform(image))
         with torch.no_grad():
             probs = built.model(pixel_values=torch.stack(pixels)).logits.softmax(-1)
         rows += scores_to_rows(chunk, "image", probs, built.model.config.id2label, top_k)
