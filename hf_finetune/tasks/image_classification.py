@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NAME = "image-classification"
+PROCESSOR_FILE = "preprocessor_config.json"  # where save_pretrained puts an image processor
 INPUTS = {"image": "image_column"}  # canonical column -> DataSpec key
 
 
@@ -225,7 +226,7 @@ def _timm_processor(pretrained_cfg: dict[str, Any], arch: str) -> TimmWrapperIma
 
 @register_builder(lambda name: True)
 def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from .. import models  # noqa: F401  (registers simple_cnn with the Auto classes: a saved one loads here)
     from ..models.structure import is_timm_model
@@ -236,7 +237,7 @@ def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltMo
     if spec.weights:
         load_weights_file(model, spec.weights, _head_names(model))
     try:
-        processor = AutoImageProcessor.from_pretrained(spec.name, **hub_kwargs(spec))
+        processor = _load_processor(spec.name, model, **hub_kwargs(spec))
     except Exception as err:
         raise ModelError(
             f"model {spec.name!r} has no image processor config ({type(err).__name__}: {err}); "
@@ -289,28 +290,33 @@ def load_trained(path: str | Path) -> BuiltModel:
 
 
 def _saved_processor(path: str | Path, model: PreTrainedModel, trust: bool) -> BaseImageProcessor | None:
-    """The folder's image processor; a 1-channel simple_cnn's is our own class, so the copy in the folder never runs.
-    None only for a 1-channel simple_cnn saved before it had one (the toolkit's own transforms then)."""
-    import json
+    """The folder's image processor. None only for a 1-channel simple_cnn saved before it had one (the toolkit's
+    own transforms then)."""
+    if getattr(model.config, "model_type", "") == "simple_cnn" and not (Path(path) / PROCESSOR_FILE).is_file():
+        return None
+    try:
+        return _load_processor(str(path), model, trust_remote_code=trust)
+    except Exception as err:
+        raise ModelError(
+            f"{path}: has a model but its image processor ({PROCESSOR_FILE}) cannot be loaded "
+            f"({type(err).__name__}: {err})"
+        ) from None
 
+
+def _load_processor(name: str, model: PreTrainedModel, **kwargs: Any) -> BaseImageProcessor:
+    """`AutoImageProcessor`, except that a 1-channel simple_cnn's processor is our own class: the copy of its code
+    in the folder (there for users without hf_finetune) never runs here."""
     from transformers import AutoImageProcessor
+    from transformers.image_processing_base import ImageProcessingMixin
 
     from ..models.image_processing_simple_cnn import SimpleCNNImageProcessor
 
-    config_file = Path(path) / "preprocessor_config.json"
-    is_simple_cnn = getattr(model.config, "model_type", "") == "simple_cnn"
-    if is_simple_cnn and not config_file.is_file():
-        return None
-    try:
-        saved = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-        if is_simple_cnn and saved.get("image_processor_type") == SimpleCNNImageProcessor.__name__:
-            return SimpleCNNImageProcessor.from_pretrained(str(path))
-        return AutoImageProcessor.from_pretrained(str(path), trust_remote_code=trust)
-    except Exception as err:
-        raise ModelError(
-            f"{path}: has a model but its image processor (preprocessor_config.json) cannot be loaded "
-            f"({type(err).__name__}: {err})"
-        ) from None
+    if getattr(model.config, "model_type", "") == "simple_cnn":
+        location = {k: v for k, v in kwargs.items() if k != "trust_remote_code"}
+        saved, _ = ImageProcessingMixin.get_image_processor_dict(name, **location)
+        if saved.get("image_processor_type") == SimpleCNNImageProcessor.__name__:
+            return SimpleCNNImageProcessor.from_pretrained(name, **location)
+    return AutoImageProcessor.from_pretrained(name, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- preprocessing
