@@ -129,7 +129,7 @@ MODELS = {
 def test_train_evaluate_predict_and_pipeline_see_the_same_pixels(
     model: str, odd_folder: Path, tiny_recipe, tiny_vit_dir: Path
 ):
-    from hf_finetune import finetune
+    from hf_finetune import evaluate, finetune
     from hf_finetune.recipe import ModelSpec
 
     spec = {"name": str(tiny_vit_dir), "config": {}} if MODELS[model] == "vit" else MODELS[model]
@@ -140,7 +140,7 @@ def test_train_evaluate_predict_and_pipeline_see_the_same_pixels(
     saved = task.load_trained(out)
 
     # training's own model and processor (built from the recipe), holding the trained weights
-    trained = task.build_model(ModelSpec(**{k: v for k, v in spec.items()}), labels)
+    trained = task.build_model(ModelSpec(**spec), labels)
     trained.model.load_state_dict(saved.model.state_dict())
     paths = {
         "train": _data_path(trained, odd_folder, labels),
@@ -157,6 +157,18 @@ def test_train_evaluate_predict_and_pipeline_see_the_same_pixels(
             np.testing.assert_allclose(probs[f], paths["pipeline"][f], atol=1e-5, err_msg=f"{name}: {f}")
     # the files differ from each other, so agreeing is not a coincidence of a constant output
     assert len({tuple(np.round(paths["pipeline"][f], 4)) for f in files}) > 3
+
+    # `evaluate` on these files reports the loss and accuracy of pipeline()'s probabilities (a folder without split
+    # sub-folders loads as "train": it must still be scored without the training transform)
+    truth = [labels.index(Path(f).parent.name) for f in files]
+    served = np.stack([paths["pipeline"][f] for f in files])
+    scores = evaluate(out, data=str(odd_folder))
+    assert scores["num_samples"] == len(files)
+    assert scores["loss"] == pytest.approx(-np.log(served[np.arange(len(files)), truth]).mean(), abs=1e-5)
+    assert scores["accuracy"] == pytest.approx(np.mean(served.argmax(-1) == truth))
+    # a run that starts from this folder gets the same processor (a 1-channel net's grayscale one, too)
+    again = task.build_model(ModelSpec(name=str(out)), labels)
+    assert type(again.processor) is type(saved.processor) and again.preprocess == saved.preprocess
 
 
 def test_conversion_is_pipelines_loader(odd_folder: Path):
