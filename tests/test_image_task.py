@@ -111,7 +111,7 @@ def test_eval_transform_is_the_processor(tiny_vit_dir: Path):
     assert torch.equal(task.build_eval_transform(built)(image), expected)
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "P", "PA", "RGBA", "LA", "CMYK", "1", "I;16"])
 def test_colour_modes_become_rgb(mode: str):
     # made directly in I;16: Pillow 10.0 (the lowest allowed) cannot convert RGB to it
     image = (

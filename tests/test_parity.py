@@ -198,7 +198,7 @@ def test_sixteen_bit_images_that_saturate_are_named_in_a_warning(odd_folder: Pat
     caplog.set_level(logging.INFO, logger="hf_finetune.data.checks")
     loaded = sources.load_data(DataSpec(source=str(odd_folder)), task.INPUTS, carve_validation=False)
     check_images(loaded.splits)
-    assert "1 images hold values above 255" in caplog.text and "sixteen.png" in caplog.text
+    assert "1 image(s) hold values above 255" in caplog.text and "sixteen.png" in caplog.text
 
     low = tmp_path / "low"
     for name in CLASSES:

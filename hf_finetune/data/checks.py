@@ -58,7 +58,7 @@ def check_images(splits: Mapping[str, Dataset], column: str = "image", max_liste
         )
     if saturated:
         logger.warning(
-            "data: %d images hold values above 255 (16-bit or 32-bit): pipeline()'s loader (PIL convert('RGB')) "
+            "data: %d image(s) hold values above 255 (16-bit or 32-bit): pipeline()'s loader (PIL convert('RGB')) "
             "saturates them at 255, and training does the same so the metrics hold; scale them to 8 bits first if "
             "their range matters: %s",
             len(saturated),

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 NAME = "image-classification"
 PROCESSOR_FILE = "preprocessor_config.json"  # where save_pretrained puts an image processor
+ORIENTATION = 0x0112  # the EXIF tag that says how to rotate/flip the stored pixels for viewing
 INPUTS = {"image": "image_column"}  # canonical column -> DataSpec key
 
 
@@ -377,8 +378,9 @@ def to_model_mode(image: PIL.Image.Image, channels: int, source: str | None = No
     from PIL import ImageOps
 
     try:
-        # a no-op for images `datasets` decoded: it already applied (and removed) the orientation tag
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        # `datasets` already applied (and removed) the orientation tag of the images it decoded
+        upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION) else image
+        image = upright if upright.mode == "RGB" else upright.convert("RGB")
     except (ValueError, OSError) as err:
         where = source or getattr(image, "filename", "") or "an image"
         raise DataError(
@@ -617,10 +619,9 @@ def predict(built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: in
             try:
                 with Image.open(path) as img:
                     img.load()
-                    image = to_model_mode(img, built.preprocess.channels, path)
+                    pixels.append(transform(to_model_mode(img, built.preprocess.channels, path)))
             except (OSError, SyntaxError, ValueError) as err:
                 raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from None
-            pixels.append(transform(image))
         with torch.no_grad():
             probs = built.model(pixel_values=torch.stack(pixels)).logits.softmax(-1)
         rows += scores_to_rows(chunk, "image", probs, built.model.config.id2label, top_k)
