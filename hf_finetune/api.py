@@ -354,11 +354,13 @@ def evaluate(
     chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
     checks.check_inputs(chosen, task.INPUTS, spec)  # a truncated file is named here, not a traceback mid-evaluation
     settings = PrepareSettings(recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training))
-    prepared = task.prepare(built, chosen, settings)
+    # prepared under an evaluation name whatever the split is called: `prepare` gives a split named "train" the
+    # training transform (augmentation), and a folder without split sub-folders loads as "train"
+    prepared = task.prepare(built, {"eval": chosen[split]}, settings)
     train_labels = loaded.splits["train"]["label"] if data is None and "train" in loaded.splits else None
     weights = saved_class_weights(recipe.loss.class_weights, output_dir, train_labels, labels)
     prefix = METRIC_PREFIX.get(split, split) if data is None else "eval"
-    result = _score(recipe, task, built, labels, prepared, split, prefix, weights, batch_size)
+    result = _score(recipe, task, built, labels, prepared, "eval", prefix, weights, batch_size)
     result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))
     result["data"] = loaded.description
     return result

@@ -111,7 +111,7 @@ def test_eval_transform_is_the_processor(tiny_vit_dir: Path):
     assert torch.equal(task.build_eval_transform(built)(image), expected)
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "P", "PA", "RGBA", "LA", "CMYK", "1", "I;16"])
 def test_colour_modes_become_rgb(mode: str):
     # made directly in I;16: Pillow 10.0 (the lowest allowed) cannot convert RGB to it
     image = (
@@ -122,16 +122,19 @@ def test_colour_modes_become_rgb(mode: str):
     assert task.to_model_mode(image, 1).mode == "L"
 
 
-def test_transparent_pixels_become_white():
+def test_transparency_is_dropped_as_pipelines_loader_drops_it():
+    # load_image's .convert("RGB"): a transparent pixel shows the colour stored under it (black in most files)
     image = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
-    assert task.to_model_mode(image, 3).getpixel((0, 0)) == (255, 255, 255)
+    image.putpixel((1, 1), (200, 10, 10, 0))
+    converted = task.to_model_mode(image, 3)
+    assert converted.getpixel((0, 0)) == (0, 0, 0) and converted.getpixel((1, 1)) == (200, 10, 10)
 
 
 def test_one_channel_simple_cnn_trains_and_predicts(tmp_path: Path):
     built = task.build_model(
         ModelSpec(name="simple_cnn", image_size=16, config={"num_channels": 1, "filters": [4]}), LABELS
     )
-    assert built.processor is None and built.preprocess.channels == 1
+    assert type(built.processor).__name__ == "SimpleCNNImageProcessor" and built.preprocess.channels == 1
     batch = task.make_batch_transform(task.build_eval_transform(built), 1)(
         {"image": [Image.new("RGB", (9, 9))], "label": [1]}
     )

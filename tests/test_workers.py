@@ -33,7 +33,7 @@ def _transform(ds):
     "model",
     [
         {"name": "simple_cnn"},
-        {"name": "simple_cnn", "config": {"num_channels": 1}},  # no image processor: the toolkit's own transforms
+        {"name": "simple_cnn", "config": {"num_channels": 1}},  # its own grayscale image processor
         {"name": "timm:test_resnet", "pretrained": False, "config": {}},
         "vit",
     ],

@@ -30,11 +30,13 @@ def check_inputs(splits: Mapping[str, Dataset], inputs: Mapping[str, str], spec:
 
 
 def check_images(splits: Mapping[str, Dataset], column: str = "image", max_listed: int = 10) -> None:
-    """Raise DataError naming every image (up to `max_listed`) that cannot be decoded."""
+    """Raise DataError naming every image (up to `max_listed`) that cannot be decoded, or cannot be converted to RGB
+    the way `pipeline()`'s loader converts it (the mode is named); warn about 16-bit images whose values `pipeline()`
+    (and so training) saturates at 255."""
     import datasets
-    from PIL import Image
 
     bad: list[str] = []
+    saturated: list[str] = []
     total = 0
     for split, ds in splits.items():
         undecoded = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
@@ -43,11 +45,8 @@ def check_images(splits: Mapping[str, Dataset], column: str = "image", max_liste
             value = item[column]
             where = (value or {}).get("path") or "image stored in the dataset"
             try:
-                if value is None:
-                    raise ValueError("no image")
-                data = value.get("bytes")
-                with Image.open(io.BytesIO(data) if data else value["path"]) as img:
-                    img.load()
+                if _saturates(value):
+                    saturated.append(f"{where} ({split} split, row {row})")
             except Exception as err:  # PIL raises OSError, SyntaxError, ValueError… for broken files
                 bad.append(f"{where} ({split} split, row {row}): {type(err).__name__}: {err}")
     if bad:
@@ -57,7 +56,36 @@ def check_images(splits: Mapping[str, Dataset], column: str = "image", max_liste
             f"{len(bad)} of {total} images cannot be decoded:\n  {listed}{more}\n"
             "Remove or replace these files (or set data.check_images: false to skip this check)."
         )
+    if saturated:
+        logger.warning(
+            "data: %d image(s) hold values above 255 (16-bit or 32-bit): pipeline()'s loader (PIL convert('RGB')) "
+            "saturates them at 255, and training does the same so the metrics hold; scale them to 8 bits first if "
+            "their range matters: %s",
+            len(saturated),
+            ", ".join(saturated[:max_listed]),
+        )
     logger.info("data: all %d images decode", total)
+
+
+def _saturates(value: dict | None) -> bool:
+    """Decode one stored image fully and convert it as pipeline() does (raising if either fails); whether values
+    above 255 are lost in that conversion."""
+    from PIL import Image
+
+    if value is None:
+        raise ValueError("no image")
+    data = value.get("bytes")
+    with Image.open(io.BytesIO(data) if data else value["path"]) as img:
+        img.load()
+        mode = img.mode
+        try:
+            img.convert("RGB")
+        except ValueError as err:
+            raise ValueError(
+                f"image mode {mode!r} cannot be converted to RGB as pipeline() reads images ({err}); "
+                "save it as an 8-bit RGB or grayscale PNG/JPEG"
+            ) from None
+        return (mode.startswith("I") or mode == "F") and img.getextrema()[1] > 255
 
 
 def check_texts(

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NAME = "image-classification"
+PROCESSOR_FILE = "preprocessor_config.json"  # where save_pretrained puts an image processor
+ORIENTATION = 0x0112  # the EXIF tag that says how to rotate/flip the stored pixels for viewing
 INPUTS = {"image": "image_column"}  # canonical column -> DataSpec key
 
 
@@ -98,15 +100,26 @@ def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     return BuiltModel(model, processor, "simple_cnn (from scratch)", preprocess_from_model(model, processor))
 
 
-def _simple_cnn_processor(config: SimpleCNNConfig) -> BaseImageProcessor | None:
-    if config.num_channels != 3:
-        return None  # image processors and pipeline() feed RGB; a 1-channel net uses the toolkit's own transforms
+def _simple_cnn_processor(config: SimpleCNNConfig) -> BaseImageProcessor:
+    """ViT's resize + normalise, so `pipeline()` on the saved folder prepares images as training did; a 1-channel
+    net gets the grayscale variant (pipeline's loader hands every processor RGB), whose code travels with the folder."""
     from transformers import ViTImageProcessor
 
-    return ViTImageProcessor(
+    from ..models.image_processing_simple_cnn import SimpleCNNImageProcessor
+
+    channels = config.num_channels
+    if channels not in (1, 3):
+        raise ModelError(
+            f"model.config.num_channels {channels}: image files become RGB (3 channels) or grayscale (1) "
+            "as pipeline() reads them; use 1 or 3"
+        )
+    processor_class = SimpleCNNImageProcessor if channels == 1 else ViTImageProcessor
+    if channels == 1:
+        SimpleCNNImageProcessor.register_for_auto_class()  # save_pretrained copies the code and writes auto_map
+    return processor_class(
         size={"height": config.image_size, "width": config.image_size},
-        image_mean=[0.5] * 3,
-        image_std=[0.5] * 3,
+        image_mean=[0.5] * channels,
+        image_std=[0.5] * channels,
     )
 
 
@@ -214,7 +227,7 @@ def _timm_processor(pretrained_cfg: dict[str, Any], arch: str) -> TimmWrapperIma
 
 @register_builder(lambda name: True)
 def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from .. import models  # noqa: F401  (registers simple_cnn with the Auto classes: a saved one loads here)
     from ..models.structure import is_timm_model
@@ -225,7 +238,7 @@ def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltMo
     if spec.weights:
         load_weights_file(model, spec.weights, _head_names(model))
     try:
-        processor = AutoImageProcessor.from_pretrained(spec.name, **hub_kwargs(spec))
+        processor = _load_processor(spec.name, model, **hub_kwargs(spec))
     except Exception as err:
         raise ModelError(
             f"model {spec.name!r} has no image processor config ({type(err).__name__}: {err}); "
@@ -264,7 +277,7 @@ def _resized_processor(processor: BaseImageProcessor, size: int) -> BaseImagePro
 
 def load_trained(path: str | Path) -> BuiltModel:
     """A model saved by `finetune` (or any image-classification folder), with its processor."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from .. import models  # noqa: F401  (registers simple_cnn)
 
@@ -273,13 +286,38 @@ def load_trained(path: str | Path) -> BuiltModel:
         model = AutoModelForImageClassification.from_pretrained(str(path), trust_remote_code=trust)
     except Exception as err:
         raise ModelError(load_error(path, "image-classification", err)) from None
-    try:
-        processor = AutoImageProcessor.from_pretrained(str(path), trust_remote_code=trust)
-    except Exception:
-        processor = None
-    if processor is None and getattr(model.config, "model_type", "") != "simple_cnn":
-        raise ModelError(f"{path}: has a model but no image processor (preprocessor_config.json)")
+    processor = _saved_processor(path, model, trust)
     return BuiltModel(model, processor, str(path), preprocess_from_model(model, processor))
+
+
+def _saved_processor(path: str | Path, model: PreTrainedModel, trust: bool) -> BaseImageProcessor | None:
+    """The folder's image processor. None only for a 1-channel simple_cnn saved before it had one (the toolkit's
+    own transforms then)."""
+    if getattr(model.config, "model_type", "") == "simple_cnn" and not (Path(path) / PROCESSOR_FILE).is_file():
+        return None
+    try:
+        return _load_processor(str(path), model, trust_remote_code=trust)
+    except Exception as err:
+        raise ModelError(
+            f"{path}: has a model but its image processor ({PROCESSOR_FILE}) cannot be loaded "
+            f"({type(err).__name__}: {err})"
+        ) from None
+
+
+def _load_processor(name: str, model: PreTrainedModel, **kwargs: Any) -> BaseImageProcessor:
+    """`AutoImageProcessor`, except that a 1-channel simple_cnn's processor is our own class: the copy of its code
+    in the folder (there for users without hf_finetune) never runs here."""
+    from transformers import AutoImageProcessor
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    from ..models.image_processing_simple_cnn import SimpleCNNImageProcessor
+
+    if getattr(model.config, "model_type", "") == "simple_cnn":
+        location = {k: v for k, v in kwargs.items() if k != "trust_remote_code"}
+        saved, _ = ImageProcessingMixin.get_image_processor_dict(name, **location)
+        if saved.get("image_processor_type") == SimpleCNNImageProcessor.__name__:
+            return SimpleCNNImageProcessor.from_pretrained(name, **location)
+    return AutoImageProcessor.from_pretrained(name, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- preprocessing
@@ -331,18 +369,25 @@ def _interpolation_name(resample: Any) -> str:
     return name if name in {"nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"} else "bilinear"
 
 
-def to_model_mode(image: PIL.Image.Image, channels: int) -> PIL.Image.Image:
-    """Grayscale, palette, CMYK and transparent images become what the model takes (RGB, or L for 1 channel)."""
-    from PIL import Image
+def to_model_mode(image: PIL.Image.Image, channels: int, source: str | None = None) -> PIL.Image.Image:
+    """The image as `pipeline()`'s loader (`transformers.image_utils.load_image`) makes it: EXIF orientation applied,
+    then PIL's `convert("RGB")` — transparency is dropped, not composited (a transparent pixel shows the colour
+    stored under it, black in most files), palette/CMYK/16-bit converted by PIL (16-bit values saturate at 255).
+    A 1-channel model gets that RGB image's PIL grayscale, as its saved processor computes it. `source` (a file
+    name) is named in the error for a mode PIL cannot convert."""
+    from PIL import ImageOps
 
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        # transparent pixels become white, not black (what a viewer shows)
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    target = "L" if channels == 1 else "RGB"
-    return image if image.mode == target else image.convert(target)
+    try:
+        # `datasets` already applied (and removed) the orientation tag of the images it decoded
+        upright = ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION) else image
+        image = upright if upright.mode == "RGB" else upright.convert("RGB")
+    except (ValueError, OSError) as err:
+        where = source or getattr(image, "filename", "") or "an image"
+        raise DataError(
+            f"{where}: image mode {image.mode!r} cannot be converted to RGB the way pipeline() reads images "
+            f"({type(err).__name__}: {err}); save it as an 8-bit RGB or grayscale PNG/JPEG"
+        ) from None
+    return image.convert("L") if channels == 1 else image
 
 
 def build_train_transform(pre: Preprocess, aug: AugmentationSpec) -> Callable[[PIL.Image.Image], torch.Tensor]:
@@ -574,7 +619,7 @@ def predict(built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: in
             try:
                 with Image.open(path) as img:
                     img.load()
-                    pixels.append(transform(to_model_mode(img, built.preprocess.channels)))
+                    pixels.append(transform(to_model_mode(img, built.preprocess.channels, path)))
             except (OSError, SyntaxError, ValueError) as err:
                 raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from None
         with torch.no_grad():
