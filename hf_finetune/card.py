@@ -310,15 +310,23 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
     }
 
 
+# The files of a folder whose `auto_map` names code saved beside it: the model's (config.json) and its image
+# processor's (a 1-channel simple_cnn's grayscale processor).
+AUTO_MAP_FILES = ("config.json", "preprocessor_config.json")
+
+
 def shipped_code_files(out: Path) -> list[str]:
-    """The .py files of `out` that its config.json's `auto_map` names: the model's own code, saved beside it."""
+    """The .py files of `out` that the `auto_map` of its config.json or preprocessor_config.json names: the model's
+    own code (and its processor's), saved beside it."""
     import json
 
-    try:
-        auto_map = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
-    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    refs: list[str] = []
+    for name in AUTO_MAP_FILES:
+        try:
+            auto_map = json.loads((Path(out) / name).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        refs += [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
     # "repo--module.Class" points at another repo's code, not a file here
     return sorted({f"{r.rsplit('.', 1)[0]}.py" for r in refs if "--" not in r and "." in r})
 

@@ -618,9 +618,9 @@ def _refuse_missing_code(out: Path) -> None:
     missing = [f for f in shipped_code_files(out) if not (out / f).is_file()]
     if missing:
         raise HubError(
-            f"{out / 'config.json'} names model code in {', '.join(missing)} (its auto_map), which is not in the "
-            "folder: the pushed repo would not load. Put the file back, or save the model again with "
-            "save_pretrained (it copies the code), and push again."
+            f"{out}: its config.json or preprocessor_config.json names model code in {', '.join(missing)} (its "
+            "auto_map), which is not in the folder: the pushed repo would not load. Put the file back, or save the "
+            "model again with save_pretrained (it copies the code), and push again."
         )
 
 

@@ -211,9 +211,12 @@ def test_pushed_simple_cnn_loads_from_the_hub_without_hf_finetune(cnn_out: Path,
         clients = Clients(hub.url, hub.token, tmp_path / "home")
         pushed = clients.cli("push", str(cnn_out), "--repo-id", repo_id)
         assert pushed.returncode == 0, pushed.stderr[-3000:]
-        for name in CODE_FILES:
-            assert hub.read(repo_id, name) == (cnn_out / name).read_bytes()
+        code = sorted(p.name for p in cnn_out.glob("*.py"))  # the model's, and a 1-channel net's processor's
+        assert set(CODE_FILES) <= set(code)
         card = hub.read(repo_id, "README.md").decode()
+        for name in code:
+            assert hub.read(repo_id, name) == (cnn_out / name).read_bytes()
+            assert name in card  # the card names the code a reader should look at before trusting it
         assert f'pipeline("image-classification", model="{repo_id}", trust_remote_code=True)' in card
         assert "import hf_finetune" not in card
 
