@@ -97,6 +97,7 @@ def export_onnx(model: PreTrainedModel, example: Mapping[str, torch.Tensor], pat
                 LogitsOnly(model, names).eval(),
                 tuple(example[n] for n in names),
                 str(path),
+                dynamo=True,  # torch.export: the default from torch 2.9, asked for on the earlier releases too
                 input_names=names,
                 output_names=["logits"],
                 dynamic_shapes=(tuple(dict(axes) for _ in names),),  # one entry: forward's *tensors
@@ -134,7 +135,6 @@ def run_session(sess: onnxruntime.InferenceSession, batch: Mapping[str, Any]) ->
 def quantize_int8(source: Path, target: Path) -> None:
     """onnxruntime's dynamic quantization: int8 weights, activations quantized per batch at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     # onnxruntime's advice before quantizing: shapes inferred and the graph folded, so more of it is quantized.
@@ -143,6 +143,12 @@ def quantize_int8(source: Path, target: Path) -> None:
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    except Exception as err:  # onnx's shape inference and the quantizer raise their own (or plain) exceptions
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelError(
+            f"int8 quantization by onnxruntime failed ({type(err).__name__}: {first}); nothing was written. Export "
+            "without --quantize, or upgrade onnxruntime and onnx"
+        ) from err
     finally:
         prepared.unlink(missing_ok=True)
 
