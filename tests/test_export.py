@@ -168,3 +168,56 @@ def test_bert_sentence_pairs_export_with_segment_ids_and_dynamic_sequence(tiny_b
         assert (g["text"], g["text_pair"]) == (w["text"], w["text_pair"])
         for a, b in zip(g["predictions"], w["predictions"], strict=True):
             assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_export_in_process_then_predict_onnx_and_the_refusals(tiny_recipe, tmp_path, capsys):
+    """The quick path (the CLI in this process): export on 8 rows, predict --onnx, and bad options refused."""
+    from hf_finetune.cli import main
+
+    out = finetune(tiny_recipe(training={"num_train_epochs": 1})).output_dir
+    image = _image(tmp_path / "x.png", 3)
+    capsys.readouterr()
+    assert main(["predict", str(out), str(image), "--onnx"]) == 2
+    assert "run hf-finetune export" in capsys.readouterr().err
+    assert main(["export", str(out), "--samples", "8", "--batch-size", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == 8 and result["onnx"]["top1_agreement"] == 1.0
+    assert result["onnx"]["max_abs_logit_diff"] <= 1e-3
+    assert main(["predict", str(out), str(image), "--onnx", "--top-k", "2"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = predict(out, [image], top_k=2)[0]
+    assert [p["label"] for p in got["predictions"]] == [p["label"] for p in want["predictions"]]
+    for bad in (["--tolerance", "0"], ["--tolerance", "nan"], ["--samples", "0"], ["--format", "tflite"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(out), *bad])
+        assert exit_info.value.code == 2
+        assert bad[0] in capsys.readouterr().err
+
+
+def test_the_card_section_is_added_once_and_replaced(tmp_path):
+    from hf_finetune.export import card_section, write_card_section
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# model\n\ntrained facts\n\n## Usage\n\ntext after\n")
+    figures = {
+        "opset": 20,
+        "axes": "batch axis",
+        "onnxruntime": "1.32.0",
+        "rows": 10,
+        "split": "validation",
+        "data": "digits",
+        "pytorch_accuracy": 0.9,
+        "onnx": {"top1_agreement": 1.0, "max_abs_logit_diff": 2e-6, "tolerance": 1e-3},
+        "int8": {"accuracy": 0.8, "accuracy_change": -0.1, "top1_agreement": 0.9},
+    }
+    assert write_card_section(readme, card_section(figures, tmp_path, "IMAGE.png"))
+    first = readme.read_text()
+    assert first.startswith("# model\n\ntrained facts\n\n## Usage\n\ntext after\n")
+    assert first.count(EXPORT_HEADING) == 1 and "-0.1000" in first and "10 rows" in first
+    del figures["int8"]
+    figures["rows"] = 20
+    assert write_card_section(readme, card_section(figures, tmp_path, "IMAGE.png"))
+    second = readme.read_text()
+    assert second.count(EXPORT_HEADING) == 1 and "20 rows" in second and "int8" not in second
+    assert second.split(EXPORT_HEADING)[0] == first.split(EXPORT_HEADING)[0]
+    assert not write_card_section(tmp_path / "missing.md", "x")
