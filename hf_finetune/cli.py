@@ -411,6 +411,8 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str] | list[tuple[str, st
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .api import export
+    from .export import summary
+    from .names import ONNX_DIR, ONNX_MODEL_FILE
 
     result = export(
         args.output_dir,
@@ -420,20 +422,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         samples=args.samples,
         batch_size=args.batch_size,
     )
-    onnx = result["onnx"]
-    print(
-        f"onnx: {Path(args.output_dir) / 'onnx' / 'model.onnx'} verified on {result['rows']} rows of "
-        f"the {result['split']} split ({result['data']}): top-1 agreement {onnx['top1_agreement']:.2%}, max |Δlogit| "
-        f"{onnx['max_abs_logit_diff']:.2g} (tolerance {onnx['tolerance']:g})",
-        file=sys.stderr,
-    )
-    if "int8" in result:
-        int8 = result["int8"]
-        print(
-            f"int8: accuracy {int8['accuracy']:.4f} vs {result['pytorch_accuracy']:.4f} in PyTorch "
-            f"({int8['accuracy_change']:+.4f}), top-1 agreement {int8['top1_agreement']:.2%}",
-            file=sys.stderr,
-        )
+    print(f"onnx: {Path(args.output_dir) / ONNX_DIR / ONNX_MODEL_FILE}", file=sys.stderr)
+    for line in summary(result):
+        print(f"  {line}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

@@ -240,26 +240,35 @@ def write_export_folder(
     )
 
 
+def summary(result: dict[str, Any]) -> list[str]:
+    """The figures in words: the ONNX model against PyTorch, then the int8 model's accuracy change (if any)."""
+    onnx = result["onnx"]
+    lines = [
+        f"verified with onnxruntime {result['onnxruntime']} against the PyTorch model on {result['rows']} rows of the "
+        f"{result['split']} split ({result['data']}): top-1 agreement {onnx['top1_agreement']:.2%}, max |Δlogit| "
+        f"{onnx['max_abs_logit_diff']:.2g} (tolerance {onnx['tolerance']:g})"
+    ]
+    if "int8" in result:
+        int8 = result["int8"]
+        lines.append(
+            f"int8 (onnxruntime dynamic quantization): accuracy {int8['accuracy']:.4f} against "
+            f"{result['pytorch_accuracy']:.4f} in PyTorch on the same rows ({int8['accuracy_change']:+.4f}), top-1 "
+            f"agreement {int8['top1_agreement']:.2%}"
+        )
+    return lines
+
+
 def card_section(result: dict[str, Any], output_dir: Path, example: str) -> str:
     """The model card's "## Export" section: where the ONNX files are and how well they reproduce PyTorch."""
-    onnx = result["onnx"]
+    onnx_line, *int8_line = summary(result)
     lines = [
         _SECTION_START,
         "## Export",
         "",
-        f"ONNX: `{ONNX_DIR}/{ONNX_MODEL_FILE}` (opset {result['opset']}, dynamic {result['axes']}), verified with "
-        f"onnxruntime {result['onnxruntime']} against the PyTorch model on {result['rows']} rows of the "
-        f"{result['split']} split ({result['data']}): top-1 agreement {onnx['top1_agreement']:.2%}, max |Δlogit| "
-        f"{onnx['max_abs_logit_diff']:.2g} (tolerance {onnx['tolerance']:g}).",
+        f"ONNX: `{ONNX_DIR}/{ONNX_MODEL_FILE}` (opset {result['opset']}, dynamic {result['axes']}), {onnx_line}.",
     ]
-    if "int8" in result:
-        int8 = result["int8"]
-        lines += [
-            "",
-            f"int8 (onnxruntime dynamic quantization): `{ONNX_DIR}/{ONNX_QUANTIZED_FILE}`, accuracy "
-            f"{int8['accuracy']:.4f} against {result['pytorch_accuracy']:.4f} in PyTorch on the same rows "
-            f"({int8['accuracy_change']:+.4f}), top-1 agreement {int8['top1_agreement']:.2%}.",
-        ]
+    if int8_line:
+        lines += ["", f"`{ONNX_DIR}/{ONNX_QUANTIZED_FILE}`: {int8_line[0]}."]
     lines += [
         "",
         f"Labels, inputs and preprocessing: `{ONNX_DIR}/{ONNX_FIGURES_FILE}`. Run it with "
