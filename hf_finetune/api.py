@@ -464,7 +464,7 @@ def predict(
         _check_pairs_given(inputs, pair_column, Path(output_dir))
     built = task.load_trained(output_dir)
     if onnx:
-        from .export import load_exported
+        from .onnx_export import load_exported
 
         built = replace(built, model=load_exported(Path(output_dir), built.model.config))
     return task.predict(built, inputs, top_k)
@@ -548,7 +548,7 @@ def export(
     "## Export" section with the figures; returns them (also in `onnx/export.json`)."""
     import tempfile
 
-    from . import export as onnx
+    from . import onnx_export as onnx
     from .names import CARD_FILE, ONNX_DIR
 
     setup_logging()
@@ -579,7 +579,7 @@ def _check_export_options(
 ) -> None:
     import math
 
-    from .export import FORMATS, QUANTIZATIONS
+    from .onnx_export import FORMATS, QUANTIZATIONS
 
     if format not in FORMATS:
         raise HFFinetuneError(f"--format {format!r}: the formats are {list(FORMATS)}")
@@ -643,7 +643,7 @@ def _export_and_verify(
     import onnxruntime
     import torch
 
-    from . import export as onnx
+    from . import onnx_export as onnx
     from .names import ONNX_MODEL_FILE, ONNX_QUANTIZED_FILE
 
     text = task.NAME == "text-classification"
@@ -665,7 +665,7 @@ def _onnx_interface(task: Task, built: BuiltModel, output_dir: Path) -> tuple[di
     """The graph's inputs (name → axes) and the preprocessing that makes them, as plain JSON for export.json."""
     from dataclasses import asdict
 
-    from .export import input_names
+    from .onnx_export import input_names
 
     if task.NAME == "text-classification":
         from .tasks.text_classification import max_length_for

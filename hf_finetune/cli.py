@@ -411,8 +411,8 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str] | list[tuple[str, st
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .api import export
-    from .export import summary
     from .names import ONNX_DIR, ONNX_MODEL_FILE
+    from .onnx_export import summary
 
     result = export(
         args.output_dir,

@@ -172,6 +172,8 @@ def test_bert_sentence_pairs_export_with_segment_ids_and_dynamic_sequence(tiny_b
 
 def test_export_in_process_then_predict_onnx_and_the_refusals(tiny_recipe, tmp_path, capsys):
     """The quick path (the CLI in this process): export on 8 rows, predict --onnx, and bad options refused."""
+    import hf_finetune
+    from hf_finetune import api
     from hf_finetune.cli import main
 
     out = finetune(tiny_recipe(training={"num_train_epochs": 1})).output_dir
@@ -183,6 +185,7 @@ def test_export_in_process_then_predict_onnx_and_the_refusals(tiny_recipe, tmp_p
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == 8 and result["onnx"]["top1_agreement"] == 1.0
     assert result["onnx"]["max_abs_logit_diff"] <= 1e-3
+    assert hf_finetune.export is api.export  # still the API function once the export stage is imported
     assert main(["predict", str(out), str(image), "--onnx", "--top-k", "2"]) == 0
     got = json.loads(capsys.readouterr().out)
     want = predict(out, [image], top_k=2)[0]
@@ -195,7 +198,7 @@ def test_export_in_process_then_predict_onnx_and_the_refusals(tiny_recipe, tmp_p
 
 
 def test_the_card_section_is_added_once_and_replaced(tmp_path):
-    from hf_finetune.export import card_section, write_card_section
+    from hf_finetune.onnx_export import card_section, write_card_section
 
     readme = tmp_path / "README.md"
     readme.write_text("# model\n\ntrained facts\n\n## Usage\n\ntext after\n")

@@ -1,4 +1,4 @@
-"""ONNX export of a trained model, verified against the PyTorch model it came from.
+"""ONNX export of a trained model, verified against the PyTorch model it came from (`hf_finetune.export`).
 
 `torch.onnx.export` (torch's dynamo exporter: `torch.export` traces the model, onnxscript translates it) writes
 `onnx/model.onnx` with a dynamic batch axis (and a dynamic sequence axis for text). onnxruntime then runs rows the
