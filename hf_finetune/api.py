@@ -566,7 +566,8 @@ def export(
         result = _export_and_verify(folder, task, built, batches, tolerance, quantize)
         result.update(split="validation", data=data)
         onnx.check_within_tolerance(result, str(output_dir))
-        onnx.write_export_folder(folder, built.model.config, *_onnx_interface(task, built, output_dir), result)
+        interface = _onnx_interface(task, built, output_dir)
+        onnx.write_export_folder(folder, built.model.config, *interface, result, onnx.weights_fingerprint(output_dir))
         _install_export(folder, output_dir)
     section = onnx.card_section(result, output_dir, _predict_example(task, output_dir))
     if not onnx.write_card_section(output_dir / CARD_FILE, section):

@@ -14,6 +14,7 @@ holds the labels, the inputs and their preprocessing as plain JSON (readable wit
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -222,6 +223,7 @@ def write_export_folder(
     inputs: dict[str, Any],
     preprocessing: dict[str, Any],
     result: dict[str, Any],
+    weights: str,
 ) -> None:
     """`export.json`: what an onnxruntime user needs without transformers (labels, inputs, preprocessing) and the
     verification figures."""
@@ -230,6 +232,7 @@ def write_export_folder(
         {
             "format": "onnx",
             "model": ONNX_MODEL_FILE,
+            "weights": weights,  # sha256 of the PyTorch weights exported: predict --onnx refuses a stale export
             **({"quantized_model": ONNX_QUANTIZED_FILE} if "int8" in result else {}),
             "inputs": inputs,
             "outputs": {"logits": ["batch", "num_labels"]},
@@ -311,10 +314,33 @@ class _Output:
     logits: torch.Tensor
 
 
+def weights_fingerprint(output_dir: Path) -> str:
+    """sha256 over the folder's PyTorch weight files: an export records the weights it was made from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(output_dir.glob("model*.safetensors*")):
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def load_exported(output_dir: Path, config: PreTrainedConfig) -> OnnxClassifier:
+    """The folder's verified export, refused when the PyTorch weights changed since (a run resumed in the folder)."""
     path = output_dir / ONNX_DIR / ONNX_MODEL_FILE
     if not path.is_file():
         raise HFFinetuneError(
             f"{output_dir} has no ONNX export ({ONNX_DIR}/{ONNX_MODEL_FILE}); run hf-finetune export {output_dir} first"
+        )
+    try:
+        made_from = json.loads((output_dir / ONNX_DIR / ONNX_FIGURES_FILE).read_text(encoding="utf-8"))["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        made_from = None
+    if made_from != weights_fingerprint(output_dir):
+        raise HFFinetuneError(
+            f"{output_dir / ONNX_DIR} was not exported from the model now in {output_dir} (its weights changed "
+            f"since, or {ONNX_DIR}/{ONNX_FIGURES_FILE} is missing); run hf-finetune export {output_dir} again"
         )
     return OnnxClassifier(path, config)

@@ -190,6 +190,13 @@ def test_export_in_process_then_predict_onnx_and_the_refusals(tiny_recipe, tmp_p
     got = json.loads(capsys.readouterr().out)
     want = predict(out, [image], top_k=2)[0]
     assert [p["label"] for p in got["predictions"]] == [p["label"] for p in want["predictions"]]
+    # new weights in the folder (a run resumed there): the export no longer answers for the model
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(out / "model.safetensors")
+    save_file({k: v + 0.5 if v.is_floating_point() else v for k, v in weights.items()}, out / "model.safetensors")
+    assert main(["predict", str(out), str(image), "--onnx"]) == 2
+    assert "was not exported from the model now in" in capsys.readouterr().err
     for bad in (["--tolerance", "0"], ["--tolerance", "nan"], ["--samples", "0"], ["--format", "tflite"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["export", str(out), *bad])
