@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -611,7 +611,7 @@ def _check_onnx_dir_ours(output_dir: Path) -> None:
 
 def _verification_batches(
     output_dir: Path, task: Task, built: BuiltModel, samples: int | None, batch_size: int
-) -> tuple[list[dict[str, torch.Tensor]], str]:
+) -> tuple[Iterator[dict[str, torch.Tensor]], str]:
     """The run's validation split as `evaluate` loads it (first `samples` rows), prepared and collated in batches."""
     from .data import checks, sources
 
@@ -625,10 +625,13 @@ def _verification_batches(
     settings = PrepareSettings(recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training))
     prepared = task.prepare(built, {"validation": ds}, settings)
     rows = prepared.splits["validation"]
-    batches = [
+    if not len(rows):
+        raise DataError(f"{loaded.description}: the validation split is empty, so the export cannot be verified")
+    # decoded one batch at a time while verifying: a large validation split is never held in memory whole
+    batches = (
         prepared.collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
         for start in range(0, len(rows), batch_size)
-    ]
+    )
     return batches, loaded.description
 
 
@@ -636,11 +639,13 @@ def _export_and_verify(
     folder: Path,
     task: Task,
     built: BuiltModel,
-    batches: list[dict[str, torch.Tensor]],
+    batches: Iterator[dict[str, torch.Tensor]],
     tolerance: float,
     quantize: str | None,
 ) -> dict[str, Any]:
     """model.onnx (and model_quantized.onnx) in `folder`, and the figures of both against PyTorch on `batches`."""
+    import itertools
+
     import onnxruntime
     import torch
 
@@ -649,7 +654,7 @@ def _export_and_verify(
 
     text = task.NAME == "text-classification"
     names = onnx.input_names(built.model, built.processor, text)
-    first = batches[0]
+    first = next(batches)
     # torch.export fixes an axis of size 1: the example has at least 2 rows (and 2 tokens, which any text has)
     example = {n: torch.cat([first[n]] * 2)[: max(2, len(first[n]))] for n in names}
     opset = onnx.export_onnx(built.model, example, folder / ONNX_MODEL_FILE, text)
@@ -657,7 +662,9 @@ def _export_and_verify(
     if quantize == "int8":
         onnx.quantize_int8(folder / ONNX_MODEL_FILE, folder / ONNX_QUANTIZED_FILE)
         sessions.append(onnx.session(folder / ONNX_QUANTIZED_FILE))
-    result = onnx.figures(onnx.collect_logits(built.model, names, batches, sessions), tolerance)
+    result = onnx.figures(
+        onnx.collect_logits(built.model, names, itertools.chain([first], batches), sessions), tolerance
+    )
     axes = "batch and sequence axes" if text else "batch axis"
     return {**result, "opset": opset, "axes": axes, "onnxruntime": onnxruntime.__version__, "inputs": names}
 
