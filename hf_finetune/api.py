@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -451,11 +451,12 @@ def _score(
 
 
 def predict(
-    output_dir: str | Path, inputs: Sequence[str | Path | tuple[str, str]], top_k: int = 5
+    output_dir: str | Path, inputs: Sequence[str | Path | tuple[str, str]], top_k: int = 5, *, onnx: bool = False
 ) -> list[dict[str, Any]]:
     """Top-k labels and scores for each input — image files or texts, as the saved model's task takes.
 
-    A model trained on sentence pairs takes `(text, text_pair)` tuples."""
+    A model trained on sentence pairs takes `(text, text_pair)` tuples. `onnx=True` runs the folder's ONNX export
+    (`export`) with onnxruntime instead of the PyTorch model, after the same preprocessing."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise HFFinetuneError(f"top_k {top_k!r}: give a whole number of at least 1 (how many labels to list)")
     task = get_task(task_of_saved(output_dir))
@@ -463,7 +464,12 @@ def predict(
     if "text_pair" in task.INPUTS:
         pair_column = load_saved_recipe(output_dir, task.NAME).data.text_pair_column
         _check_pairs_given(inputs, pair_column, Path(output_dir))
-    return task.predict(task.load_trained(output_dir), inputs, top_k)
+    built = task.load_trained(output_dir)
+    if onnx:
+        from .onnx_export import load_exported
+
+        built = replace(built, model=load_exported(Path(output_dir), built.model.config))
+    return task.predict(built, inputs, top_k)
 
 
 def _check_pairs_given(inputs: list[Any], pair_column: str | None, output_dir: Path) -> None:
@@ -523,3 +529,190 @@ def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any
         if report and key in report:
             out[key] = report[key]
     return out
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def export(
+    output_dir: str | Path,
+    format: str = "onnx",
+    *,
+    quantize: str | None = None,
+    tolerance: float | None = None,
+    samples: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Export a trained folder to ONNX (`OUTPUT/onnx/`), verified: onnxruntime and PyTorch run the run's validation
+    split (as `evaluate` loads it; the first `samples` rows if given) through the same preprocessing, and the export
+    is refused (`ExportError`, nothing written) when a logit differs by more than `tolerance` (default 1e-3).
+    `quantize="int8"` adds a dynamically quantized model, reported by its accuracy change. The card gets an
+    "## Export" section with the figures; returns them (also in `onnx/export.json`)."""
+    import tempfile
+
+    from . import onnx_export as onnx
+    from .names import CARD_FILE, ONNX_DIR
+
+    setup_logging()
+    tolerance = onnx.DEFAULT_TOLERANCE if tolerance is None else tolerance
+    _check_export_options(format, quantize, tolerance, samples, batch_size)
+    onnx.require_packages()
+    output_dir = Path(output_dir)
+    _check_onnx_dir_ours(output_dir)
+    task = get_task(task_of_saved(output_dir))
+    built = task.load_trained(output_dir)
+    batches, data = _verification_batches(output_dir, task, built, samples, batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ONNX_DIR
+        folder.mkdir()
+        result = _export_and_verify(folder, task, built, batches, tolerance, quantize)
+        result.update(split="validation", data=data)
+        onnx.check_within_tolerance(result, str(output_dir))
+        interface = _onnx_interface(task, built, output_dir)
+        onnx.write_export_folder(folder, built.model.config, *interface, result, onnx.weights_fingerprint(output_dir))
+        _install_export(folder, output_dir)
+    section = onnx.card_section(result, output_dir, _predict_example(task, output_dir))
+    if not onnx.write_card_section(output_dir / CARD_FILE, section):
+        logger.info("export: %s has no %s, so no card was updated", output_dir, CARD_FILE)
+    return result
+
+
+def _check_export_options(
+    format: str, quantize: str | None, tolerance: float, samples: int | None, batch_size: int
+) -> None:
+    import math
+
+    from .onnx_export import FORMATS, QUANTIZATIONS
+
+    if format not in FORMATS:
+        raise HFFinetuneError(f"--format {format!r}: the formats are {list(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise HFFinetuneError(f"--quantize {quantize!r}: the quantizations are {list(QUANTIZATIONS)}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance):
+        raise HFFinetuneError(f"--tolerance {tolerance!r}: give a number above 0 (the largest |Δlogit| accepted)")
+    if tolerance <= 0:
+        raise HFFinetuneError(f"--tolerance {tolerance!r}: give a number above 0 (the largest |Δlogit| accepted)")
+    for name, value in (("--samples", samples), ("--batch-size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise HFFinetuneError(f"{name} {value!r}: give a whole number of at least 1")
+
+
+def _check_onnx_dir_ours(output_dir: Path) -> None:
+    """An `onnx` entry the user put there is never replaced; checked before anything is loaded."""
+    from .names import ONNX_DIR
+    from .outputs import written_by_us
+
+    if not output_dir.is_dir():
+        raise HFFinetuneError(f"{output_dir}: no such folder (give a folder written by `hf-finetune train`)")
+    if (output_dir / ONNX_DIR).exists() and not written_by_us(output_dir, ONNX_DIR):
+        raise HFFinetuneError(
+            f"{output_dir / ONNX_DIR} exists and hf_finetune did not write it, so the export would replace your "
+            "files. Nothing was changed. Move it elsewhere, then export again."
+        )
+
+
+def _verification_batches(
+    output_dir: Path, task: Task, built: BuiltModel, samples: int | None, batch_size: int
+) -> tuple[Iterator[dict[str, torch.Tensor]], str]:
+    """The run's validation split as `evaluate` loads it (first `samples` rows), prepared and collated in batches."""
+    from .data import checks, sources
+
+    recipe = load_saved_recipe(output_dir, task.NAME)
+    labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
+    loaded = sources.load_data(recipe.data, task.INPUTS, label_names=labels, carve_validation=True)
+    ds = loaded.splits["validation"]
+    if samples is not None:
+        ds = ds.select(range(min(samples, len(ds))))
+    checks.check_inputs({"validation": ds}, task.INPUTS, recipe.data)
+    settings = PrepareSettings(recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training))
+    prepared = task.prepare(built, {"validation": ds}, settings)
+    rows = prepared.splits["validation"]
+    if not len(rows):
+        raise DataError(f"{loaded.description}: the validation split is empty, so the export cannot be verified")
+    # decoded one batch at a time while verifying: a large validation split is never held in memory whole
+    batches = (
+        prepared.collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        for start in range(0, len(rows), batch_size)
+    )
+    return batches, loaded.description
+
+
+def _export_and_verify(
+    folder: Path,
+    task: Task,
+    built: BuiltModel,
+    batches: Iterator[dict[str, torch.Tensor]],
+    tolerance: float,
+    quantize: str | None,
+) -> dict[str, Any]:
+    """model.onnx (and model_quantized.onnx) in `folder`, and the figures of both against PyTorch on `batches`."""
+    import itertools
+
+    import onnxruntime
+    import torch
+
+    from . import onnx_export as onnx
+    from .names import ONNX_MODEL_FILE, ONNX_QUANTIZED_FILE
+
+    text = task.NAME == "text-classification"
+    names = onnx.input_names(built.model, built.processor, text)
+    first = next(batches)
+    # torch.export fixes an axis of size 1: the example has at least 2 rows (and 2 tokens, which any text has)
+    example = {n: torch.cat([first[n]] * 2)[: max(2, len(first[n]))] for n in names}
+    opset = onnx.export_onnx(built.model, example, folder / ONNX_MODEL_FILE, text)
+    sessions = [onnx.session(folder / ONNX_MODEL_FILE)]
+    if quantize == "int8":
+        onnx.quantize_int8(folder / ONNX_MODEL_FILE, folder / ONNX_QUANTIZED_FILE)
+        sessions.append(onnx.session(folder / ONNX_QUANTIZED_FILE))
+    result = onnx.figures(
+        onnx.collect_logits(built.model, names, itertools.chain([first], batches), sessions), tolerance
+    )
+    axes = "batch and sequence axes" if text else "batch axis"
+    return {**result, "opset": opset, "axes": axes, "onnxruntime": onnxruntime.__version__, "inputs": names}
+
+
+def _onnx_interface(task: Task, built: BuiltModel, output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The graph's inputs (name → axes) and the preprocessing that makes them, as plain JSON for export.json."""
+    from dataclasses import asdict
+
+    from .onnx_export import input_names
+
+    if task.NAME == "text-classification":
+        from .tasks.text_classification import max_length_for
+
+        names = input_names(built.model, built.processor, True)
+        pair_column = load_saved_recipe(output_dir, task.NAME).data.text_pair_column
+        preprocessing = {
+            "tokenizer": "../tokenizer.json",
+            "max_length": max_length_for(built.processor, built.model, None),
+            "sentence_pairs": bool(pair_column),
+        }
+        return {n: ["batch", "sequence"] for n in names}, preprocessing
+    pre = built.preprocess
+    preprocessing = {
+        **asdict(pre),
+        "image_processor": "../preprocessor_config.json" if built.processor is not None else None,
+        "mode": "as hf-finetune predict: palette and transparent images on white, then RGB (L for 1 channel)",
+    }
+    return {"pixel_values": ["batch", pre.channels, *pre.size]}, preprocessing
+
+
+def _install_export(folder: Path, output_dir: Path) -> None:
+    """The verified export replaces the previous one whole (no stale int8 file), recorded in the manifest."""
+    import shutil
+
+    from .names import ONNX_DIR
+    from .outputs import recording
+
+    with recording(output_dir):
+        target = output_dir / ONNX_DIR
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(folder), str(target))
+
+
+def _predict_example(task: Task, output_dir: Path) -> str:
+    if task.NAME != "text-classification":
+        return "IMAGE.png"
+    pairs = load_saved_recipe(output_dir, task.NAME).data.text_pair_column
+    return '--text "some text"' + (' --text-pair "its second text"' if pairs else "")

@@ -1,4 +1,4 @@
-"""`hf-finetune` and `python -m hf_finetune`: train | eval | predict | push | validate | recipes ls/show/cp.
+"""`hf-finetune` and `python -m hf_finetune`: train | eval | predict | export | push | validate | recipes ls/show/cp.
 
 Heavy libraries are imported inside the commands so `--help` answers at once. Bad input ends with one
 `error:` message and exit status 2, never a traceback — unless `--debug` (or HF_FINETUNE_DEBUG=1) asks for the
@@ -42,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_add_train, _add_validate, _add_eval, _add_predict, _add_push, _add_recipes):
+    for add_command in (
+        _add_train,
+        _add_validate,
+        _add_eval,
+        _add_predict,
+        _add_export,
+        _add_push,
+        _add_recipes,
+    ):
         add_command(sub)
     return parser
 
@@ -102,6 +110,28 @@ def _add_predict(sub: Commands) -> None:
         "(and its text_pair_column, for a model trained on pairs)",
     )
     pr.add_argument("--top-k", type=_positive_int, default=5, help="how many labels to list per input (default 5)")
+    pr.add_argument(
+        "--onnx", action="store_true", help="run the folder's ONNX export (hf-finetune export) with onnxruntime"
+    )
+
+
+def _add_export(sub: Commands) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX (OUTPUT/onnx/), verified against PyTorch on the validation split",
+    )
+    ex.add_argument("output_dir", help="a folder written by `hf-finetune train`")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="the export format (default onnx)")
+    ex.add_argument("--quantize", choices=["int8"], help="also write an int8 model (onnxruntime dynamic quantization)")
+    ex.add_argument(
+        "--tolerance",
+        type=_positive_float,
+        help="the largest |Δlogit| between ONNX and PyTorch accepted (default 1e-3); beyond it the export is refused",
+    )
+    ex.add_argument(
+        "--samples", type=_positive_int, help="verify on the first N rows of the validation split (default: all)"
+    )
+    ex.add_argument("--batch-size", type=_positive_int, default=32, help="rows per verification batch (default 32)")
 
 
 def _add_push(sub: Commands) -> None:
@@ -152,6 +182,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
     return value
 
 
@@ -319,7 +359,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if pair_column:
             what = "--text A --text-pair B, or --file FILE.csv"
         raise HFFinetuneError(f"nothing to predict: give {what}")
-    for row in predict(args.output_dir, inputs, top_k=args.top_k):
+    for row in predict(args.output_dir, inputs, top_k=args.top_k, onnx=args.onnx):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 
@@ -367,6 +407,26 @@ def _read_inputs(path: Path, output_dir: Path) -> list[str] | list[tuple[str, st
     if pair_column:
         return [(row[columns[0]], row[pair_column]) for row in reader]
     return [row[columns[0]] for row in reader]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .api import export
+    from .names import ONNX_DIR, ONNX_MODEL_FILE
+    from .onnx_export import summary
+
+    result = export(
+        args.output_dir,
+        args.format,
+        quantize=args.quantize,
+        tolerance=args.tolerance,
+        samples=args.samples,
+        batch_size=args.batch_size,
+    )
+    print(f"onnx: {Path(args.output_dir) / ONNX_DIR / ONNX_MODEL_FILE}", file=sys.stderr)
+    for line in summary(result):
+        print(f"  {line}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -431,6 +491,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "push": cmd_push,
     "recipes": cmd_recipes,
 }

@@ -38,6 +38,10 @@ class HubError(HFFinetuneError):
     """The push did not happen (or did not finish). The local output folder is unchanged."""
 
 
+class ExportError(HFFinetuneError):
+    """An export was refused: the exported model does not reproduce the PyTorch model within the tolerance."""
+
+
 class TrainingInterrupted(HFFinetuneError):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
 

@@ -23,6 +23,11 @@ CARD_FILE = "README.md"
 MANIFEST_FILE = ".hf_finetune_run.json"
 # What the last push uploaded (hidden): the next push deletes only files it put there itself.
 PUSH_MANIFEST_FILE = ".hf_finetune_push.json"
+# `hf-finetune export`: the ONNX files' folder (Optimum's and transformers.js's layout on the Hub), and in it
+ONNX_DIR = "onnx"
+ONNX_MODEL_FILE = "model.onnx"
+ONNX_QUANTIZED_FILE = "model_quantized.onnx"
+ONNX_FIGURES_FILE = "export.json"  # labels, inputs, preprocessing and the verification figures, as plain JSON
 # Inside a checkpoint folder, written once every process has saved its part.
 COMPLETE_MARKER = "hf_finetune_complete.json"
 

@@ -179,6 +179,11 @@ def finish_manifest(path: Path, written: Sequence[str], *, before: set[str]) -> 
     return list(written)
 
 
+def written_by_us(path: Path, name: str) -> bool:
+    """Whether the folder's entry `name` is one an hf_finetune run (or export) wrote there."""
+    return name in _entries_we_wrote(path, sorted(listing(path)))[0]
+
+
 def listing(path: Path) -> set[str]:
     """The names at the top of the folder (none if it does not exist)."""
     return {p.name for p in path.iterdir()} if path.is_dir() else set()
