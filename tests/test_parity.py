@@ -57,7 +57,8 @@ def odd_folder(tmp_path_factory) -> Path:
         folder = root / CLASSES[n % 2]
         folder.mkdir(exist_ok=True)
         _save(image, folder / name)
-    assert Image.open(_file(root, "sixteen.png")).mode == "I;16"
+    with Image.open(_file(root, "sixteen.png")) as sixteen:  # Pillow 11 opens it as I;16, Pillow 10 as I
+        assert sixteen.mode in ("I;16", "I") and sixteen.getextrema()[1] > 255
     assert Image.open(_file(root, "cmyk.jpg")).mode == "CMYK"
     return root
 
