@@ -341,7 +341,7 @@ def evaluate(
     from .loss import saved_class_weights
 
     setup_logging()
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and not _is_whole_number(batch_size):
         raise HFFinetuneError(f"batch size {batch_size!r}: give a whole number of at least 1")
     output_dir = Path(output_dir)
     task = get_task(task_of_saved(output_dir))
@@ -457,7 +457,7 @@ def predict(
 
     A model trained on sentence pairs takes `(text, text_pair)` tuples. `onnx=True` runs the folder's ONNX export
     (`export`) with onnxruntime instead of the PyTorch model, after the same preprocessing."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if not _is_whole_number(top_k):
         raise HFFinetuneError(f"top_k {top_k!r}: give a whole number of at least 1 (how many labels to list)")
     task = get_task(task_of_saved(output_dir))
     inputs = list(inputs)
@@ -520,6 +520,11 @@ def _merge_overrides(
     if isinstance(overrides, dict):
         return {**overrides, **kwargs}
     return {**dict(parse_override(o) for o in overrides), **kwargs}
+
+
+def _is_whole_number(value: object) -> bool:
+    """A count of at least 1 (batch sizes, top_k, samples); true/false are not numbers here."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any] | None) -> dict[str, Any]:
@@ -588,12 +593,11 @@ def _check_export_options(
         raise HFFinetuneError(f"--format {format!r}: the formats are {list(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise HFFinetuneError(f"--quantize {quantize!r}: the quantizations are {list(QUANTIZATIONS)}")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance):
-        raise HFFinetuneError(f"--tolerance {tolerance!r}: give a number above 0 (the largest |Δlogit| accepted)")
-    if tolerance <= 0:
+    number = not isinstance(tolerance, bool) and isinstance(tolerance, (int, float)) and math.isfinite(tolerance)
+    if not number or tolerance <= 0:
         raise HFFinetuneError(f"--tolerance {tolerance!r}: give a number above 0 (the largest |Δlogit| accepted)")
     for name, value in (("--samples", samples), ("--batch-size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not _is_whole_number(value):
             raise HFFinetuneError(f"{name} {value!r}: give a whole number of at least 1")
 
 
@@ -692,7 +696,9 @@ def _onnx_interface(task: Task, built: BuiltModel, output_dir: Path) -> tuple[di
     preprocessing = {
         **asdict(pre),
         "image_processor": "../preprocessor_config.json" if built.processor is not None else None,
-        "mode": "as hf-finetune predict: palette and transparent images on white, then RGB (L for 1 channel)",
+        # as tasks.image_classification.to_model_mode, which follows pipeline()'s transformers.image_utils.load_image
+        "mode": "as pipeline()'s load_image: EXIF orientation, then PIL convert('RGB') (transparency dropped), then "
+        "L for 1 channel",
     }
     return {"pixel_values": ["batch", pre.channels, *pre.size]}, preprocessing
 

@@ -153,10 +153,14 @@ def test_bert_sentence_pairs_export_with_segment_ids_and_dynamic_sequence(tiny_b
             writer.writerow(["review", "context", "sentiment"])
             for (text, label), (other, _) in zip(make_texts(n, seed), make_texts(n, seed + 5), strict=True):
                 writer.writerow([text, other, label])
-    recipe = make_text_recipe(folder, tiny_bert_dir, tmp_path / "out", data={"text_pair_column": "context"})
+    recipe = make_text_recipe(
+        folder, tiny_bert_dir, tmp_path / "out", data={"text_pair_column": "context"}, tokenization={"max_length": 12}
+    )
     recipe["training"]["num_train_epochs"] = 1
     out = finetune(recipe).output_dir
     result = _export(out, "--quantize", "int8", "--batch-size", "5")
+    preprocessing = json.loads((out / "onnx" / "export.json").read_text())["preprocessing"]
+    assert preprocessing["max_length"] == 12  # what training truncated to, not the model's limit
     _check_verified(result, out, ["input_ids", "token_type_ids", "attention_mask"])
     assert result["axes"] == "batch and sequence axes"
     assert "int8" in result
