@@ -94,6 +94,10 @@ class ModelSpec:
     weights: str | None = None  # a local checkpoint (safetensors or a state dict) loaded before the head is replaced
     revision: str | None = None
     trust_remote_code: bool = False
+    # text models: the features the head reads. mean: the mean of the last hidden state over the attention mask (what
+    # sentence-transformers checkpoints were trained for); cls: the model's own head ([CLS] / pooler); auto: mean when
+    # the checkpoint's 1_Pooling/config.json says mean pooling, else cls
+    pooling: Literal["auto", "cls", "mean"] = field(default="auto", metadata=_expects("'auto', 'cls' or 'mean'"))
 
     @property
     def is_timm(self) -> bool:
@@ -978,6 +982,8 @@ def _value_problems(recipe: Recipe) -> list[str]:
 
 def _cross_section_problems(recipe: Recipe) -> list[str]:
     out = []
+    if recipe.task != "text-classification" and recipe.model.pooling != "auto":
+        out.append(f"model.pooling: {recipe.model.pooling!r} applies to text-classification only; remove it")
     a = recipe.augmentation
     if recipe.task == "text-classification" and a.mixes:
         out.append("augmentation.mixup_alpha/cutmix_alpha: mixing applies to images only")

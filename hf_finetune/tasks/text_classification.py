@@ -22,11 +22,15 @@ from ._common import (
     PredictInputs,
     Prepared,
     PrepareSettings,
+    check_config_keys,
     hub_kwargs,
+    label_maps,
     load_classifier,
     load_error,
+    not_found,
     saved_trust_remote_code,
     scores_to_rows,
+    unknown_model_type,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +78,11 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     from transformers import AutoModelForSequenceClassification
 
     name = resolve_model_name(spec.name)
-    model = load_classifier(spec, name, label_names, AutoModelForSequenceClassification, "sequence classification")
+    pooling = resolve_pooling(spec, name)
+    if pooling == "mean" and not _is_mean_pooled_folder(name):
+        model = _build_mean_pooled(spec, name, label_names)
+    else:
+        model = load_classifier(spec, name, label_names, AutoModelForSequenceClassification, "sequence classification")
     if spec.weights:
         from ..models.structure import head_parameter_names
 
@@ -83,9 +91,107 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     check_tokenizer_fits(tokenizer, model)
     return_segment_ids(tokenizer, model)
     kind = "pretrained" if spec.pretrained else "random init"
-    description = f"{spec.name} ({type(model).__name__}, {kind})"
+    encoder = f" over {type(model.base_model).__name__}" if pooling == "mean" else ""
+    description = f"{spec.name} ({type(model).__name__}{encoder}, {kind}, {pooling} pooling)"
     logger.info("model: %s, %d labels", description, len(label_names))
     return BuiltModel(model, tokenizer, description)
+
+
+POOLING_FILE = "1_Pooling/config.json"  # sentence-transformers' Pooling module, beside the weights
+
+
+def checkpoint_pooling(name: str, spec: ModelSpec) -> dict[str, Any] | None:
+    """The checkpoint's sentence-transformers pooling settings (`1_Pooling/config.json`), None when it has none."""
+    import json
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        path: Path | None = local / POOLING_FILE
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(name, POOLING_FILE, revision=spec.revision))
+        except Exception:  # not on the Hub, offline without a cached copy, or no such file: no pooling said
+            path = None
+    if path is None or not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"model.name {spec.name!r}: {POOLING_FILE} cannot be read ({type(err).__name__}: {err})"
+        ) from None
+    return settings if isinstance(settings, dict) else None
+
+
+def resolve_pooling(spec: ModelSpec, name: str) -> str:
+    """`model.pooling` as built: auto is mean when the checkpoint was trained for mean pooling (sentence-transformers'
+    1_Pooling/config.json with only `pooling_mode_mean_tokens`, or a folder hf_finetune saved mean-pooled), else cls."""
+    mean_folder = _is_mean_pooled_folder(name)
+    if spec.pooling == "cls" and mean_folder:
+        raise ModelError(
+            f"model.pooling: cls, but {spec.name!r} is a mean-pooled classifier saved by hf_finetune (it has no "
+            "[CLS] head); use model.pooling: mean or auto, or start from its encoder's checkpoint"
+        )
+    if spec.pooling != "auto":
+        logger.info("model: pooling %s (model.pooling)", spec.pooling)
+        return spec.pooling
+    if mean_folder:
+        logger.info("model: pooling mean (auto: the folder is a mean-pooled classifier)")
+        return "mean"
+    settings = checkpoint_pooling(name, spec) or {}
+    modes = sorted(k.removeprefix("pooling_mode_") for k, v in settings.items() if k.startswith("pooling_mode_") and v)
+    pooling = "mean" if modes == ["mean_tokens"] else "cls"
+    why = f"{POOLING_FILE} says {', '.join(modes) or 'no mode'}" if settings else f"no {POOLING_FILE}"
+    logger.info("model: pooling %s (auto: %s)", pooling, why)
+    return pooling
+
+
+def _is_mean_pooled_folder(name: str) -> bool:
+    import json
+
+    from ..models import MeanPoolingConfig
+
+    config = Path(name).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == MeanPoolingConfig.model_type
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _build_mean_pooled(spec: ModelSpec, name: str, label_names: list[str]) -> PreTrainedModel:
+    """The checkpoint's encoder (`AutoModel`, pretrained weights) under a new linear head on its mean-pooled states."""
+    from transformers import AutoConfig, AutoModel
+
+    from ..models import MeanPoolingConfig, MeanPoolingForSequenceClassification
+
+    common = hub_kwargs(spec)
+    try:
+        original = AutoConfig.from_pretrained(name, **common)
+    except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
+        raise ModelError(unknown_model_type(spec, name, err) or not_found(spec.name, err)) from None
+    check_config_keys(spec.config, original, f"the model {spec.name!r}")
+    try:
+        encoder_config = AutoConfig.from_pretrained(name, **common, **spec.config)
+        if spec.pretrained:
+            encoder = AutoModel.from_pretrained(name, config=encoder_config, **common)
+        else:
+            encoder = AutoModel.from_config(encoder_config, trust_remote_code=spec.trust_remote_code)
+    except ValueError as err:
+        raise ModelError(f"model {spec.name!r}: its encoder cannot be built for mean pooling ({err})") from None
+    except OSError as err:
+        raise ModelError(not_found(spec.name, err)) from None
+    # BERT's rule for its own head's dropout, so mean and cls pooling regularise alike
+    dropout = getattr(encoder_config, "classifier_dropout", None)
+    if dropout is None:
+        dropout = getattr(encoder_config, "hidden_dropout_prob", 0.1)
+    config = MeanPoolingConfig(
+        encoder_config=encoder_config.to_dict(), classifier_dropout=dropout, **label_maps(label_names, False)
+    )
+    model = MeanPoolingForSequenceClassification(config)
+    model.encoder = encoder  # the pretrained weights; only the head is new
+    return model
 
 
 def _load_tokenizer(
@@ -125,7 +231,8 @@ def return_segment_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
 
     names = list(tokenizer.model_input_names)
     takes_segments = "token_type_ids" in inspect.signature(model.forward).parameters
-    if "token_type_ids" in names or not takes_segments or (getattr(model.config, "type_vocab_size", 0) or 0) < 2:
+    segments = getattr(model.base_model.config, "type_vocab_size", 0) or 0  # the encoder's, under any head
+    if "token_type_ids" in names or not takes_segments or segments < 2:
         return
     names.insert(1 if names[:1] == ["input_ids"] else len(names), "token_type_ids")
     tokenizer.model_input_names = names
@@ -135,7 +242,7 @@ def return_segment_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
 
 def model_positions(model: PreTrainedModel) -> int | None:
     """How many tokens the model's position embeddings can take (None: no such limit in its config)."""
-    config = model.config
+    config = model.base_model.config  # the encoder's, also under a mean-pooling head
     limit = getattr(config, "max_position_embeddings", None)
     if limit and getattr(config, "model_type", None) in POSITIONS_AFTER_PADDING:
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
@@ -168,7 +275,7 @@ def _check_pairs(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> 
             "drop data.text_pair_column or pick a model trained on pairs"
         ) from None
     segments = max(encoded.get("token_type_ids") or [0]) + 1
-    type_vocab = getattr(model.config, "type_vocab_size", None)
+    type_vocab = getattr(model.base_model.config, "type_vocab_size", None)
     if type_vocab is not None and segments > type_vocab:
         raise ModelError(
             f"data.text_pair_column is set, but the model has {type_vocab} segment embedding(s) "
@@ -237,6 +344,8 @@ def load_trained(path: str | Path) -> BuiltModel:
     """A model saved by `finetune`, with its tokenizer; code shipped in the folder runs only if its recipe said
     `model.trust_remote_code: true`."""
     from transformers import AutoModelForSequenceClassification
+
+    from .. import models  # noqa: F401  (registers the mean-pooling classifier: a folder saved with it loads here)
 
     trust = saved_trust_remote_code(path)
     try:
