@@ -436,8 +436,12 @@ def command(args: argparse.Namespace) -> int:
     rows = iter_predictions(
         output_dir, inputs, args.top_k, onnx=args.onnx, batch_size=args.batch_size, device=args.device
     )
-    with open_sink(args.output, fmt, keys, args.top_k) as sink:
-        written, errors = write_rows(rows, sink, args.progress, args.batch_size, total)
+    try:
+        with open_sink(args.output, fmt, keys, args.top_k) as sink:
+            written, errors = write_rows(rows, sink, args.progress, args.batch_size, total)
+    except BrokenPipeError:  # the reader of stdout stopped early (`| head`): stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 141  # 128 + SIGPIPE
     if errors:
         print(f'{errors} of {written} inputs could not be read (rows with "error")', file=sys.stderr)
         return 1
