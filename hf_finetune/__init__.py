@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Recipe", "Result", "evaluate", "export", "finetune", "load_recipe", "predict"]
+__all__ = ["Recipe", "Result", "evaluate", "export", "finetune", "iter_predictions", "load_recipe", "predict"]
 
 _LAZY = {
     "finetune": "api",
     "evaluate": "api",
     "predict": "api",
+    "iter_predictions": "prediction",  # not a module named predict: it would shadow the predict function
     "export": "api",  # the stage module is onnx_export: a submodule named export would shadow this attribute
     "Result": "api",
     "load_recipe": "recipe",

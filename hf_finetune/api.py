@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -451,39 +451,23 @@ def _score(
 
 
 def predict(
-    output_dir: str | Path, inputs: Sequence[str | Path | tuple[str, str]], top_k: int = 5, *, onnx: bool = False
+    output_dir: str | Path,
+    inputs: Iterable[str | Path | tuple[str, str]],
+    top_k: int = 5,
+    *,
+    onnx: bool = False,
+    batch_size: int = 32,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-k labels and scores for each input — image files or texts, as the saved model's task takes.
+    """Top-k labels and scores for each input — image files or texts, as the saved model's task takes — in order.
 
-    A model trained on sentence pairs takes `(text, text_pair)` tuples. `onnx=True` runs the folder's ONNX export
-    (`export`) with onnxruntime instead of the PyTorch model, after the same preprocessing."""
-    if not _is_whole_number(top_k):
-        raise HFFinetuneError(f"top_k {top_k!r}: give a whole number of at least 1 (how many labels to list)")
-    task = get_task(task_of_saved(output_dir))
-    inputs = list(inputs)
-    if "text_pair" in task.INPUTS:
-        pair_column = load_saved_recipe(output_dir, task.NAME).data.text_pair_column
-        _check_pairs_given(inputs, pair_column, Path(output_dir))
-    built = task.load_trained(output_dir)
-    if onnx:
-        from .onnx_export import load_exported
+    A model trained on sentence pairs takes `(text, text_pair)` tuples. An input that cannot be read (a missing or
+    broken image, an empty text) is a row with `"error"` and no predictions, not an exception. `onnx=True` runs the
+    folder's ONNX export (`export`) with onnxruntime instead of the PyTorch model, after the same preprocessing.
+    `device`: cpu, cuda, mps or auto (None: the best available). `iter_predictions` yields the same rows lazily."""
+    from .prediction import iter_predictions
 
-        built = replace(built, model=load_exported(Path(output_dir), built.model.config))
-    return task.predict(built, inputs, top_k)
-
-
-def _check_pairs_given(inputs: list[Any], pair_column: str | None, output_dir: Path) -> None:
-    pairs = [isinstance(x, (tuple, list)) for x in inputs]
-    if pair_column and not all(pairs):
-        raise DataError(
-            f"{output_dir} was trained on sentence pairs (data.text_pair_column: {pair_column}): give each input as "
-            "a pair (text, text_pair); on the command line --text A --text-pair B, or a .csv with both columns"
-        )
-    if not pair_column and any(pairs):
-        raise DataError(f"{output_dir} was trained on single texts, not pairs: give one text per input")
-    bad = [i for i, x in enumerate(inputs) if pairs[i] and len(x) != 2]
-    if bad:
-        raise DataError(f"inputs {bad[:10]}: a sentence pair is two texts (text, text_pair)")
+    return list(iter_predictions(output_dir, inputs, top_k, onnx=onnx, batch_size=batch_size, device=device))
 
 
 def _data_split_name(data: str, split: str, splits: list[str]) -> str:

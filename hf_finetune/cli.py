@@ -94,9 +94,19 @@ def _add_eval(sub: Commands) -> None:
 
 
 def _add_predict(sub: Commands) -> None:
-    pr = sub.add_parser("predict", help="top-k labels for image files or texts, as JSON lines")
+    pr = sub.add_parser(
+        "predict",
+        help="top-k labels for images or texts, as JSON lines (or CSV); streamed, so inputs may be any number",
+        description='Exit status: 0 all predicted; 1 some inputs could not be read (their rows carry "error"); '
+        "2 refused before running.",
+    )
     pr.add_argument("output_dir")
-    pr.add_argument("images", nargs="*", help="image files (image models)")
+    pr.add_argument(
+        "images",
+        nargs="*",
+        help="image models: image files, folders (their images, recursively; hidden files skipped) or quoted glob "
+        "patterns ('photos/**/*.jpg')",
+    )
     pr.add_argument("--text", action="append", default=[], help="a text to classify (text models; repeatable)")
     pr.add_argument(
         "--text-pair",
@@ -105,13 +115,34 @@ def _add_predict(sub: Commands) -> None:
         help="models trained on sentence pairs: the second text of the pair, one per --text, in the same order",
     )
     pr.add_argument(
+        "--input",
         "--file",
-        help="inputs, one per line (.txt: texts or image paths), or a .csv with the recipe's text column "
-        "(and its text_pair_column, for a model trained on pairs)",
+        dest="input",
+        help="a file of inputs: .txt (one per line), .csv or .jsonl with the recipe's data.image_column (image "
+        "models; default image) or data.text_column (default text) and data.text_pair_column (pair models). "
+        "Relative image paths are taken from the file's folder, as training reads a CSV's",
     )
     pr.add_argument("--top-k", type=_positive_int, default=5, help="how many labels to list per input (default 5)")
+    pr.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per batch (default 32)")
     pr.add_argument(
-        "--onnx", action="store_true", help="run the folder's ONNX export (hf-finetune export) with onnxruntime"
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        default="auto",
+        help="default auto: cuda, else mps, else cpu",
+    )
+    pr.add_argument("--output", help="write the rows to this .jsonl or .csv file instead of stdout")
+    pr.add_argument("--format", choices=["jsonl", "csv"], help="the format on stdout (default jsonl)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    pr.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: when stderr is a terminal and there is more than one batch)",
+    )
+    pr.add_argument(
+        "--onnx",
+        action="store_true",
+        help="run the folder's ONNX export (hf-finetune export) with onnxruntime (on CUDA with onnxruntime-gpu)",
     )
 
 
@@ -328,85 +359,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .api import predict
-    from .tasks import task_of_saved
+    from .prediction import command
 
-    task = task_of_saved(args.output_dir)
-    output_dir = Path(args.output_dir)
-    pair_column = _saved_data(output_dir).get("text_pair_column") if task == "text-classification" else None
-    if task == "text-classification" and args.images:
-        raise HFFinetuneError(f"{args.output_dir} is a text model: pass texts with --text (or --file), not positionals")
-    if task != "text-classification" and (args.text or args.text_pair):
-        raise HFFinetuneError(f"{args.output_dir} is an image model: --text does not apply; pass image files")
-    if args.text_pair and not pair_column:
-        raise HFFinetuneError(
-            f"--text-pair: {args.output_dir} was trained on single texts (its recipe sets no data.text_pair_column)"
-        )
-    inputs: list = [*args.images]
-    if pair_column:
-        if len(args.text_pair) != len(args.text):
-            raise HFFinetuneError(
-                f"{args.output_dir} was trained on sentence pairs: give one --text-pair for each --text "
-                f"(got {len(args.text)} --text and {len(args.text_pair)} --text-pair), or a .csv with --file"
-            )
-        inputs += list(zip(args.text, args.text_pair, strict=True))
-    else:
-        inputs += args.text
-    if args.file:
-        inputs += _read_inputs(Path(args.file), output_dir)
-    if not inputs:
-        what = "--text TEXT or --file FILE" if task == "text-classification" else "IMAGE files or --file FILE"
-        if pair_column:
-            what = "--text A --text-pair B, or --file FILE.csv"
-        raise HFFinetuneError(f"nothing to predict: give {what}")
-    for row in predict(args.output_dir, inputs, top_k=args.top_k, onnx=args.onnx):
-        print(json.dumps(row, ensure_ascii=False))
-    return 0
-
-
-def _saved_data(output_dir: Path) -> dict:
-    """The `data:` section of a trained folder's recipe.yaml (empty when it has none)."""
-    from .recipe import read_saved_recipe
-
-    return read_saved_recipe(output_dir).get("data") or {}
-
-
-def _read_inputs(path: Path, output_dir: Path) -> list[str] | list[tuple[str, str]]:
-    """Lines of a .txt file, or the text column of a .csv (the column the model was trained on, else `text`) — and
-    its text_pair column too for a model trained on sentence pairs, as (text, text_pair)."""
-    if not path.is_file():
-        raise HFFinetuneError(f"--file {path}: no such file")
-    import csv
-    import io
-
-    data = _saved_data(output_dir)
-    encoding = data.get("encoding") or "utf-8"  # the encoding the model's training files used
-    pair_column = data.get("text_pair_column")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise HFFinetuneError(
-            f"--file {path}, line {line}: not valid {encoding}; re-save it as UTF-8 (or train with data.encoding)"
-        ) from None
-    if path.suffix.lower() != ".csv":
-        if pair_column:
-            raise HFFinetuneError(
-                f"--file {path}: {output_dir} was trained on sentence pairs; give a .csv with columns "
-                f"{data.get('text_column') or 'text'!r} and {pair_column!r}"
-            )
-        return [line for line in text.splitlines() if line.strip()]
-    columns = [data.get("text_column") or "text", *([pair_column] if pair_column else [])]
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise HFFinetuneError(
-            f"--file {path}: no column {', '.join(map(repr, missing))}; its columns are {reader.fieldnames}"
-        )
-    if pair_column:
-        return [(row[columns[0]], row[pair_column]) for row in reader]
-    return [row[columns[0]] for row in reader]
+    return command(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -114,12 +114,17 @@ def export_onnx(model: PreTrainedModel, example: Mapping[str, torch.Tensor], pat
     return int(program.model.opset_imports.get("", 0))
 
 
-def session(path: Path) -> onnxruntime.InferenceSession:
+def session(path: Path, device: str | torch.device = "cpu") -> onnxruntime.InferenceSession:
+    """An onnxruntime session: on CUDA when `device` is a CUDA device and onnxruntime has its CUDA provider (the
+    onnxruntime-gpu build), else on the CPU."""
     try:
         import onnxruntime
     except ImportError:
         raise ModelError("running ONNX models needs onnxruntime: pip install 'hf_finetune[export]'") from None
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return onnxruntime.InferenceSession(str(path), providers=providers)
 
 
 def run_session(sess: onnxruntime.InferenceSession, batch: Mapping[str, Any]) -> np.ndarray:
@@ -298,8 +303,8 @@ class OnnxClassifier:
     """An exported model in the place of the PyTorch one: called with the preprocessing's tensors, it answers with
     `.logits` (a tensor), and keeps the saved config (labels, text limits), so `predict` runs unchanged on it."""
 
-    def __init__(self, path: Path, config: PreTrainedConfig):
-        self.session = session(path)
+    def __init__(self, path: Path, config: PreTrainedConfig, device: str | torch.device = "cpu"):
+        self.session = session(path, device)
         self.config = config
 
     def eval(self) -> OnnxClassifier:
@@ -327,7 +332,7 @@ def weights_fingerprint(output_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def load_exported(output_dir: Path, config: PreTrainedConfig) -> OnnxClassifier:
+def load_exported(output_dir: Path, config: PreTrainedConfig, device: str | torch.device = "cpu") -> OnnxClassifier:
     """The folder's verified export, refused when the PyTorch weights changed since (a run resumed in the folder)."""
     path = output_dir / ONNX_DIR / ONNX_MODEL_FILE
     if not path.is_file():
@@ -343,4 +348,4 @@ def load_exported(output_dir: Path, config: PreTrainedConfig) -> OnnxClassifier:
             f"{output_dir / ONNX_DIR} was not exported from the model now in {output_dir} (its weights changed "
             f"since, or {ONNX_DIR}/{ONNX_FIGURES_FILE} is missing); run hf-finetune export {output_dir} again"
         )
-    return OnnxClassifier(path, config)
+    return OnnxClassifier(path, config, device)

@@ -117,13 +117,16 @@ def test_corrupt_image_is_named_and_nothing_is_written(tiny_recipe, digits_folde
     assert not Path(recipe["training"]["output_dir"]).exists()
 
 
-def test_predict_unreadable_image_exit_2(tiny_recipe, tmp_path: Path, capsys):
+def test_predict_unreadable_image_is_an_error_row_exit_1(tiny_recipe, tmp_path: Path, capsys):
     out = _train_one_epoch(tiny_recipe, tmp_path)
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
     capsys.readouterr()
-    assert main(["predict", str(out), str(bad)]) == 2
-    assert str(bad) in capsys.readouterr().err
+    assert main(["predict", str(out), str(bad)]) == 1
+    printed = capsys.readouterr()
+    [row] = [json.loads(line) for line in printed.out.splitlines()]
+    assert row["image"] == str(bad) and str(bad) in row["error"] and "predictions" not in row
+    assert "1 of 1 inputs could not be read" in printed.err
 
 
 def test_recipes_ls_show_cp(tmp_path: Path, capsys):

@@ -598,11 +598,14 @@ def test_tokenizer_larger_than_the_models_vocab_via_cli(text_recipe, tiny_bert_d
     assert not (tmp_path / "text-out").exists()
 
 
-def test_predict_rejects_empty_texts(trained: Path, capsys):
-    with pytest.raises(DataError, match=r"1 of the texts to predict are empty \(positions \[1\]\)"):
-        predict(trained, ["fine", "  "])
-    err = _cli_error(capsys, ["predict", str(trained), "--text", ""])
-    assert "empty" in err
+def test_predict_empty_texts_are_error_rows(trained: Path, capsys):
+    fine, empty = predict(trained, ["fine", "  "])
+    assert fine["text"] == "fine" and len(fine["predictions"]) == 3
+    assert empty == {"text": "  ", "error": "the text is empty (or not a text): nothing to classify"}
+    capsys.readouterr()
+    assert main(["predict", str(trained), "--text", ""]) == 1
+    printed = capsys.readouterr()
+    assert "empty" in json.loads(printed.out)["error"] and "1 of 1 inputs could not be read" in printed.err
 
 
 # --------------------------------------------------------------------------------------------- slow

@@ -13,6 +13,7 @@ from ..recipe import TASKS, AugmentationSpec, ModelSpec, read_saved_recipe
 from ._common import BuiltModel, PredictInputs, Prepared, PrepareSettings
 
 if TYPE_CHECKING:
+    import torch
     from datasets import Dataset
     from timm.data import Mixup
 
@@ -51,9 +52,11 @@ class Task(Protocol):
         ...
 
     def predict(
-        self, built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: int = 32
+        self, built: BuiltModel, inputs: PredictInputs, top_k: int, device: str | torch.device = "cpu"
     ) -> list[dict[str, Any]]:
-        """One dict per input with its top-k labels and scores, as `hf-finetune predict` prints them."""
+        """One dict per input of one batch, in order, as `hf-finetune predict` prints them: its top-k labels and
+        scores, or `error` (and no predictions) for an input that cannot be read. Tensors go to `device`; the
+        scores come back on the CPU."""
         ...
 
 

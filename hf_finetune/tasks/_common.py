@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# what `predict` takes: image files, or texts and (text, text_pair) pairs; each task reports what it cannot read
+# one batch of what a task's `predict` takes: image files, or texts and (text, text_pair) pairs; an input it cannot
+# read is a row with `error`, never an exception that would lose the batch
 PredictInputs = Sequence[str | Path | tuple[str, str]]
 
 

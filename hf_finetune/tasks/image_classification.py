@@ -604,25 +604,40 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
     return Prepared(ready, collate)
 
 
-def predict(built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
-    """Top-k labels per image file, with the saved model's own preprocessing."""
+def predict(
+    built: BuiltModel, inputs: PredictInputs, top_k: int, device: str | torch.device = "cpu"
+) -> list[dict[str, Any]]:
+    """One row per image file of one batch, with the saved model's own preprocessing: its top-k labels, or `error`
+    when the file cannot be read (the batch's other files are predicted all the same)."""
     import torch
-    from PIL import Image
 
     transform = build_eval_transform(built)
     built.model.eval()
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = [str(p) for p in inputs[start : start + batch_size]]
-        pixels = []
-        for path in chunk:
-            try:
-                with Image.open(path) as img:
-                    img.load()
-                    pixels.append(transform(to_model_mode(img, built.preprocess.channels, path)))
-            except (OSError, SyntaxError, ValueError) as err:
-                raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from None
+    rows: list[dict[str, Any]] = [{} for _ in inputs]
+    pixels, good = [], []
+    for i, path in enumerate(map(str, inputs)):
+        try:
+            pixels.append(_read_for_predict(path, transform, built.preprocess.channels))
+            good.append(i)
+        except DataError as err:
+            rows[i] = {"image": path, "error": str(err)}
+    if good:
         with torch.no_grad():
-            probs = built.model(pixel_values=torch.stack(pixels)).logits.softmax(-1)
-        rows += scores_to_rows(chunk, "image", probs, built.model.config.id2label, top_k)
+            probs = built.model(pixel_values=torch.stack(pixels).to(device)).logits.softmax(-1).cpu()
+        keys = [str(inputs[i]) for i in good]
+        for i, row in zip(good, scores_to_rows(keys, "image", probs, built.model.config.id2label, top_k), strict=True):
+            rows[i] = row
     return rows
+
+
+def _read_for_predict(path: str, transform: Callable[[PIL.Image.Image], torch.Tensor], channels: int) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return transform(to_model_mode(img, channels, path))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from None

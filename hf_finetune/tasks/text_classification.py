@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError, ModelError
+from ..errors import ModelError
 from ..models.weights import load_weights_file
 from ..recipe import AugmentationSpec, ModelSpec
 from ._common import (
@@ -34,6 +34,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
+    import torch
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -355,30 +356,34 @@ def load_trained(path: str | Path) -> BuiltModel:
     return BuiltModel(model, _load_tokenizer(str(path), trust_remote_code=trust), str(path))
 
 
-def predict(built: BuiltModel, inputs: PredictInputs, top_k: int, batch_size: int = 32) -> list[dict[str, Any]]:
-    """Top-k labels per text, or per `(text, text_pair)` for a model trained on sentence pairs."""
+def predict(
+    built: BuiltModel, inputs: PredictInputs, top_k: int, device: str | torch.device = "cpu"
+) -> list[dict[str, Any]]:
+    """One row per text of one batch, or per `(text, text_pair)` for a model trained on sentence pairs: its top-k
+    labels, or `error` for an empty text (the batch's other texts are predicted all the same)."""
     import torch
 
-    pairs = bool(inputs) and isinstance(inputs[0], (tuple, list))
-    parts = [list(t) if pairs else [t] for t in inputs]
-    empty = [i for i, row in enumerate(parts) if any(not isinstance(t, str) or not t.strip() for t in row)]
-    if empty:
-        raise DataError(f"{len(empty)} of the texts to predict are empty (positions {empty[:10]}); remove them")
     tokenizer, model = built.processor, built.model
     max_length = max_length_for(tokenizer, model, None)
     model.eval()
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(parts), batch_size):
-        chunk = parts[start : start + batch_size]
-        columns = [[row[0] for row in chunk], *([[row[1] for row in chunk]] if pairs else [])]
-        batch = tokenizer(*columns, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            probs = model(**batch).logits.softmax(-1)
-        scored = scores_to_rows(columns[0], "text", probs, model.config.id2label, top_k)
-        if pairs:
-            scored = [
-                {"text": r["text"], "text_pair": b, "predictions": r["predictions"]}
-                for r, b in zip(scored, columns[1], strict=True)
-            ]
-        rows += scored
+    rows: list[dict[str, Any]] = [{} for _ in inputs]
+    good: list[int] = []
+    for i, item in enumerate(inputs):
+        fields = dict(zip(("text", "text_pair"), item if isinstance(item, (tuple, list)) else (item,), strict=False))
+        empty = [k for k, t in fields.items() if not isinstance(t, str) or not t.strip()]
+        if empty:
+            rows[i] = {**fields, "error": f"the {empty[0]} is empty (or not a text): nothing to classify"}
+        else:
+            rows[i] = fields
+            good.append(i)
+    if not good:
+        return rows
+    pairs = "text_pair" in rows[good[0]]
+    columns = [[rows[i]["text"] for i in good], *([[rows[i]["text_pair"] for i in good]] if pairs else [])]
+    batch = tokenizer(*columns, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**batch.to(device)).logits.softmax(-1).cpu()
+    scored = scores_to_rows(columns[0], "text", probs, model.config.id2label, top_k)
+    for i, row in zip(good, scored, strict=True):
+        rows[i] = {**rows[i], "predictions": row["predictions"]}
     return rows
