@@ -302,7 +302,7 @@ def _report_lengths(encoded: Mapping[str, Dataset], max_length: int, how: str, a
         logger.info(text)
     train = reports.get("train")
     if train and train["share"] > MOSTLY_CUT:
-        cap = "" if asked is None else " raise tokenization.max_length or set it to auto (or null);"
+        fix = "" if asked is None else " raise tokenization.max_length or set it to auto (or null);"
         logger.warning(
             "tokenization: max_length %d (%s) truncates %d of the %d training texts (%.0f%%); those are %g tokens "
             "long at the median and %d at most, so the model sees only their beginning:%s a model with a longer "
@@ -314,7 +314,7 @@ def _report_lengths(encoded: Mapping[str, Dataset], max_length: int, how: str, a
             100 * train["share"],
             train["median_length_truncated"],
             train["max_length_truncated"],
-            cap,
+            fix,
         )
     return reports
 
