@@ -75,6 +75,7 @@ def finetune(
     claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
     args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed
     parts = _build_parts(recipe, task, args)  # resume point, data, checks, model, transfer, splits, loss, metrics
+    recipe = replace(recipe, **parts.prepared.settled)  # what preparing chose (max_length auto): saved, re-run as is
     _claim_output_dir(recipe, args, claim, parts.resume)  # every check passed: empty what we wrote, write recipe.yaml
     trainer = _make_trainer(args, parts, callbacks)
     train_metrics, best = _train(trainer, parts.resume, recipe.output_dir)
@@ -284,6 +285,7 @@ def _save(
     if not trainer.is_world_process_zero():
         return []
     run = run_info(parts.data.splits, parts.data.label_names, parts.data.description, args, best, seconds)
+    run |= parts.prepared.run_info  # e.g. text truncation figures
     files = _write_results(out, recipe, args, parts, results, run)
     if recipe.hub.push:
         _push(out, recipe.hub)

@@ -421,11 +421,20 @@ def _data_notes(facts: CardFacts) -> list[str]:
 def _preprocessing(facts: CardFacts) -> list[str]:
     if facts.task == "text-classification":
         t = facts.tokenization
-        limit = f"{t.max_length} tokens" if t.max_length else "the model's limit (at most 512 tokens)"
+        cut = facts.run.get("truncation") or {}  # the run's truncation report (metrics.json's run info)
+        limit = f"{t.max_length} tokens" if isinstance(t.max_length, int) else "a length chosen from the training data"
+        if cut.get("chosen_by", "").startswith("auto"):
+            limit += f" ({cut['chosen_by']})"
         padding = (
             "dynamic padding (each batch to its longest text)" if t.padding == "dynamic" else "padding to max_length"
         )
-        return [f"the model's own tokenizer, truncation to {limit}, {padding}"]
+        lines = [f"the model's own tokenizer, truncation to {limit}, {padding}"]
+        shares = [
+            f"{name} {r['truncated']} of {r['texts']} ({r['share']:.1%})" for name, r in cut.get("splits", {}).items()
+        ]
+        if shares:
+            lines.append("texts longer than that, truncated: " + ", ".join(shares))
+        return lines
     size = f"{facts.model.image_size} px" if facts.model.image_size else "the model's own input size"
     return [f"resize and normalisation from the model's image processor (saved with the model), input size {size}"]
 

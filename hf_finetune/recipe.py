@@ -292,14 +292,25 @@ class HubSpec:
 class TokenizationSpec:
     """Text tasks: the model's own fast tokenizer, truncation, and padding per batch (dynamic) by default."""
 
-    max_length: int | None = None  # default: the model's limit, at most 512
+    # a number of tokens, or "auto" (null too): the 99th percentile of the training texts' token lengths, rounded up
+    # to a multiple of 8 and capped at the model's limit (at most 512); the run saves the number it chose
+    max_length: Literal["auto"] | int | None = field(
+        default="auto", metadata=_expects("a number of tokens (at least 2), 'auto' or null (auto)")
+    )
     # "dynamic" (pad each batch to its longest) or "max_length" (every row to max_length)
     padding: Literal["dynamic", "max_length"] = field(default="dynamic", metadata=_expects("'dynamic' or 'max_length'"))
 
+    @property
+    def fixed_length(self) -> int | None:
+        """The recipe's own number of tokens; None for auto (or null)."""
+        return self.max_length if isinstance(self.max_length, int) else None
+
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
-        at_least_two = "at least 2 tokens (or null for the model's limit)"
-        return _out_of_range(self, "tokenization", [(("max_length",), lambda x: x < 2, at_least_two)])
+        at_least_two = "at least 2 tokens (or auto)"
+        return _out_of_range(
+            self, "tokenization", [(("max_length",), lambda x: isinstance(x, int) and x < 2, at_least_two)]
+        )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,11 @@ class Prepared:
 
     splits: dict[str, Dataset]
     collate: Callable[[list[dict[str, Any]]], Mapping[str, torch.Tensor]]
+    # recipe sections as preparing settled what they left open (text: `tokenization` with max_length auto → the
+    # length chosen), so that recipe.yaml re-runs the same way and the card says what was used
+    settled: dict[str, Any] = field(default_factory=dict)
+    # what preparing found, for metrics.json's run info (text: the truncation report)
+    run_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

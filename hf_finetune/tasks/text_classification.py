@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -295,50 +297,175 @@ def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float =
     return None
 
 
-class Tokenize:
-    """`datasets.map` function: rows of texts (and pairs) → token ids and `labels`. A module-level class rather than a
-    closure, so it pickles (`map(num_proc=…)`, `spawn`/`forkserver` start methods)."""
+LENGTH = "num_tokens"  # the column with each row's untruncated token count (special tokens counted)
+AUTO_PERCENTILE = 99  # tokenization.max_length auto: at least this share (%) of the training texts fit whole
+AUTO_MULTIPLE = 8  # ... rounded up to a multiple of this (and never below it)
+MOSTLY_CUT = 0.5  # a training split with more than this share of texts truncated is warned about
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, pairs: bool, pad_to_max: bool):
-        self.tokenizer, self.max_length, self.pairs, self.pad_to_max = tokenizer, max_length, pairs, pad_to_max
+
+class Encode:
+    """`datasets.map` function: rows of texts (and pairs) → token ids, untruncated, and each row's token count.
+    Module-level classes rather than closures, so they pickle (`map(num_proc=…)`, `spawn`/`forkserver`)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pairs: bool):
+        self.tokenizer, self.pairs = tokenizer, pairs
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
         texts = (batch["text"], batch["text_pair"]) if self.pairs else (batch["text"],)
-        padding = "max_length" if self.pad_to_max else False
-        encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length, padding=padding)
-        if "label" in batch:
-            encoded["labels"] = batch["label"]
+        # verbose=False: the "longer than the maximum" warning is about feeding such rows to the model; they are cut
+        encoded = self.tokenizer(*texts, verbose=False)
+        encoded[LENGTH] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 
 
+class Truncate:
+    """`datasets.map` function over `Encode`'s rows → the model's inputs and `labels`: a row within `max_length` is
+    kept as encoded; only the longer ones are tokenized again, with the tokenizer's own truncation (a pair's
+    longest_first, special tokens kept), so rows are exactly what `tokenizer(..., truncation=True)` gives."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int, pairs: bool, pad_to_max: bool, keys: list[str]
+    ):
+        self.tokenizer, self.max_length, self.pairs, self.pad_to_max = tokenizer, max_length, pairs, pad_to_max
+        self.keys = keys  # the tokenizer's output columns (input_ids, attention_mask…)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        keys = self.keys
+        out = {k: list(batch[k]) for k in keys}
+        long = [i for i, n in enumerate(batch[LENGTH]) if n > self.max_length]
+        if long:
+            columns = ("text", "text_pair") if self.pairs else ("text",)
+            texts = [[batch[c][i] for i in long] for c in columns]
+            again = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+            for k in keys:
+                for j, i in enumerate(long):
+                    out[k][i] = again[k][j]
+        if self.pad_to_max:
+            out = dict(self.tokenizer.pad(out, padding="max_length", max_length=self.max_length))
+        if "label" in batch:
+            out["labels"] = batch["label"]
+        return out
+
+
+def auto_length(lengths: Sequence[int], cap: int) -> int:
+    """`tokenization.max_length: auto`: the nearest-rank 99th percentile of the training rows' token counts (the
+    shortest length that at least 99% fit in), rounded up to a multiple of 8, at least 8, at most `cap`."""
+    import numpy as np
+
+    if not len(lengths):
+        return cap
+    ordered = np.sort(np.asarray(lengths))
+    rank = max(1, math.ceil(AUTO_PERCENTILE / 100 * len(ordered)))
+    wanted = -(-int(ordered[rank - 1]) // AUTO_MULTIPLE) * AUTO_MULTIPLE
+    return min(cap, max(AUTO_MULTIPLE, wanted))
+
+
+def truncation_report(lengths: Sequence[int], max_length: int) -> dict[str, Any]:
+    """How many of a split's rows are longer than `max_length`, which share, and by how much."""
+    import numpy as np
+
+    counts = np.asarray(lengths, dtype=np.int64)
+    over = counts[counts > max_length]
+    report: dict[str, Any] = {
+        "texts": len(counts),
+        "truncated": len(over),
+        "share": round(len(over) / len(counts), 4) if len(counts) else 0.0,
+    }
+    if len(over):
+        report |= {
+            "median_length_truncated": float(np.median(over)),
+            "max_length_truncated": int(over.max()),
+            "tokens_dropped": int((over - max_length).sum()),
+        }
+    return report
+
+
+def _choose_length(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, asked: int | None, train: Dataset | None
+) -> tuple[int, str]:
+    """The truncation length and how it was chosen. Auto measures the training split only (the others would leak);
+    without one (evaluate, export), the length saved with the trained tokenizer is the model's limit here."""
+    if asked is not None:
+        return max_length_for(tokenizer, model, asked), "tokenization.max_length"
+    cap = max_length_for(tokenizer, model, None)
+    if train is None:
+        return cap, "the model's limit"
+    chosen = auto_length(train.with_format("numpy")[LENGTH], cap)
+    how = f"auto: the {AUTO_PERCENTILE}th percentile of the {len(train)} training texts' lengths, rounded up to a "
+    how += f"multiple of {AUTO_MULTIPLE}" + (f", capped at the model's limit of {cap}" if chosen == cap else "")
+    return chosen, how
+
+
+def _report_lengths(encoded: Mapping[str, Dataset], max_length: int, how: str, asked: int | None) -> dict[str, Any]:
+    """One log line per split; one warning when most training texts are cut. Returns the figures per split."""
+    reports = {name: truncation_report(ds.with_format("numpy")[LENGTH], max_length) for name, ds in encoded.items()}
+    for name, r in reports.items():
+        text = f"tokenization: {name}: {r['truncated']} of {r['texts']} texts ({r['share']:.1%}) are longer than "
+        text += f"{max_length} tokens and are truncated"
+        if r["truncated"]:
+            text += (
+                f" (median length of those {r['median_length_truncated']:g}, longest {r['max_length_truncated']}, "
+                f"{r['tokens_dropped']} tokens dropped in all)"
+            )
+        logger.info(text)
+    train = reports.get("train")
+    if train and train["share"] > MOSTLY_CUT:
+        fix = "" if asked is None else " raise tokenization.max_length or set it to auto (or null);"
+        logger.warning(
+            "tokenization: max_length %d (%s) truncates %d of the %d training texts (%.0f%%); those are %g tokens "
+            "long at the median and %d at most, so the model sees only their beginning:%s a model with a longer "
+            "limit sees more",
+            max_length,
+            how,
+            train["truncated"],
+            train["texts"],
+            100 * train["share"],
+            train["median_length_truncated"],
+            train["max_length_truncated"],
+            fix,
+        )
+    return reports
+
+
 def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareSettings) -> Prepared:
-    """Tokenize every split once (batched, cached `datasets.map`); pad per batch unless `padding: max_length`."""
+    """Tokenize every split once, untruncated (batched, cached `datasets.map`), count what `max_length` cuts, then
+    truncate the longer rows; pad per batch unless `padding: max_length`."""
     from transformers import DataCollatorWithPadding, default_data_collator
 
     tokenizer, model = built.processor, built.model
     pairs = any("text_pair" in ds.column_names for ds in splits.values())
     if pairs:
         _check_pairs(tokenizer, model)
-    max_length = max_length_for(tokenizer, model, settings.tokenization.max_length)
+    # a fast tokenizer keeps its last truncation/padding settings, and `datasets` hashes that state into each split's
+    # cache fingerprint: one call first puts it where every `map` leaves it, so the cache is found again next run
+    blank = {"text": [""], **({"text_pair": [""]} if pairs else {})}
+    encode = Encode(tokenizer, pairs)
+    keys = [k for k in encode(blank) if k != LENGTH]
+    encoded = {name: ds.map(encode, batched=True, desc=f"tokenizing {name}") for name, ds in splits.items()}
+
+    asked = settings.tokenization.fixed_length
+    max_length, how = _choose_length(tokenizer, model, asked, encoded.get("train"))
     pad_to_max = settings.tokenization.padding == "max_length"
     # saved with the tokenizer: `predict` and `pipeline(..., truncation=True)` then cut texts where training did
     tokenizer.model_max_length = max_length
     logger.info(
-        "tokenization: truncate to %d tokens (saved as the tokenizer's model_max_length), %s",
+        "tokenization: truncate to %d tokens (%s; saved as the tokenizer's model_max_length), %s",
         max_length,
+        how,
         "pad every row to that length" if pad_to_max else "pad each batch to its longest row (dynamic)",
     )
+    reports = _report_lengths(encoded, max_length, how, asked)
 
-    tokenize = Tokenize(tokenizer, max_length, pairs, pad_to_max)
-    # a fast tokenizer keeps its last truncation/padding settings, and `datasets` hashes that state into each split's
-    # cache fingerprint: one call first puts it where every `map` leaves it, so the cache is found again next run
-    tokenize({"text": [""], **({"text_pair": [""]} if pairs else {})})
+    truncate = Truncate(tokenizer, max_length, pairs, pad_to_max, keys)
+    tokenizer(*blank.values(), truncation=True, max_length=max_length)  # the state `truncate` leaves (see above)
     ready = {
-        name: ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {name}")
-        for name, ds in splits.items()
+        name: ds.map(truncate, batched=True, remove_columns=ds.column_names, desc=f"truncating {name}")
+        for name, ds in encoded.items()
     }
     collate = default_data_collator if pad_to_max else DataCollatorWithPadding(tokenizer)
-    return Prepared(ready, collate)
+    settled = {"tokenization": replace(settings.tokenization, max_length=max_length)} if asked is None else {}
+    run_info = {"truncation": {"max_length": max_length, "chosen_by": how, "splits": reports}}
+    return Prepared(ready, collate, settled, run_info)
 
 
 def load_trained(path: str | Path) -> BuiltModel:
