@@ -69,6 +69,7 @@ MODELS = ("simple_cnn", "effnet_lite0", "minilm")
 CONTENDERS = ("predict", "predict_onnx", "pipeline", "onnxruntime")
 BASELINE = "pipeline"
 TEXT_MODELS = {"minilm"}
+NET_MIN_GAP_S = 1.0
 
 
 # --------------------------------------------------------------------------------------------- setup (not timed)
@@ -292,7 +293,8 @@ def worker_onnxruntime(folder: str, inputs: list[str], batch_size: int, text: bo
         logits = session.run(
             ["logits"], {n: np.asarray(feed[n].numpy() if hasattr(feed[n], "numpy") else feed[n]) for n in names}
         )[0]
-        labels += [config["id2label"][str(int(i))] for i in logits.argmax(-1)]
+        # export.json's labels: a timm folder's config.json keeps them as label_names, not id2label
+        labels += [export["id2label"][str(int(i))] for i in logits.argmax(-1)]
     return labels
 
 
@@ -394,8 +396,7 @@ def model_table(model: str, info: dict, s: dict, args: argparse.Namespace) -> li
         f"### {model}: {n} {unit}, batch {args.batch_size}",
         "",
         f"- trained {args.train_steps} steps in {info['train_s']} s (test accuracy {info['test_accuracy']}), "
-        f"exported in {info['export_s']} s (export check: top-1 agreement {info['export_top1_agreement']}, "
-        f"max |Δlogit| {info['export_max_abs_logit_diff']})",
+        f"exported and verified in {info['export_s']} s",
         f"- predict vs onnxruntime (raw) top-1 agreement: {s['predict_vs_onnxruntime_agreement']:.1%}",
         f"- predict peak RSS: {s['memory']['n_peak_rss_mb']:.0f} MB for {n} {unit}, "
         f"{s['memory']['big_peak_rss_mb']:.0f} MB for {args.memory_factor * n} (ratio {s['memory']['ratio']:.3f})",
@@ -408,9 +409,16 @@ def model_table(model: str, info: dict, s: dict, args: argparse.Namespace) -> li
     for name in CONTENDERS:
         c = s[name]
         in_process = f"{c['in_process_ips']:.1f}" if c["in_process_ips"] else "—"
+        # under a second between the two runs is within start-up jitter: no per-input figure can be read from it
+        readable = (
+            c["wall_s"] - c["tiny_wall_s"] >= NET_MIN_GAP_S
+            and s[BASELINE]["wall_s"] - s[BASELINE]["tiny_wall_s"] >= NET_MIN_GAP_S
+        )
+        net_ips = f"{c['net_ips']:.1f}" if c["wall_s"] - c["tiny_wall_s"] >= NET_MIN_GAP_S else "— (< 1 s apart)"
+        net_ratio = f"{c['net_ratio']:.3f}" if readable else "—"
         lines.append(
-            f"| {name} | {c['wall_s']:.2f} | {c['tiny_wall_s']:.2f} | {c['wall_ips']:.1f} | {c['net_ips']:.1f} | "
-            f"{c['wall_ratio']:.3f} | {c['net_ratio']:.3f} | {in_process} | {c['cpu_s']:.1f} | "
+            f"| {name} | {c['wall_s']:.2f} | {c['tiny_wall_s']:.2f} | {c['wall_ips']:.1f} | {net_ips} | "
+            f"{c['wall_ratio']:.3f} | {net_ratio} | {in_process} | {c['cpu_s']:.1f} | "
             f"{c['peak_rss_mb']:.0f} | {c['agreement']:.1%} |"
         )
     return [*lines, ""]
@@ -423,8 +431,8 @@ def markdown(payload: dict, args: argparse.Namespace) -> list[str]:
         "",
         f"- command: `{payload['command']}`",
         *_common.machine_lines(machine, PACKAGES, date_note=f"; code at {_common.describe_git(payload['git'])}"),
-        "- hf-finetune predict options passed: `--file`, `--top-k 1`, "
-        + ", ".join(f"`{f}`" for f in payload["predict_flags"])
+        "- hf-finetune predict options passed: `--file`, `--top-k 1`"
+        + "".join(f", `{f}`" for f in payload["predict_flags"])
         + ("" if "--batch-size" in payload["predict_flags"] else " (no --batch-size in this checkout: its fixed 32)"),
         f"- medians over {args.repeats} rounds; net of start-up = (N − {args.tiny}) / (wall(N) − wall({args.tiny})); "
         "ratios are per round, then the median; in-process = N / (last input done − model loaded), pipeline and "
