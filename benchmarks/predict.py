@@ -155,15 +155,6 @@ def write_list(path: Path, lines: Sequence[str]) -> Path:
     return path
 
 
-def predict_flags() -> list[str]:
-    """The options this checkout's `hf-finetune predict` has that the benchmark needs (read from its own parser)."""
-    from hf_finetune.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return [flag for flag in ("--batch-size", "--device") if flag in sub.choices["predict"]._option_string_actions]
-
-
 # --------------------------------------------------------------------------------------------- one timed subprocess
 
 
@@ -208,10 +199,7 @@ def run_child(cmd: list[str], stdout: Path, timeout: float) -> dict[str, Any]:
 def contender_cmd(name: str, folder: str, inputs: Path, out: Path, args: argparse.Namespace) -> list[str]:
     if name.startswith("predict"):
         cmd = [args.hf_finetune, "predict", folder, "--file", str(inputs), "--top-k", "1"]
-        if "--batch-size" in args.flags:
-            cmd += ["--batch-size", str(args.batch_size)]
-        if "--device" in args.flags:
-            cmd += ["--device", "cpu"]
+        cmd += ["--batch-size", str(args.batch_size), "--device", "cpu"]
         return cmd + (["--onnx"] if name == "predict_onnx" else [])
     worker = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--folder", folder]
     return [*worker, "--inputs", str(inputs), "--labels-out", str(out), "--batch-size", str(args.batch_size)]
@@ -431,9 +419,8 @@ def markdown(payload: dict, args: argparse.Namespace) -> list[str]:
         "",
         f"- command: `{payload['command']}`",
         *_common.machine_lines(machine, PACKAGES, date_note=f"; code at {_common.describe_git(payload['git'])}"),
-        "- hf-finetune predict options passed: `--file`, `--top-k 1`"
-        + "".join(f", `{f}`" for f in payload["predict_flags"])
-        + ("" if "--batch-size" in payload["predict_flags"] else " (no --batch-size in this checkout: its fixed 32)"),
+        "- hf-finetune predict options passed: `--file`, `--top-k 1`, "
+        f"`--batch-size {args.batch_size}`, `--device cpu`",
         f"- medians over {args.repeats} rounds; net of start-up = (N − {args.tiny}) / (wall(N) − wall({args.tiny})); "
         "ratios are per round, then the median; in-process = N / (last input done − model loaded), pipeline and "
         "onnxruntime only",
@@ -445,20 +432,10 @@ def markdown(payload: dict, args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def check_batch_size(flags: list[str], batch_size: int) -> None:
-    """Without `--batch-size`, predict batches by 32: any other size would not be the same for every contender."""
-    if "--batch-size" not in flags and batch_size != 32:
-        raise SystemExit(
-            f"this checkout's hf-finetune predict has no --batch-size (fixed 32); --batch-size {batch_size}"
-        )
-
-
 def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     start = time.perf_counter()
     prepared = {m: prepare_model(m, root / "models", args) for m in args.models}
     setup_s = time.perf_counter() - start
-    args.flags = predict_flags()
-    check_batch_size(args.flags, args.batch_size)
     images = write_images(root / "images", args.images * args.memory_factor) if set(args.models) - TEXT_MODELS else []
     texts = read_tweets(args.texts * args.memory_factor) if set(args.models) & TEXT_MODELS else []
     results, summary = {}, {}
@@ -482,7 +459,6 @@ def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "runs": results,
         "setup_s": setup_s,
         "total_s": time.perf_counter() - start,
-        "predict_flags": args.flags,
         "models": args.models,
     }
 
