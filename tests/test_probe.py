@@ -204,7 +204,7 @@ def test_a_head_that_is_not_one_linear_is_refused_pointing_at_head_only():
             self.body = torch.nn.Linear(4, 4)
             self.classifier = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
 
-    with pytest.raises(ModelError, match="Linear, Linear. Use transfer.strategy head_only"):
+    with pytest.raises(ModelError, match=r"Linear, Linear\. Use transfer\.strategy head_only"):
         head_linear(TwoLayerHead())
     flat = TwoLayerHead()
     flat.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))  # HF ResNet's head: accepted
