@@ -119,6 +119,7 @@ def _hashes(state: dict[str, torch.Tensor]) -> dict[str, str]:
     return {k: hashlib.sha256(v.contiguous().cpu().numpy().tobytes()).hexdigest() for k, v in state.items()}
 
 
+@pytest.mark.slow
 def test_linear_probe_leaves_every_backbone_tensor_bit_identical(digits_folder: Path, tmp_path: Path):
     from safetensors.torch import save_file
 

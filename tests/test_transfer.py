@@ -1,5 +1,6 @@
-"""Transfer strategies (full, head_only, partial, lp_ft; the fitted linear_probe is tests/test_probe.py), layer-wise learning rates, frozen BatchNorm, and loading
-local weights (`model.weights`), on tiny models: simple_cnn, timm's test_resnet, a tiny ViT and a tiny BERT.
+"""Transfer strategies (full, head_only, partial, lp_ft; the fitted linear_probe is tests/test_probe.py), layer-wise
+learning rates, frozen BatchNorm, and loading local weights (`model.weights`), on tiny models: simple_cnn, timm's
+test_resnet, a tiny ViT and a tiny BERT.
 
 Runs go through `finetune`; a callback records the model at the start of training (before any step), at each epoch's
 end and at the end, plus the optimizer's parameter groups as Trainer built them.
@@ -353,6 +354,7 @@ def test_lp_ft_probes_one_epoch_then_fine_tunes_the_backbone_at_a_lower_rate(tin
     assert _changed(probed, end) == set(begin)
 
 
+@pytest.mark.slow
 def test_head_only_gets_a_probe_sized_learning_rate_unless_the_recipe_sets_one(tiny_recipe):
     rec = Recorder()
     recipe = tiny_recipe(transfer={"strategy": "head_only"}, training={"num_train_epochs": 1})
@@ -370,6 +372,7 @@ def test_head_only_gets_a_probe_sized_learning_rate_unless_the_recipe_sets_one(t
     assert {g["lr"] for g in rec.groups} == {3e-3}  # the recipe's own value is honoured
 
 
+@pytest.mark.slow
 def test_lp_ft_starts_fine_tuning_from_the_fitted_probe_head(tiny_recipe, tmp_path: Path):
     probe = tiny_recipe(model=BN_CNN, transfer={"strategy": "linear_probe"})
     for key in ("num_train_epochs", "learning_rate", "per_device_train_batch_size"):
