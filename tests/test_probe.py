@@ -210,3 +210,19 @@ def test_a_head_that_is_not_one_linear_is_refused_pointing_at_head_only():
     flat = TwoLayerHead()
     flat.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))  # HF ResNet's head: accepted
     assert head_linear(flat) is flat.classifier[1]
+
+
+@pytest.mark.slow
+def test_linear_probe_under_two_ranks_is_refused_before_any_data_is_loaded(tiny_recipe, tmp_path: Path):
+    import re
+
+    from test_distributed import _launch, _write
+
+    out = tmp_path / "probe"
+    recipe = _probe_recipe(tmp_path / "no such folder", out)
+    proc = _launch(["-m", "hf_finetune", "train", str(_write(recipe, tmp_path / "r.yaml"))])
+    codes = [int(c) for c in re.findall(r"exitcode\s+:\s+(-?\d+)", proc.stderr)]
+    assert 2 in codes and set(codes) <= {2, -15}, proc.stderr[-4000:]
+    assert "transfer.strategy linear_probe" in proc.stderr and "run it in one process" in proc.stderr
+    assert "no such folder" not in proc.stderr and "hf_finetune/" not in proc.stderr  # no data error, no traceback
+    assert not out.exists()
