@@ -274,10 +274,13 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
 
     model, plan, mixing = parts.built.model, parts.plan, parts.mixup is not None
     run_callbacks = [CheckpointMarker(), *([ResumeWeightsCheck(parts.resume)] if parts.resume else [])]
+    fitted = plan.spec.strategy == "linear_probe"  # the fit was the training: the Trainer only evaluates and saves
     return build_trainer(
         model=model,
         args=args,
-        train_dataset=avoid_single_sample_last_batch(parts.prepared.splits["train"], args, model, mixing),
+        train_dataset=None
+        if fitted
+        else avoid_single_sample_last_batch(parts.prepared.splits["train"], args, model, mixing),
         eval_dataset=parts.prepared.splits["validation"],
         collate=parts.prepared.collate,
         processor=parts.built.processor,
