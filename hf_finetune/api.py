@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .data.sources import LoadedData
     from .metrics import ClassificationMetrics
     from .outputs import OutputPlan
+    from .probe import ProbeFit
     from .tasks import BuiltModel, Prepared
     from .trainer import BatchMixer
     from .transfer import TransferPlan
@@ -70,15 +71,16 @@ def finetune(
     setup_logging()
     started = time.time()
     recipe_file = find_recipe(recipe) if isinstance(recipe, (str, Path)) else None
-    recipe = load_recipe(recipe, _merge_overrides(overrides, kwargs))
+    recipe = _with_strategy_defaults(load_recipe(recipe, _merge_overrides(overrides, kwargs)))
     task = get_task(recipe.task)
     claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
     args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed
     parts = _build_parts(recipe, task, args)  # resume point, data, checks, model, transfer, splits, loss, metrics
     recipe = replace(recipe, **parts.prepared.settled)  # what preparing chose (max_length auto): saved, re-run as is
     _claim_output_dir(recipe, args, claim, parts.resume)  # every check passed: empty what we wrote, write recipe.yaml
+    _fit_probe(recipe, task, args, parts)  # linear_probe, lp_ft: the head fitted on frozen features computed once
     trainer = _make_trainer(args, parts, callbacks)
-    train_metrics, best = _train(trainer, parts.resume, recipe.output_dir)
+    train_metrics, best = _train(trainer, parts, recipe.output_dir)  # linear_probe: the fit was the training
     results = {"train": train_metrics, **_evaluate_splits(trainer, parts)}
     files = _save(trainer, recipe, args, parts, results, best, time.time() - started)
     logger.info("done: outputs in %s", recipe.output_dir.resolve())
@@ -101,6 +103,7 @@ class _Parts:
     compute_metrics: ClassificationMetrics
     loss: Callable[..., torch.Tensor] | None  # None: the model's own loss
     mixup: BatchMixer | None
+    probe: ProbeFit | None = None  # set by _fit_probe when the strategy fits its head
 
 
 def _check_output_dir(recipe: Recipe, recipe_file: Path | None) -> OutputPlan:
@@ -140,14 +143,29 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     return args
 
 
+def _with_strategy_defaults(recipe: Recipe) -> Recipe:
+    from .transfer import with_strategy_defaults
+
+    return with_strategy_defaults(recipe)
+
+
 def _refuse_what_processes_cannot_run(recipe: Recipe, world_size: int) -> None:
     """What the recipe and the process count alone rule out: refused before any data or model is loaded."""
     if recipe.transfer.strategy == "lp_ft" and world_size > 1:
         raise RecipeError(
             [
-                "transfer.strategy lp_ft: unfreezing parameters in the middle of a run is not something "
-                "DistributedDataParallel can follow; run lp_ft in one process, or run linear_probe and then full "
-                "(model.name=<the probe's output folder>) as two runs"
+                "transfer.strategy lp_ft: its probe (a fit on one process, or head-only epochs that unfreeze "
+                "parameters mid-run, which DistributedDataParallel cannot follow) runs in one process only; run "
+                "lp_ft in one process, or run linear_probe and then full (model.name=<the probe's output folder>) "
+                "as two runs"
+            ]
+        )
+    if recipe.transfer.strategy == "linear_probe" and world_size > 1:
+        raise RecipeError(
+            [
+                f"transfer.strategy linear_probe: the probe is one full-batch fit on one process's cached features, "
+                f"and {world_size} processes would each compute it; run it in one process (python -m hf_finetune "
+                "train or hf-finetune train, without accelerate launch or torchrun)"
             ]
         )
 
@@ -206,6 +224,49 @@ def _claim_output_dir(recipe: Recipe, args: TrainingArguments, claim: OutputPlan
     args.distributed_state.wait_for_everyone()
 
 
+def _fit_probe(recipe: Recipe, task: Task, args: TrainingArguments, parts: _Parts) -> None:
+    """linear_probe (and lp_ft without probe_epochs): the frozen backbone's features of train (eval preprocessing, no
+    augmentation) and validation, computed once, and the head fitted on them; C chosen on validation."""
+    from . import probe
+    from .recipe import AugmentationSpec
+    from .transfer import fits_probe
+
+    if not fits_probe(recipe.transfer):
+        return
+    model, started = parts.built.model, time.perf_counter()
+    settings = PrepareSettings(AugmentationSpec(), recipe.tokenization, args.seed)
+    # not named "train": the task prepares every other split with its eval preprocessing
+    plain = task.prepare(parts.built, {"probe": parts.data.splits["train"]}, settings)
+    loader = {"batch_size": args.per_device_eval_batch_size, "num_workers": args.dataloader_num_workers}
+    train = probe.extract_features(model, plain.splits["probe"], plain.collate, device=args.device, **loader)
+    validation = probe.extract_features(
+        model, parts.prepared.splits["validation"], parts.prepared.collate, device=args.device, **loader
+    )
+    feature_seconds = time.perf_counter() - started
+    logger.info("probe: features of %d + %d rows in %.1f s", len(train[1]), len(validation[1]), feature_seconds)
+    metric = recipe.training.get("metric_for_best_model") or recipe.metrics.metric_for_best_model
+    metric = metric.removeprefix(f"{METRIC_PREFIX['validation']}_")
+    greater = recipe.training.get("greater_is_better", metric != "loss")
+    weight, bias, fit = probe.fit_probe(
+        train,
+        validation,
+        len(parts.data.label_names),
+        parts.compute_metrics,
+        metric=metric,
+        greater_is_better=bool(greater),
+        class_weight=_probe_class_weight(recipe),
+    )
+    fit.feature_seconds = feature_seconds
+    logger.info("probe: %s; fit in %.1f s", fit.info()["fitted_on"], fit.fit_seconds)
+    probe.set_head(model, weight, bias)
+    parts.probe = fit
+
+
+def _probe_class_weight(recipe: Recipe) -> dict[int, float] | str | None:
+    weights = recipe.loss.class_weights
+    return dict(enumerate(weights)) if isinstance(weights, list) else weights
+
+
 def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[TrainerCallback]) -> Trainer:
     from . import transfer
     from .checkpoints import CheckpointMarker, ResumeWeightsCheck
@@ -214,10 +275,13 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
 
     model, plan, mixing = parts.built.model, parts.plan, parts.mixup is not None
     run_callbacks = [CheckpointMarker(), *([ResumeWeightsCheck(parts.resume)] if parts.resume else [])]
+    fitted = plan.spec.strategy == "linear_probe"  # the fit was the training: the Trainer only evaluates and saves
     return build_trainer(
         model=model,
         args=args,
-        train_dataset=avoid_single_sample_last_batch(parts.prepared.splits["train"], args, model, mixing),
+        train_dataset=None
+        if fitted
+        else avoid_single_sample_last_batch(parts.prepared.splits["train"], args, model, mixing),
         eval_dataset=parts.prepared.splits["validation"],
         collate=parts.prepared.collate,
         processor=parts.built.processor,
@@ -234,15 +298,17 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
     )
 
 
-def _train(trainer: Trainer, resume: str | None, output_dir: Path) -> tuple[dict[str, float], str | None]:
+def _train(trainer: Trainer, parts: _Parts, output_dir: Path) -> tuple[dict[str, float], str | None]:
     """Train (stopping cleanly on SIGINT/SIGTERM after one checkpoint); returns the train metrics and the best
-    checkpoint, whose weights are verified to be the ones in memory."""
+    checkpoint, whose weights are verified to be the ones in memory. linear_probe: the fit was the training."""
     from .checkpoints import interrupted, stop_on_signals
     from .trainer import verify_best_model
 
+    if parts.plan.spec.strategy == "linear_probe" and parts.probe is not None:
+        return dict(parts.probe.train), None
     with stop_on_signals() as stop:
         trainer.add_callback(stop)  # last: it also cancels any save into a checkpoint that is already complete
-        output = trainer.train(resume_from_checkpoint=resume)
+        output = trainer.train(resume_from_checkpoint=parts.resume)
     if stop.signum is not None:
         raise interrupted(stop.signum, trainer.state.global_step, output_dir)
     return dict(output.metrics), verify_best_model(trainer)
@@ -286,6 +352,8 @@ def _save(
         return []
     run = run_info(parts.data.splits, parts.data.label_names, parts.data.description, args, best, seconds)
     run |= parts.prepared.run_info  # e.g. text truncation figures
+    if parts.probe is not None:
+        run["probe"] = parts.probe.info()
     files = _write_results(out, recipe, args, parts, results, run)
     if recipe.hub.push:
         _push(out, recipe.hub)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .files import write_text_atomic
 from .names import CARD_FILE, EVALUATED_PREFIXES, SPLIT_OF_PREFIX, confusion_matrix_files
 from .recipe import (
+    DEFAULT_FINE_TUNE_LR_SCALE,
     TASKS,
     AugmentationSpec,
     CardSpec,
@@ -121,7 +122,9 @@ class CardFacts:
             run=run,
             data_description=data_description,
             model_description=model_description,
-            hyperparameters=hyperparameters(args, processes),
+            # a fitted linear probe has no epochs, optimizer or learning rate: rows for them would be Trainer's unused
+            # defaults
+            hyperparameters=[] if recipe.transfer.strategy == "linear_probe" else hyperparameters(args, processes),
             best_model_chosen=bool(args.load_best_model_at_end),
             # the recipe as saved with the outputs: without the one-off actions (overwrite, push, resume)
             recipe_yaml=_recipe_yaml(recipe),
@@ -441,9 +444,12 @@ def _preprocessing(facts: CardFacts) -> list[str]:
 
 TRANSFER_TEXT = {
     "full": "full fine-tuning: every parameter trains",
-    "linear_probe": "linear probe: only the new classification head trains, the backbone stays frozen",
+    "linear_probe": "linear probe: the new classification head is fitted (multinomial logistic regression, L-BFGS) "
+    "on the frozen backbone's features, computed once with eval preprocessing; the backbone is unchanged",
+    "head_only": "head only: only the new classification head trains (with the Trainer), the backbone stays frozen",
     "partial": "partial fine-tuning: the head and the last blocks of the backbone train, the rest stays frozen",
-    "lp_ft": "LP-FT: the head trains alone first (linear probe), then the backbone is unfrozen and fine-tuned",
+    "lp_ft": "LP-FT: the head is first fitted alone on the frozen features (linear probe), then the backbone is "
+    "unfrozen and fine-tuned",
 }
 
 
@@ -455,7 +461,16 @@ def _transfer(facts: CardFacts) -> list[str]:
     if tr.strategy in ("partial", "lp_ft") and tr.unfreeze_last is not None:
         lines.append(f"last {tr.unfreeze_last} blocks unfrozen")
     if tr.strategy == "lp_ft":
-        lines.append(f"probe for {tr.probe_epochs:g} epoch(s), then backbone learning rate × {tr.fine_tune_lr_scale:g}")
+        scale = tr.fine_tune_lr_scale if tr.fine_tune_lr_scale is not None else DEFAULT_FINE_TUNE_LR_SCALE
+        epochs = tr.probe_epochs
+        probe = f"head-only training for {epochs:g} epoch(s)" if epochs is not None else "fitted probe"
+        lines.append(f"{probe}, then backbone learning rate × {scale:g}")
+    fit = facts.run.get("probe")
+    if fit:
+        lines.append(
+            f"probe {fit['fitted_on']}; L2 strength C = {fit['C']:g} chosen by {fit['chosen_by']} from "
+            f"{[g['C'] for g in fit['grid']]}; features {fit['feature_seconds']:.1f} s, fit {fit['fit_seconds']:.1f} s"
+        )
     if tr.layer_decay is not None:
         lines.append(f"layer-wise learning-rate decay {tr.layer_decay:g}")
     if tr.head_lr is not None and tr.head_lr != default.head_lr:

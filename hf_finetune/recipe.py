@@ -27,9 +27,33 @@ from .names import RECIPE_FILE
 # Choice fields are `Literal` types: the coercion code checks them like any other type (see `_coerce`).
 TaskName = Literal["image-classification", "text-classification"]
 TASKS: tuple[TaskName, ...] = typing.get_args(TaskName)
-TransferStrategy = Literal["full", "linear_probe", "partial", "lp_ft"]
+TransferStrategy = Literal["full", "linear_probe", "head_only", "partial", "lp_ft"]
 TRANSFER_STRATEGIES: tuple[TransferStrategy, ...] = typing.get_args(TransferStrategy)
 AugmentationPreset = Literal["none", "light", "standard", "strong"]
+DEFAULT_FINE_TUNE_LR_SCALE = 0.1  # lp_ft's backbone learning rate = learning_rate × this, unless the recipe sets it
+# What a fitted linear probe never uses: no epochs, optimizer, schedule or train-time batches (features are computed
+# once with the eval batch size and preprocessing). A recipe that writes one with linear_probe is refused.
+TRAINING_ONLY_KEYS = (
+    "num_train_epochs",
+    "max_steps",
+    "learning_rate",
+    "optim",
+    "optim_args",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "warmup_ratio",
+    "gradient_accumulation_steps",
+    "per_device_train_batch_size",
+    "label_smoothing_factor",
+    "load_best_model_at_end",
+    "gradient_checkpointing",
+)
 
 # Augmentation presets fill in the options a recipe does not set itself.
 AUGMENTATION_PRESETS: dict[AugmentationPreset, dict[str, Any]] = {
@@ -214,14 +238,27 @@ class TransferSpec:
 
     strategy: TransferStrategy = "full"
     unfreeze_last: int | None = None  # partial, and lp_ft's fine-tuning stage: how many of the last blocks train
-    probe_epochs: float = 1.0  # lp_ft: epochs with only the head training
-    fine_tune_lr_scale: float = 0.1  # lp_ft: backbone learning rate = learning_rate × this
+    # lp_ft: unset = the fitted probe (hf_finetune/probe.py); written = that many epochs of the head training alone
+    probe_epochs: float | None = None
+    fine_tune_lr_scale: float | None = None  # lp_ft: backbone learning rate = learning_rate × this (default 0.1)
     layer_decay: float | None = None  # layer-wise learning-rate decay, e.g. 0.75
     head_lr: float | None = None  # the head's learning rate (default: training.learning_rate)
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
-        return _out_of_range(
+        out = [
+            f"transfer.{key}: applies to strategy lp_ft only, not {self.strategy}; remove it or use strategy lp_ft"
+            for key in ("probe_epochs", "fine_tune_lr_scale")
+            if getattr(self, key) is not None and self.strategy != "lp_ft"
+        ]
+        if self.strategy == "linear_probe":
+            out += [
+                f"transfer.{key}: linear_probe fits its head with no learning rate; remove it, or use strategy "
+                "head_only (the head trains with the Trainer)"
+                for key in ("head_lr", "layer_decay")
+                if getattr(self, key) is not None
+            ]
+        return out + _out_of_range(
             self,
             "transfer",
             [
@@ -992,7 +1029,7 @@ def _value_problems(recipe: Recipe) -> list[str]:
 
 
 def _cross_section_problems(recipe: Recipe) -> list[str]:
-    out = []
+    out = _linear_probe_problems(recipe)
     if recipe.task != "text-classification" and recipe.model.pooling != "auto":
         out.append(f"model.pooling: {recipe.model.pooling!r} applies to text-classification only; remove it")
     a = recipe.augmentation
@@ -1006,6 +1043,29 @@ def _cross_section_problems(recipe: Recipe) -> list[str]:
         out.append(
             f"training.per_device_train_batch_size: mixup/CutMix mixes each sample with another of its batch and "
             f"needs at least 2 per device, got {batch}; raise it or set augmentation.mixup_alpha/cutmix_alpha to 0"
+        )
+    return out
+
+
+def _linear_probe_problems(recipe: Recipe) -> list[str]:
+    """A fitted probe uses no epochs, optimizer or augmentation: a recipe writing them would be ignored, so it is
+    refused (the epoch-trained probe that uses them is strategy head_only)."""
+    if recipe.transfer.strategy != "linear_probe":
+        return []
+    out = []
+    written = [f"training.{k}" for k in TRAINING_ONLY_KEYS if k in recipe.training]
+    if recipe.augmentation != AugmentationSpec():
+        written.append("augmentation")
+    if written:
+        out.append(
+            f"{', '.join(written)}: transfer.strategy linear_probe fits the head on features computed once with eval "
+            "preprocessing, so it uses no epochs, optimizer, learning rate or augmentation; remove them, or use "
+            "strategy head_only (the head trains with the Trainer for num_train_epochs)"
+        )
+    if recipe.training.get("resume_from_checkpoint"):
+        out.append(
+            "training.resume_from_checkpoint (--resume): transfer.strategy linear_probe is one fit, with no "
+            "checkpoints to resume from; run it again with --overwrite"
         )
     return out
 

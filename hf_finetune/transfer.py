@@ -2,10 +2,13 @@
 
 Strategies (recipe section `transfer:`):
   full           every parameter trains
-  linear_probe   only the new head trains; the backbone is frozen
+  linear_probe   the new head is fitted (multinomial logistic regression, hf_finetune/probe.py) on the frozen
+                 backbone's features, computed once; no epochs, no optimizer
+  head_only      only the new head trains, with the Trainer, for num_train_epochs; the backbone is frozen
   partial        the head, the layers after the last block, and the last `unfreeze_last` blocks train
-  lp_ft          probe (head only) for `probe_epochs`, then unfreeze (all, or the last `unfreeze_last` blocks) and
-                 fine-tune the backbone at `learning_rate × fine_tune_lr_scale` — one run, one output
+  lp_ft          the fitted probe first, then fine-tune (all, or the last `unfreeze_last` blocks) with the backbone at
+                 `learning_rate × fine_tune_lr_scale` — one run, one output. With `probe_epochs` written, the probe is
+                 instead the head alone trained with the Trainer for that many epochs (the LP-FT of earlier versions)
 Options: `layer_decay` (layer-wise learning-rate decay: each block down from the head gets `× layer_decay`) and
 `head_lr` (the head's own learning rate).
 
@@ -24,16 +27,46 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from .errors import ModelError
-from .recipe import TRANSFER_STRATEGIES, TransferSpec
+from .recipe import DEFAULT_FINE_TUNE_LR_SCALE, TRANSFER_STRATEGIES, TransferSpec
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.hooks import RemovableHandle
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
+    from .recipe import Recipe
+
 logger = logging.getLogger(__name__)
 
 STRATEGIES = TRANSFER_STRATEGIES
+
+# Training settings each strategy gets when the recipe leaves them unset (Trainer's own 5e-5 suits full fine-tuning,
+# not a lone head). linear_probe takes none: the recipe is refused if it writes them (recipe.py).
+STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "head_only": {"learning_rate": 1e-3},
+}
+
+
+def fits_probe(spec: TransferSpec) -> bool:
+    """The head is fitted on cached features before (or instead of) training: linear_probe, and lp_ft unless the
+    recipe asks for an epoch-trained probe (`probe_epochs`)."""
+    return spec.strategy == "linear_probe" or (spec.strategy == "lp_ft" and spec.probe_epochs is None)
+
+
+def with_strategy_defaults(recipe: Recipe) -> Recipe:
+    """The recipe with its strategy's defaults for the training keys it does not set (logged; saved in recipe.yaml)."""
+    import dataclasses
+
+    chosen = {k: v for k, v in STRATEGY_DEFAULTS.get(recipe.transfer.strategy, {}).items() if k not in recipe.training}
+    for key, value in chosen.items():
+        logger.info(
+            "training: %s = %r (transfer.strategy %s default; set training.%s to change it)",
+            key,
+            value,
+            recipe.transfer.strategy,
+            key,
+        )
+    return dataclasses.replace(recipe, training={**recipe.training, **chosen}) if chosen else recipe
 
 
 @dataclass
@@ -132,7 +165,7 @@ def plan_transfer(model: nn.Module, spec: TransferSpec) -> TransferPlan:
         )
     if spec.strategy == "partial" and k is None:
         raise ModelError(f"transfer.strategy partial needs transfer.unfreeze_last (1..{layers.num_blocks})")
-    if spec.strategy in ("full", "linear_probe") and k is not None:
+    if spec.strategy in ("full", "linear_probe", "head_only") and k is not None:
         raise ModelError(
             f"transfer.unfreeze_last {k} applies to strategies partial and lp_ft, not {spec.strategy}; "
             "remove it or change the strategy"
@@ -140,13 +173,17 @@ def plan_transfer(model: nn.Module, spec: TransferSpec) -> TransferPlan:
     top = {n for n, i in layers.layer.items() if k is not None and i > layers.num_blocks - k}
     if spec.strategy == "full":
         plan = TransferPlan(spec, layers, everything)
-    elif spec.strategy == "linear_probe":
+    elif spec.strategy in ("linear_probe", "head_only"):
         plan = TransferPlan(spec, layers, head)
     elif spec.strategy == "partial":
         plan = TransferPlan(spec, layers, head | top)
-    else:  # lp_ft
+    else:  # lp_ft: after a fitted probe, fine-tuning starts at the first step
         later = (top if k is not None else everything) - head
-        plan = TransferPlan(spec, layers, head, later)
+        plan = TransferPlan(spec, layers, head | later) if fits_probe(spec) else TransferPlan(spec, layers, head, later)
+    if fits_probe(spec):
+        from .probe import head_linear
+
+        head_linear(model)  # a head the probe cannot fit is refused now, before the output folder is touched
     if not plan.trainable_now:
         raise ModelError(f"transfer.strategy {spec.strategy}: nothing is left to train in {type(model).__name__}")
     return plan
@@ -212,7 +249,7 @@ def param_groups(
             depth = layers.neck - layers.layer[name]  # 0 for the neck, num_blocks + 1 for the stem
             lr = learning_rate * (spec.layer_decay**depth if spec.layer_decay else 1.0)
             if spec.strategy == "lp_ft":
-                lr *= spec.fine_tune_lr_scale
+                lr *= spec.fine_tune_lr_scale if spec.fine_tune_lr_scale is not None else DEFAULT_FINE_TUNE_LR_SCALE
             kind = f"layer {layers.layer[name]}"
         # Trainer's decay names exclude biases and LayerNorm, but not e.g. timm's BatchNorm (`bn1.weight`): no decay
         # for any 1-D tensor (biases, norm scales), as timm's own optimizer factory does
@@ -222,7 +259,7 @@ def param_groups(
 
 
 class ProbeThenFineTune(TrainerCallback):
-    """lp_ft: after `probe_epochs`, unfreeze the backbone (its BatchNorm trains again too).
+    """lp_ft with `probe_epochs`: after them, unfreeze the backbone (its BatchNorm trains again too).
 
     `handles`: the frozen-BatchNorm hooks `apply_plan` set, replaced here by those still frozen after the switch."""
 

@@ -59,6 +59,9 @@ def _shrink(name: str, recipe, tmp_path: Path, fixtures: dict[str, Path]) -> dic
             "data.label_column": "sentiment",
             "tokenization.max_length": 64,  # the tiny BERT has 128 positions
         }
+    if recipe.transfer.strategy == "linear_probe":  # a fitted probe takes no steps or train batches (it refuses them)
+        for key in ("training.max_steps", "training.per_device_train_batch_size"):
+            del overrides[key]
     return overrides | {k: v for k, v in EXTRA.get(name, {}).items()}
 
 

@@ -1,10 +1,12 @@
-"""Transfer strategies (full, linear_probe, partial, lp_ft), layer-wise learning rates, frozen BatchNorm, and loading
-local weights (`model.weights`), on tiny models: simple_cnn, timm's test_resnet, a tiny ViT and a tiny BERT.
+"""Transfer strategies (full, head_only, partial, lp_ft; the fitted linear_probe is tests/test_probe.py), layer-wise
+learning rates, frozen BatchNorm, and loading local weights (`model.weights`), on tiny models: simple_cnn, timm's
+test_resnet, a tiny ViT and a tiny BERT.
 
 Runs go through `finetune`; a callback records the model at the start of training (before any step), at each epoch's
 end and at the end, plus the optimizer's parameter groups as Trainer built them.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -181,8 +183,9 @@ def test_partial_plan_includes_the_neck_and_errors_name_both_numbers():
         plan_transfer(vit, TransferSpec(strategy="partial", unfreeze_last=3))
     with pytest.raises(ModelError, match=r"partial needs transfer\.unfreeze_last \(1\.\.2\)"):
         plan_transfer(vit, TransferSpec(strategy="partial"))
-    with pytest.raises(ModelError, match="applies to strategies partial and lp_ft, not linear_probe"):
-        plan_transfer(vit, TransferSpec(strategy="linear_probe", unfreeze_last=1))
+    for strategy in ("linear_probe", "head_only"):
+        with pytest.raises(ModelError, match=f"applies to strategies partial and lp_ft, not {strategy}"):
+            plan_transfer(vit, TransferSpec(strategy=strategy, unfreeze_last=1))
 
 
 def test_model_without_a_head_has_nothing_to_probe():
@@ -226,12 +229,12 @@ def test_cli_exits_2_when_the_strategy_does_not_fit_the_model(tiny_recipe, tmp_p
 # --------------------------------------------------------------------------------------------- training runs
 
 
-def test_linear_probe_timm_resnet_sgd_momentum_keeps_backbone_and_batchnorm_statistics(tiny_recipe):
-    # the classic recipe: replace the fc layer, train only it with SGD, lr 1e-3, momentum 0.9
+def test_head_only_timm_resnet_sgd_momentum_keeps_backbone_and_batchnorm_statistics(tiny_recipe):
+    # the classic epoch-trained probe: replace the fc layer, train only it with SGD, lr 1e-3, momentum 0.9
     rec = Recorder()
     training = {"num_train_epochs": 1, "optim": "sgd", "optim_args": "momentum=0.9", "learning_rate": 1e-3}
     result = finetune(
-        tiny_recipe(model=TIMM_RESNET, transfer={"strategy": "linear_probe"}, training=training), callbacks=[rec]
+        tiny_recipe(model=TIMM_RESNET, transfer={"strategy": "head_only"}, training=training), callbacks=[rec]
     )
     assert type(rec.optimizer) is torch.optim.SGD
     assert [(g["lr"], g["momentum"], sorted(g["params"])) for g in rec.groups] == [
@@ -287,9 +290,9 @@ def test_full_fine_tuning_with_layer_decay_updates_everything_at_per_layer_rates
 
 
 @pytest.mark.parametrize("kind", ["vit", "bert"])
-def test_linear_probe_transformers_models_train_only_the_head(kind, tiny_recipe, text_recipe, tiny_vit_dir: Path):
+def test_head_only_transformers_models_train_only_the_head(kind, tiny_recipe, text_recipe, tiny_vit_dir: Path):
     rec = Recorder()
-    sections = {"transfer": {"strategy": "linear_probe"}, "training": {"num_train_epochs": 1}}
+    sections = {"transfer": {"strategy": "head_only"}, "training": {"num_train_epochs": 1}}
     if kind == "vit":
         recipe = tiny_recipe(model={"name": str(tiny_vit_dir), "config": {}}, **sections)
     else:
@@ -349,6 +352,47 @@ def test_lp_ft_probes_one_epoch_then_fine_tunes_the_backbone_at_a_lower_rate(tin
     assert _changed(begin, probed) == head  # backbone and BatchNorm statistics frozen during the probe
     # afterwards everything trains: every parameter moves, and BatchNorm updates its statistics again
     assert _changed(probed, end) == set(begin)
+
+
+@pytest.mark.slow
+def test_head_only_gets_a_probe_sized_learning_rate_unless_the_recipe_sets_one(tiny_recipe):
+    rec = Recorder()
+    recipe = tiny_recipe(transfer={"strategy": "head_only"}, training={"num_train_epochs": 1})
+    del recipe["training"]["learning_rate"]
+    result = finetune(recipe, callbacks=[rec])
+    assert {g["lr"] for g in rec.groups} == {1e-3}  # not Trainer's 5e-5, which suits full fine-tuning
+    saved = yaml.safe_load((result.output_dir / "recipe.yaml").read_text())
+    assert saved["training"]["learning_rate"] == 1e-3  # what the toolkit chose is in the resolved recipe
+    rec = Recorder()
+    finetune(
+        tiny_recipe(transfer={"strategy": "head_only"}, training={"num_train_epochs": 1}),
+        overwrite=True,
+        callbacks=[rec],
+    )
+    assert {g["lr"] for g in rec.groups} == {3e-3}  # the recipe's own value is honoured
+
+
+@pytest.mark.slow
+def test_lp_ft_starts_fine_tuning_from_the_fitted_probe_head(tiny_recipe, tmp_path: Path):
+    probe = tiny_recipe(model=BN_CNN, transfer={"strategy": "linear_probe"})
+    for key in ("num_train_epochs", "learning_rate", "per_device_train_batch_size"):
+        del probe["training"][key]
+    probe["training"]["output_dir"] = str(tmp_path / "probe")
+    fitted = _saved_state(finetune(probe).output_dir)
+
+    rec = Recorder()
+    lr = 3e-3
+    result = finetune(
+        tiny_recipe(model=BN_CNN, transfer={"strategy": "lp_ft"}, training={"num_train_epochs": 1}), callbacks=[rec]
+    )
+    head = {"classifier.weight", "classifier.bias"}
+    begin = rec.states["begin"]
+    # same seed, same data: the head at the first fine-tuning step is the probe's fitted head, the backbone the
+    # untouched initial one (the linear_probe run saved it unchanged)
+    assert _changed(fitted, begin) == set()
+    assert rec.trainable["begin"] == set(rec.ndim)  # no head-only epochs: everything trains from the first step
+    assert rec.lr_of() == {n: (lr if n in head else lr * 0.1) for n in rec.ndim}
+    assert json.loads((result.output_dir / "metrics.json").read_text())["run"]["probe"]["C"] > 0
 
 
 # --------------------------------------------------------------------------------------------- model.weights

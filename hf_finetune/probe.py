@@ -1,0 +1,245 @@
+"""The fitted linear probe (`transfer.strategy: linear_probe`, and the probe phase of `lp_ft`).
+
+The frozen backbone's features (the input of the classification head, caught with a forward hook in eval mode) are
+computed once per split with eval preprocessing, kept in memory, and the new head is fitted on them to convergence:
+scikit-learn's multinomial `LogisticRegression` (L-BFGS) on standardised features, L2 strength C picked from a small
+log grid on the validation split by the run's metric. The standardisation is folded back into the head's weight and
+bias, so the saved head is an ordinary `nn.Linear` on raw features and the output folder loads like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import MetricError, ModelError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from .metrics import ClassificationMetrics
+
+logger = logging.getLogger(__name__)
+
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # L2 strength: smaller C = stronger regularisation
+MAX_ITER = 5000  # L-BFGS iterations; standardised features converge well within this
+
+
+@dataclass
+class ProbeFit:
+    """What the fit chose and how long it took; `info()` goes into metrics.json's run info and onto the card."""
+
+    C: float
+    metric: str  # the validation metric C was chosen by (`loss` or a metrics.json key such as `accuracy`)
+    grid: list[dict[str, float]]  # per C: the metric and the validation loss
+    samples: int
+    dim: int
+    feature_seconds: float
+    fit_seconds: float
+    converged: bool
+    train: dict[str, float] = field(default_factory=dict)  # the fitted head on the training features
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "method": "multinomial logistic regression (scikit-learn, lbfgs) on standardised frozen features",
+            "fitted_on": f"fitted on {self.samples} cached features of dim {self.dim}",
+            "C": self.C,
+            "chosen_by": f"validation {self.metric}",
+            "grid": self.grid,
+            "converged": self.converged,
+            "feature_seconds": round(self.feature_seconds, 3),
+            "fit_seconds": round(self.fit_seconds, 3),
+        }
+
+
+def head_linear(model: nn.Module) -> nn.Linear:
+    """The one `nn.Linear` of the model's head, whose input the probe fits on.
+
+    A head with any other parameters (RoBERTa's dense + out_proj, DeiT's two heads) is refused rather than half
+    fitted: its first layers would stay random while the last one is fitted on their output."""
+    import torch
+
+    from .models.structure import head_module
+
+    head = head_module(model)
+    with_params = [m for m in head.modules() if any(True for _ in m.parameters(recurse=False))] if head else []
+    if len(with_params) != 1 or not isinstance(with_params[0], torch.nn.Linear) or with_params[0].bias is None:
+        layers = ", ".join(type(m).__name__ for m in with_params) or "none found"
+        raise ModelError(
+            f"transfer.strategy linear_probe (and lp_ft's fitted probe) fits a head that is one nn.Linear with a "
+            f"bias; {type(model).__name__}'s head has these layers with parameters: {layers}. Use "
+            "transfer.strategy head_only (the head trains with the Trainer for num_train_epochs) instead"
+        )
+    return with_params[0]
+
+
+def extract_features(
+    model: nn.Module,
+    dataset: Any,
+    collate: Callable[[list[dict[str, Any]]], Mapping[str, torch.Tensor]],
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, D], labels [N]): the input of the head's Linear over `dataset`, in eval mode, no gradients."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    linear = head_linear(model)
+    caught: list[torch.Tensor] = []
+    handle = linear.register_forward_pre_hook(lambda _m, args: caught.append(args[0].detach().float().cpu()))
+    labels: list[torch.Tensor] = []
+    was_training = model.training
+    model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                labels.append(batch["labels"])
+                model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+    finally:
+        handle.remove()
+        model.train(was_training)
+    features = torch.cat([f.reshape(f.shape[0], -1) for f in caught]).numpy()
+    return features, torch.cat(labels).numpy().astype(np.int64)
+
+
+def fit_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    num_labels: int,
+    metrics: ClassificationMetrics,
+    *,
+    metric: str = "accuracy",
+    greater_is_better: bool = True,
+    class_weight: dict[int, float] | str | None = None,
+) -> tuple[np.ndarray, np.ndarray, ProbeFit]:
+    """Fit the head for every C in the grid, pick C on the validation split, return (weight [K, D], bias [K], fit).
+
+    The weight and bias apply to raw (unstandardised) features. Ties on the metric go to the lower validation
+    loss, then to the stronger regularisation (the smaller C)."""
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
+
+    started = time.perf_counter()
+    (x, y), (xv, yv) = train, validation
+    scaler = StandardScaler().fit(x)
+    xs, xvs = scaler.transform(x), scaler.transform(xv)
+    sample_weight = _sample_weights(yv, class_weight, y, num_labels)
+    grid, fits = [], []
+    for c in C_GRID:
+        clf, converged = _fit_one(xs, y, c, class_weight)
+        scores = _scores(_full_logits(clf, xvs, num_labels), yv, metrics, sample_weight)
+        if metric not in scores:
+            raise MetricError(
+                f"metric_for_best_model {metric!r}: the probe picks its regularisation by a validation metric, and "
+                f"this run computes {sorted(scores)}; set metrics.metric_for_best_model to one of them"
+            )
+        grid.append({"C": c, **({metric: scores[metric]} if metric != "loss" else {}), "loss": scores["loss"]})
+        fits.append((clf, converged))
+        logger.info("probe: C=%g  validation %s %.4f, loss %.4f", c, metric, scores[metric], scores["loss"])
+    sign = 1.0 if greater_is_better else -1.0
+    best = max(range(len(grid)), key=lambda i: (sign * grid[i][metric], -grid[i]["loss"], -grid[i]["C"]))
+    clf, converged = fits[best]
+    weight, bias = _unscaled(clf, scaler, num_labels)
+    train_scores = _scores(x @ weight.T + bias, y, metrics, _sample_weights(y, class_weight, y, num_labels))
+    fit = ProbeFit(
+        C=C_GRID[best],
+        metric=metric,
+        grid=grid,
+        samples=len(y),
+        dim=x.shape[1],
+        feature_seconds=0.0,
+        fit_seconds=time.perf_counter() - started,
+        converged=converged,
+        train={"train_loss": train_scores["loss"], "train_accuracy": train_scores["accuracy"]},
+    )
+    logger.info("probe: chose C=%g by validation %s (grid %s)", fit.C, metric, list(C_GRID))
+    return weight.astype(np.float32), bias.astype(np.float32), fit
+
+
+def _fit_one(x: np.ndarray, y: np.ndarray, c: float, class_weight: Any) -> tuple[Any, bool]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf = LogisticRegression(C=c, max_iter=MAX_ITER, class_weight=class_weight).fit(x, y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if not converged:
+        logger.warning("probe: L-BFGS did not converge in %d iterations at C=%g; its head may be off", MAX_ITER, c)
+    return clf, converged
+
+
+def _full_logits(clf: Any, x: np.ndarray, num_labels: int) -> np.ndarray:
+    """Logits over every class (a class absent from the training split gets a very low one)."""
+    weight, bias = _coefficients(clf, num_labels)
+    return x @ weight.T + bias
+
+
+def _coefficients(clf: Any, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # two classes: scikit-learn keeps one row; softmax over (-z/2, z/2) is the same model
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = np.zeros((num_labels, coef.shape[1]))
+    bias = np.full(num_labels, -1e4)  # absent classes: a very low logit, finite so the saved model stays finite
+    weight[clf.classes_], bias[clf.classes_] = coef, intercept
+    return weight, bias
+
+
+def _unscaled(clf: Any, scaler: Any, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the standardisation into the head: W (x - mu) / s + b = (W / s) x + (b - (W / s) mu)."""
+    weight, bias = _coefficients(clf, num_labels)
+    weight = weight / scaler.scale_
+    return weight, bias - weight @ scaler.mean_
+
+
+def _sample_weights(
+    labels: np.ndarray, class_weight: dict[int, float] | str | None, train_labels: np.ndarray, num_labels: int
+) -> np.ndarray | None:
+    """Per-sample weights for the validation loss, as the run's weighted cross-entropy counts it."""
+    import numpy as np
+
+    if class_weight is None:
+        return None
+    if class_weight == "balanced":
+        counts = np.bincount(train_labels, minlength=num_labels).astype(float)
+        per_class = np.where(counts > 0, len(train_labels) / (num_labels * np.maximum(counts, 1)), 0.0)
+    else:
+        per_class = np.array([class_weight.get(i, 1.0) for i in range(num_labels)])
+    return per_class[labels]
+
+
+def _scores(
+    logits: np.ndarray, labels: np.ndarray, metrics: ClassificationMetrics, sample_weight: np.ndarray | None
+) -> dict[str, float]:
+    """The run's own metrics (metrics.json keys) of these logits, plus the mean cross-entropy `loss`."""
+    import numpy as np
+    from transformers import EvalPrediction
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    nll = -log_probs[np.arange(len(labels)), labels]
+    loss = float(np.average(nll, weights=sample_weight)) if len(labels) else float("nan")
+    return {**metrics(EvalPrediction(predictions=logits, label_ids=labels)), "loss": loss}
+
+
+def set_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Write the fitted weight and bias into the head's Linear (its dtype and device kept)."""
+    import torch
+
+    linear = head_linear(model)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
