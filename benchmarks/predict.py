@@ -94,7 +94,7 @@ def train_recipe(model: str, out: Path, args: argparse.Namespace) -> dict[str, A
         "task": "image-classification",
         "model": {"name": "timm:tf_efficientnet_lite0", "weights": str(args.weights)},
         "data": {"source": "builtin:digits", "max_eval_samples": 64},
-        "transfer": {"strategy": "linear_probe"},
+        "transfer": {"strategy": "head_only"},
         "training": {**quiet, "per_device_train_batch_size": 32, "learning_rate": 1e-3},
     }
     return {"recipe": recipe, "overrides": None}
