@@ -76,7 +76,8 @@ def finetune(
     claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
     args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed
     parts = _build_parts(recipe, task, args)  # resume point, data, checks, model, transfer, splits, loss, metrics
-    recipe = replace(recipe, **parts.prepared.settled)  # what preparing chose (max_length auto): saved, re-run as is
+    # what building and preparing chose (pooling auto, max_length auto): saved, so a re-run does the same
+    recipe = replace(recipe, **parts.built.settled, **parts.prepared.settled)
     _claim_output_dir(recipe, args, claim, parts.resume)  # every check passed: empty what we wrote, write recipe.yaml
     _fit_probe(recipe, task, args, parts)  # linear_probe, lp_ft: the head fitted on frozen features computed once
     trainer = _make_trainer(args, parts, callbacks)

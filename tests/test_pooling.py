@@ -73,9 +73,13 @@ def test_auto_pooling_follows_the_checkpoints_pooling_file(tiny_bert_dir: Path, 
     assert type(mean.model) is MeanPoolingForSequenceClassification
     assert "mean pooling" in mean.description
     assert head_parameter_names(mean.model) == ["classifier.weight", "classifier.bias"]
+    # what auto chose is settled into the recipe saved with the run, so a re-run builds the same model
+    assert mean.settled == {"model": ModelSpec(name=str(mean_dir), pooling="mean")}
     for folder in (tiny_bert_dir, cls_dir):  # no pooling file, or one that says [CLS]
         built = build_model(ModelSpec(name=str(folder)), labels)
         assert type(built.model) is BertForSequenceClassification and "cls pooling" in built.description
+        assert built.settled == {"model": ModelSpec(name=str(folder), pooling="cls")}
+    assert build_model(ModelSpec(name=str(mean_dir), pooling="mean"), labels).settled == {}
     # what the recipe says wins over the file, either way
     assert type(build_model(ModelSpec(name=str(mean_dir), pooling="cls"), labels).model).__name__ == (
         "BertForSequenceClassification"

@@ -52,6 +52,8 @@ class BuiltModel:
     processor: BaseImageProcessor | PreTrainedTokenizerBase | None
     description: str
     preprocess: Preprocess | None = None  # image tasks: what the network expects
+    # recipe sections as building settled what they left open (text: `model` with pooling auto → mean or cls)
+    settled: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -97,7 +97,8 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     encoder = f" over {type(model.base_model).__name__}" if pooling == "mean" else ""
     description = f"{spec.name} ({type(model).__name__}{encoder}, {kind}, {pooling} pooling)"
     logger.info("model: %s, %d labels", description, len(label_names))
-    return BuiltModel(model, tokenizer, description)
+    settled = {"model": replace(spec, pooling=pooling)} if spec.pooling != pooling else {}
+    return BuiltModel(model, tokenizer, description, settled=settled)
 
 
 POOLING_FILE = "1_Pooling/config.json"  # sentence-transformers' Pooling module, beside the weights
