@@ -228,15 +228,15 @@ def timed_run(name: str, folder: str, inputs: Path, scratch: Path, args: argpars
 def worker_pipeline(folder: str, inputs: list[str], batch_size: int, text: bool) -> list[str]:
     from transformers import pipeline
 
+    # simple_cnn's and the mean-pooled text classifier's code is in the folder (auto_map); timm and BERT load without
+    remote = "auto_map" in json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     if text:
-        pipe = pipeline("text-classification", model=folder, batch_size=batch_size, device="cpu")
+        pipe = pipeline(
+            "text-classification", model=folder, batch_size=batch_size, device="cpu", trust_remote_code=remote
+        )
         mark("loaded")
         out = pipe(inputs, truncation=True)
     else:
-        # simple_cnn's code is in the folder; timm models load without it
-        remote = (
-            json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type") == "simple_cnn"
-        )
         pipe = pipeline(
             "image-classification", model=folder, batch_size=batch_size, device="cpu", trust_remote_code=remote
         )
