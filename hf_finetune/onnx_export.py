@@ -301,11 +301,14 @@ def write_card_section(readme: Path, section: str) -> bool:
 
 class OnnxClassifier:
     """An exported model in the place of the PyTorch one: called with the preprocessing's tensors, it answers with
-    `.logits` (a tensor), and keeps the saved config (labels, text limits), so `predict` runs unchanged on it."""
+    `.logits` (a tensor), and keeps the replaced model's configs (labels; text limits and segment ids, which are the
+    encoder's — `base_model.config` — under a mean-pooling head), so `predict` runs unchanged on it."""
 
-    def __init__(self, path: Path, config: PreTrainedConfig, device: str | torch.device = "cpu"):
+    def __init__(self, path: Path, model: PreTrainedModel, device: str | torch.device = "cpu"):
         self.session = session(path, device)
-        self.config = config
+        self.config = model.config
+        # a timm model's base_model is timm's own module, without a config
+        self.base_model = _Configured(getattr(model.base_model, "config", model.config))
 
     def eval(self) -> OnnxClassifier:
         return self
@@ -317,6 +320,11 @@ class OnnxClassifier:
 @dataclass
 class _Output:
     logits: torch.Tensor
+
+
+@dataclass
+class _Configured:
+    config: PreTrainedConfig
 
 
 def weights_fingerprint(output_dir: Path) -> str:
@@ -332,7 +340,7 @@ def weights_fingerprint(output_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def load_exported(output_dir: Path, config: PreTrainedConfig, device: str | torch.device = "cpu") -> OnnxClassifier:
+def load_exported(output_dir: Path, model: PreTrainedModel, device: str | torch.device = "cpu") -> OnnxClassifier:
     """The folder's verified export, refused when the PyTorch weights changed since (a run resumed in the folder)."""
     path = output_dir / ONNX_DIR / ONNX_MODEL_FILE
     if not path.is_file():
@@ -348,4 +356,4 @@ def load_exported(output_dir: Path, config: PreTrainedConfig, device: str | torc
             f"{output_dir / ONNX_DIR} was not exported from the model now in {output_dir} (its weights changed "
             f"since, or {ONNX_DIR}/{ONNX_FIGURES_FILE} is missing); run hf-finetune export {output_dir} again"
         )
-    return OnnxClassifier(path, config, device)
+    return OnnxClassifier(path, model, device)

@@ -93,7 +93,7 @@ def iter_predictions(
     if onnx:
         from .onnx_export import load_exported
 
-        built = replace(built, model=load_exported(Path(output_dir), built.model.config, chosen))
+        built = replace(built, model=load_exported(Path(output_dir), built.model, chosen))
         chosen = resolve_device("cpu")  # onnxruntime takes its inputs from CPU memory and places them itself
     else:
         built.model.to(chosen)
