@@ -184,11 +184,7 @@ def load_classifier(
     from .. import models  # noqa: F401  (the toolkit's own model types: a simple_cnn folder is named as such)
 
     common = hub_kwargs(spec)
-    try:
-        original = AutoConfig.from_pretrained(name, **common)
-    except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
-        raise ModelError(unknown_model_type(spec, name, err) or not_found(spec.name, err)) from None
-    check_config_keys(spec.config, original, f"the model {spec.name!r}")
+    original = checked_config(spec, name)
     try:
         # num_labels follows from id2label; passing both makes transformers warn about the old label map
         config = AutoConfig.from_pretrained(name, **common, **label_maps(label_names, False), **spec.config)
@@ -208,6 +204,19 @@ def load_classifier(
     if spec.pretrained and original.num_labels == len(label_names) and label_names_of(original) != label_names:
         reset_head(model)
     return model
+
+
+def checked_config(spec: ModelSpec, name: str) -> PreTrainedConfig:
+    """The checkpoint's own config, with `model.config`'s keys checked against it (a clear error when it cannot be
+    found or read)."""
+    from transformers import AutoConfig
+
+    try:
+        original = AutoConfig.from_pretrained(name, **hub_kwargs(spec))
+    except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
+        raise ModelError(unknown_model_type(spec, name, err) or not_found(spec.name, err)) from None
+    check_config_keys(spec.config, original, f"the model {spec.name!r}")
+    return original
 
 
 def unknown_model_type(spec: ModelSpec, name: str, err: Exception) -> str | None:

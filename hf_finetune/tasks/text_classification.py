@@ -24,7 +24,7 @@ from ._common import (
     PredictInputs,
     Prepared,
     PrepareSettings,
-    check_config_keys,
+    checked_config,
     hub_kwargs,
     label_maps,
     load_classifier,
@@ -32,7 +32,6 @@ from ._common import (
     not_found,
     saved_trust_remote_code,
     scores_to_rows,
-    unknown_model_type,
 )
 
 if TYPE_CHECKING:
@@ -171,11 +170,7 @@ def _build_mean_pooled(spec: ModelSpec, name: str, label_names: list[str]) -> Pr
     from ..models import MeanPoolingConfig, MeanPoolingForSequenceClassification
 
     common = hub_kwargs(spec)
-    try:
-        original = AutoConfig.from_pretrained(name, **common)
-    except Exception as err:  # OSError (not found / offline), ValueError (not a model folder)
-        raise ModelError(unknown_model_type(spec, name, err) or not_found(spec.name, err)) from None
-    check_config_keys(spec.config, original, f"the model {spec.name!r}")
+    checked_config(spec, name)
     try:
         encoder_config = AutoConfig.from_pretrained(name, **common, **spec.config)
         if spec.pretrained:
