@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DataError, HFFinetuneError, RecipeError
 from .names import METRIC_PREFIX, SPLITS
-from .recipe import DataSpec, HubSpec, Recipe, find_recipe, load_recipe, load_saved_recipe, parse_override
+from .recipe import (
+    DataSpec,
+    HubSpec,
+    Recipe,
+    find_recipe,
+    is_count,
+    load_recipe,
+    load_saved_recipe,
+    parse_override,
+)
 from .tasks import PrepareSettings, Task, get_task, task_of_saved
 
 if TYPE_CHECKING:
@@ -412,7 +421,7 @@ def evaluate(
     from .loss import saved_class_weights
 
     setup_logging()
-    if batch_size is not None and not _is_whole_number(batch_size):
+    if batch_size is not None and not is_count(batch_size):
         raise HFFinetuneError(f"batch size {batch_size!r}: give a whole number of at least 1")
     output_dir = Path(output_dir)
     task = get_task(task_of_saved(output_dir))
@@ -577,11 +586,6 @@ def _merge_overrides(
     return {**dict(parse_override(o) for o in overrides), **kwargs}
 
 
-def _is_whole_number(value: object) -> bool:
-    """A count of at least 1 (batch sizes, top_k, samples); true/false are not numbers here."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any] | None) -> dict[str, Any]:
     """Trainer's `eval_accuracy`… as `accuracy`…, plus the per-class table and confusion matrix of that pass."""
     out = {k.removeprefix(f"{prefix}_"): v for k, v in scalars.items()}
@@ -652,7 +656,7 @@ def _check_export_options(
     if not number or tolerance <= 0:
         raise HFFinetuneError(f"--tolerance {tolerance!r}: give a number above 0 (the largest |Δlogit| accepted)")
     for name, value in (("--samples", samples), ("--batch-size", batch_size)):
-        if value is not None and not _is_whole_number(value):
+        if value is not None and not is_count(value):
             raise HFFinetuneError(f"{name} {value!r}: give a whole number of at least 1")
 
 

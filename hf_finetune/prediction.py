@@ -77,12 +77,11 @@ def iter_predictions(
 ) -> Iterator[dict[str, Any]]:
     """Rows as `predict` returns them, lazily: `inputs` (any iterable, even an endless one) is read `batch_size` at
     a time, and a batch's rows are yielded before the next batch is read. The model loads when this is called."""
-    from .api import _is_whole_number
-    from .recipe import load_saved_recipe
+    from .recipe import is_count, load_saved_recipe
     from .tasks import get_task, task_of_saved
 
     for name, value in (("top_k", top_k), ("batch_size", batch_size)):
-        if not _is_whole_number(value):
+        if not is_count(value):
             raise HFFinetuneError(f"{name} {value!r}: give a whole number of at least 1")
     task = get_task(task_of_saved(output_dir))
     pair_column = None

@@ -15,7 +15,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import MetricError, ModelError
+from .errors import MetricError
+from .models.structure import head_linear
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -23,8 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
     from torch import nn
-
-    from .metrics import ClassificationMetrics
+    from transformers import EvalPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +57,6 @@ class ProbeFit:
             "feature_seconds": round(self.feature_seconds, 3),
             "fit_seconds": round(self.fit_seconds, 3),
         }
-
-
-def head_linear(model: nn.Module) -> nn.Linear:
-    """The one `nn.Linear` of the model's head, whose input the probe fits on.
-
-    A head with any other parameters (RoBERTa's dense + out_proj, DeiT's two heads) is refused rather than half
-    fitted: its first layers would stay random while the last one is fitted on their output."""
-    import torch
-
-    from .models.structure import head_module
-
-    head = head_module(model)
-    with_params = [m for m in head.modules() if any(True for _ in m.parameters(recurse=False))] if head else []
-    if len(with_params) != 1 or not isinstance(with_params[0], torch.nn.Linear) or with_params[0].bias is None:
-        layers = ", ".join(type(m).__name__ for m in with_params) or "none found"
-        raise ModelError(
-            f"transfer.strategy linear_probe (and lp_ft's fitted probe) fits a head that is one nn.Linear with a "
-            f"bias; {type(model).__name__}'s head has these layers with parameters: {layers}. Use "
-            "transfer.strategy head_only (the head trains with the Trainer for num_train_epochs) instead"
-        )
-    return with_params[0]
 
 
 def extract_features(
@@ -117,7 +96,7 @@ def fit_probe(
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray],
     num_labels: int,
-    metrics: ClassificationMetrics,
+    metrics: Callable[[EvalPrediction], dict[str, float]],
     *,
     metric: str = "accuracy",
     greater_is_better: bool = True,
@@ -222,7 +201,10 @@ def _sample_weights(
 
 
 def _scores(
-    logits: np.ndarray, labels: np.ndarray, metrics: ClassificationMetrics, sample_weight: np.ndarray | None
+    logits: np.ndarray,
+    labels: np.ndarray,
+    metrics: Callable[[EvalPrediction], dict[str, float]],
+    sample_weight: np.ndarray | None,
 ) -> dict[str, float]:
     """The run's own metrics (metrics.json keys) of these logits, plus the mean cross-entropy `loss`."""
     import numpy as np

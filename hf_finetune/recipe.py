@@ -784,6 +784,11 @@ def _to_bool(value: Any) -> tuple[bool, Any]:
     return isinstance(value, bool), value
 
 
+def is_count(value: object) -> bool:
+    """A count of at least 1 (batch sizes, top_k, samples); true/false are not numbers here."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _to_int(value: Any) -> tuple[bool, Any]:
     return isinstance(value, int) and not isinstance(value, bool), value
 

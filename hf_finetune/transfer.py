@@ -181,7 +181,7 @@ def plan_transfer(model: nn.Module, spec: TransferSpec) -> TransferPlan:
         later = (top if k is not None else everything) - head
         plan = TransferPlan(spec, layers, head | later) if fits_probe(spec) else TransferPlan(spec, layers, head, later)
     if fits_probe(spec):
-        from .probe import head_linear
+        from .models.structure import head_linear
 
         head_linear(model)  # a head the probe cannot fit is refused now, before the output folder is touched
     if not plan.trainable_now:

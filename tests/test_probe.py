@@ -197,7 +197,7 @@ def test_probe_epochs_outside_lp_ft_is_refused(tiny_recipe, tmp_path: Path, caps
 
 
 def test_a_head_that_is_not_one_linear_is_refused_pointing_at_head_only():
-    from hf_finetune.probe import head_linear
+    from hf_finetune.models.structure import head_linear
 
     class TwoLayerHead(torch.nn.Module):
         def __init__(self) -> None:

@@ -1,5 +1,5 @@
-"""Where a classifier's head is, read from the model's structure (used by transfer strategies and weight loading),
-and whether a built model or processor is timm's (through transformers' TimmWrapper)."""
+"""Where a classifier's head is, read from the model's structure (used by transfer strategies, the fitted probe and
+weight loading), and whether a built model or processor is timm's (through transformers' TimmWrapper)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
     from transformers import BaseImageProcessor, PreTrainedTokenizerBase
 
 
@@ -47,3 +48,24 @@ def head_parameter_names(model: torch.nn.Module) -> list[str]:
     module = head_module(model)
     ids = {id(p) for p in module.parameters()} if module is not None else set()
     return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def head_linear(model: nn.Module) -> nn.Linear:
+    """The one `nn.Linear` of the model's head, whose input the probe fits on.
+
+    A head with any other parameters (RoBERTa's dense + out_proj, DeiT's two heads) is refused rather than half
+    fitted: its first layers would stay random while the last one is fitted on their output."""
+    import torch
+
+    from ..errors import ModelError
+
+    head = head_module(model)
+    with_params = [m for m in head.modules() if any(True for _ in m.parameters(recurse=False))] if head else []
+    if len(with_params) != 1 or not isinstance(with_params[0], torch.nn.Linear) or with_params[0].bias is None:
+        layers = ", ".join(type(m).__name__ for m in with_params) or "none found"
+        raise ModelError(
+            f"transfer.strategy linear_probe (and lp_ft's fitted probe) fits a head that is one nn.Linear with a "
+            f"bias; {type(model).__name__}'s head has these layers with parameters: {layers}. Use "
+            "transfer.strategy head_only (the head trains with the Trainer for num_train_epochs) instead"
+        )
+    return with_params[0]
