@@ -33,7 +33,7 @@ from .names import ONNX_DIR, ONNX_FIGURES_FILE, ONNX_MODEL_FILE, ONNX_QUANTIZED_
 if TYPE_CHECKING:
     import numpy as np
     import onnxruntime
-    from transformers import PreTrainedConfig, PreTrainedModel
+    from transformers import BaseImageProcessor, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ class LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, tensors, strict=True))).logits
 
 
-def input_names(model: PreTrainedModel, processor: Any, text: bool) -> list[str]:
+def input_names(
+    model: PreTrainedModel, processor: BaseImageProcessor | PreTrainedTokenizerBase | None, text: bool
+) -> list[str]:
     """The graph's inputs: `pixel_values`, or what the tokenizer returns and the model reads (token_type_ids for
     BERT-style segment embeddings, so sentence pairs keep their second segment)."""
     if not text:

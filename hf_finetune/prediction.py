@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
     import torch
 
+    from .tasks import PredictInput
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
@@ -68,7 +70,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 def iter_predictions(
     output_dir: str | Path,
-    inputs: Iterable[Any],
+    inputs: Iterable[PredictInput],
     top_k: int = 5,
     *,
     onnx: bool = False,
@@ -112,7 +114,7 @@ def _stream(task, built, inputs: Iterator[Any], top_k, batch_size, device, pairs
             yield {**item.fields, "error": item.error} if isinstance(item, Unreadable) else next(predicted)
 
 
-def check_pairs(inputs: Sequence[Any], pair_column: str | None, output_dir: Path, start: int = 0) -> None:
+def check_pairs(inputs: Sequence[PredictInput], pair_column: str | None, output_dir: Path, start: int = 0) -> None:
     """A model trained on pairs takes (text, text_pair) tuples, one trained on single texts takes texts."""
     pairs = [isinstance(x, (tuple, list)) for x in inputs]
     if pair_column and not all(pairs):
@@ -208,7 +210,7 @@ def _glob_parts(base: Path, parts: Sequence[str]) -> Iterator[str]:
 # --------------------------------------------------------------------------------------------- input files
 
 
-def read_input_file(path: Path, columns: list[str], encoding: str, images: bool) -> Iterator[Any]:
+def read_input_file(path: Path, columns: list[str], encoding: str, images: bool) -> Iterator[PredictInput]:
     """A .txt (one input per line), .csv (the `columns`) or .jsonl (the `columns` keys) file, row by row. Relative
     image paths are resolved against the file's folder, as training resolves those of a CSV. The file's kind, its
     columns (or the first row's keys) and that it has rows are checked here, before any model loads."""

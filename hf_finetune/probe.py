@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
     from torch import nn
+    from torch.utils.data import Dataset as TorchDataset
     from transformers import EvalPrediction
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ProbeFit:
 
 def extract_features(
     model: nn.Module,
-    dataset: Any,
+    dataset: TorchDataset,
     collate: Callable[[list[dict[str, Any]]], Mapping[str, torch.Tensor]],
     *,
     batch_size: int,

@@ -10,14 +10,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..recipe import TASKS, AugmentationSpec, ModelSpec, read_saved_recipe
-from ._common import BuiltModel, PredictInputs, Prepared, PrepareSettings
+from ._common import BuiltModel, PredictInput, PredictInputs, Prepared, PrepareSettings
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
     from timm.data import Mixup
 
-__all__ = ["MODULES", "BuiltModel", "PrepareSettings", "Prepared", "Task", "get_task", "task_of_saved"]
+__all__ = [
+    "MODULES",
+    "BuiltModel",
+    "PredictInput",
+    "PredictInputs",
+    "PrepareSettings",
+    "Prepared",
+    "Task",
+    "get_task",
+    "task_of_saved",
+]
 
 # the recipe's `task` -> its module here (image-classification -> image_classification)
 MODULES = {name: name.replace("-", "_") for name in TASKS}

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 # one batch of what a task's `predict` takes: image files, or texts and (text, text_pair) pairs; an input it cannot
 # read is a row with `error`, never an exception that would lose the batch
-PredictInputs = Sequence[str | Path | tuple[str, str]]
+PredictInput = str | Path | tuple[str, str]  # an image path, a text, or a (text, text_pair)
+PredictInputs = Sequence[PredictInput]
 
 
 @dataclass(frozen=True)
