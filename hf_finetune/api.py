@@ -265,12 +265,9 @@ def _fit_on_frozen_features(recipe: Recipe, task: Task, args: TrainingArguments,
     scored = [s for s in parts.prepared.splits if s != "train"] if parts.baseline is None and baseline else []
     with probe.preserved_rng(enabled=not fitting):
         features, seconds = _frozen_features(recipe, task, args, parts, ["validation", *scored], fitting)
+        labels = len(parts.data.label_names)
         weight, bias, fit = probe.fit_probe(
-            features["train"],
-            features["validation"],
-            len(parts.data.label_names),
-            parts.compute_metrics,
-            **_probe_choice(recipe),
+            features["train"], features["validation"], labels, parts.compute_metrics, **_probe_choice(recipe)
         )
     fit.feature_seconds = seconds
     logger.info("probe: %s; fit in %.1f s", fit.info()["fitted_on"], fit.fit_seconds)
@@ -278,20 +275,14 @@ def _fit_on_frozen_features(recipe: Recipe, task: Task, args: TrainingArguments,
         probe.set_head(parts.built.model, weight, bias)
         parts.probe = fit
     if scored:
-        splits = {s: features[s] for s in scored}
-        shared = "transfer.strategy lp_ft's fitted probe (run info: probe)" if fitting else None
+        splits, shared = {s: features[s] for s in scored}, LP_FT_PROBE if fitting else None
         parts.baseline = probe.linear_baseline(
-            weight,
-            bias,
-            fit,
-            splits,
-            parts.compute_metrics,
-            train_labels=features["train"][1],
-            shared_with=shared,
-            class_weight=_probe_class_weight(recipe),
-        )
+            weight, bias, fit, splits, parts.compute_metrics, train_labels=features["train"][1],
+            class_weight=_probe_class_weight(recipe), shared_with=shared,
+        )  # fmt: skip
 
 
+LP_FT_PROBE = "transfer.strategy lp_ft's fitted probe (run info: probe)"
 LINEAR_PROBE_RUN = "this run (transfer.strategy linear_probe is a logistic regression on the frozen features)"
 
 

@@ -627,9 +627,9 @@ def _linear_baseline_caveat(name: str, m: dict[str, Any]) -> list[str]:
         return []
     return [
         f"On the {name} split the fine-tuned model (accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}) does "
-        f"not beat a logistic regression on the pretrained model's frozen features (accuracy "
-        f"{linear['accuracy']:.3f}, macro F1 {linear['f1_macro']:.3f}): fine-tuning did not pay off over a logistic "
-        "regression on the pretrained model's frozen features: consider transfer.strategy linear_probe."
+        f"not beat the logistic-regression baseline (accuracy {linear['accuracy']:.3f}, macro F1 "
+        f"{linear['f1_macro']:.3f}): fine-tuning did not pay off over a logistic regression on the pretrained model's "
+        "frozen features: consider transfer.strategy linear_probe."
     ]
 
 

@@ -107,7 +107,6 @@ def fit_probe(
 
     The weight and bias apply to raw (unstandardised) features. Ties on the metric go to the lower validation
     loss, then to the stronger regularisation (the smaller C)."""
-    import numpy as np
     from sklearn.preprocessing import StandardScaler
 
     started = time.perf_counter()
@@ -144,7 +143,8 @@ def fit_probe(
         train={"train_loss": train_scores["loss"], "train_accuracy": train_scores["accuracy"]},
     )
     logger.info("probe: chose C=%g by validation %s (grid %s)", fit.C, metric, list(C_GRID))
-    return weight.astype(np.float32), bias.astype(np.float32), fit
+    # float64: `set_head` casts to the head's dtype; the linear baseline scores with these exact coefficients
+    return weight, bias, fit
 
 
 def _fit_one(x: np.ndarray, y: np.ndarray, c: float, class_weight: Any) -> tuple[Any, bool]:
@@ -294,11 +294,15 @@ def linear_baseline(
 ) -> LinearBaseline:
     """The fitted regression (`fit_probe`'s weight and bias on raw features) scored on each split of `features` with
     the run's own metrics, plus its weighted cross-entropy `loss` (no label smoothing) and C."""
+    import numpy as np
+
     num_labels = weight.shape[0]
     scores = {}
     for split, (x, y) in features.items():
         weights = _sample_weights(y, class_weight, train_labels, num_labels)
-        scores[split] = {**_scores(x @ weight.T + bias, y, metrics, weights), "C": fit.C}
+        # float64 as the fit: the standardisation folded into the weights loses digits in float32 (loss ~1e-3 off)
+        logits = x.astype(np.float64) @ weight.T + bias
+        scores[split] = {**_scores(logits, y, metrics, weights), "C": fit.C}
     info = {**fit.info(), "method": BASELINE_METHOD}
     if shared_with:
         info["shared_with"] = shared_with
