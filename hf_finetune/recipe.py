@@ -1085,11 +1085,14 @@ def _linear_baseline_problems(recipe: Recipe) -> list[str]:
     from_scratch = (m.name == "simple_cnn" or not m.pretrained) and not m.weights
     if recipe.metrics.baseline != "linear" or not from_scratch:
         return []
-    why = "simple_cnn always starts from random weights" if m.name == "simple_cnn" else "model.pretrained is false"
+    if m.name == "simple_cnn":
+        why, fix = "simple_cnn always starts from random weights", "model.weights: <a trained checkpoint>"
+    else:
+        why, fix = "model.pretrained is false", "model.pretrained: true, or model.weights: <a checkpoint>"
     return [
         f"metrics.baseline: 'linear' fits a logistic regression on the pretrained model's frozen features, and {why}, "
         "so there are no pretrained features to compare with; remove metrics.baseline (the majority-class baseline is "
-        "always reported), or start from pretrained weights (model.pretrained: true, or model.weights: <checkpoint>)"
+        f"always reported), or start from trained weights ({fix})"
     ]
 
 
