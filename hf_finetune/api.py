@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .data.sources import LoadedData
     from .metrics import ClassificationMetrics
     from .outputs import OutputPlan
-    from .probe import ProbeFit
+    from .probe import LinearBaseline, ProbeFit
     from .tasks import BuiltModel, Prepared
     from .trainer import BatchMixer
     from .transfer import TransferPlan
@@ -88,7 +88,9 @@ def finetune(
     # what building and preparing chose (pooling auto, max_length auto): saved, so a re-run does the same
     recipe = replace(recipe, **parts.built.settled, **parts.prepared.settled)
     _claim_output_dir(recipe, args, claim, parts.resume)  # every check passed: empty what we wrote, write recipe.yaml
-    _fit_probe(recipe, task, args, parts)  # linear_probe, lp_ft: the head fitted on frozen features computed once
+    # linear_probe, lp_ft: the head fitted on frozen features computed once; metrics.baseline linear: the same fit,
+    # scored per split (the model is left as it was)
+    _fit_on_frozen_features(recipe, task, args, parts)
     trainer = _make_trainer(args, parts, callbacks)
     train_metrics, best = _train(trainer, parts, recipe.output_dir)  # linear_probe: the fit was the training
     results = {"train": train_metrics, **_evaluate_splits(trainer, parts)}
@@ -113,7 +115,8 @@ class _Parts:
     compute_metrics: ClassificationMetrics
     loss: Callable[..., torch.Tensor] | None  # None: the model's own loss
     mixup: BatchMixer | None
-    probe: ProbeFit | None = None  # set by _fit_probe when the strategy fits its head
+    probe: ProbeFit | None = None  # set by _fit_on_frozen_features when the strategy fits its head
+    baseline: LinearBaseline | None = None  # metrics.baseline linear, set by _fit_on_frozen_features
 
 
 def _check_output_dir(recipe: Recipe, recipe_file: Path | None) -> OutputPlan:
@@ -178,6 +181,15 @@ def _refuse_what_processes_cannot_run(recipe: Recipe, world_size: int) -> None:
                 "train or hf-finetune train, without accelerate launch or torchrun)"
             ]
         )
+    if recipe.metrics.baseline == "linear" and world_size > 1:
+        raise RecipeError(
+            [
+                f"metrics.baseline linear: the baseline is one logistic-regression fit on cached features of every "
+                f"split, and {world_size} processes would each compute all of it before training; run it in one "
+                "process (python -m hf_finetune train, without accelerate launch or torchrun), or remove "
+                "metrics.baseline for the distributed run"
+            ]
+        )
 
 
 def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
@@ -185,6 +197,7 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
     from . import transfer
     from .checkpoints import main_process_first, resolve_resume
     from .data import checks, sources
+    from .probe import check_baseline_head
 
     with main_process_first(args, "resume", local=False):  # one process sets incomplete checkpoints aside
         resume = resolve_resume(
@@ -196,6 +209,8 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
             checks.check_inputs(data.splits, task.INPUTS, recipe.data)
         built = task.build_model(recipe.model, data.label_names)
         plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
+        if recipe.metrics.baseline == "linear":
+            check_baseline_head(built.model)
         seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
         prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
     mixup = task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
@@ -234,42 +249,74 @@ def _claim_output_dir(recipe: Recipe, args: TrainingArguments, claim: OutputPlan
     args.distributed_state.wait_for_everyone()
 
 
-def _fit_probe(recipe: Recipe, task: Task, args: TrainingArguments, parts: _Parts) -> None:
-    """linear_probe (and lp_ft without probe_epochs): the frozen backbone's features of train (eval preprocessing, no
-    augmentation) and validation, computed once, and the head fitted on them; C chosen on validation."""
+def _fit_on_frozen_features(recipe: Recipe, task: Task, args: TrainingArguments, parts: _Parts) -> None:
+    """linear_probe, lp_ft's fitted probe and `metrics.baseline: linear`: one logistic regression fitted on the
+    frozen pretrained backbone's features of train (eval preprocessing, no augmentation) and validation, computed
+    once, C chosen on validation. The probe strategies take it as their head; the baseline scores it on every split
+    that gets evaluated. Features only the baseline needs leave the RNG as they found it."""
     from . import probe
-    from .recipe import AugmentationSpec
     from .transfer import fits_probe
 
-    if not fits_probe(recipe.transfer):
+    fitting, baseline = fits_probe(recipe.transfer), recipe.metrics.baseline == "linear"
+    if recipe.transfer.strategy == "linear_probe" and baseline:  # the run is that regression: its scores are it
+        parts.baseline = probe.LinearBaseline({}, {"same_as": LINEAR_PROBE_RUN}, same_as=LINEAR_PROBE_RUN)
+    if not (fitting or baseline):
         return
-    model, started = parts.built.model, time.perf_counter()
+    scored = [s for s in parts.prepared.splits if s != "train"] if parts.baseline is None and baseline else []
+    with probe.preserved_rng(enabled=not fitting):
+        features, seconds = _frozen_features(recipe, task, args, parts, ["validation", *scored], fitting)
+        labels = len(parts.data.label_names)
+        weight, bias, fit = probe.fit_probe(
+            features["train"], features["validation"], labels, parts.compute_metrics, **_probe_choice(recipe)
+        )
+    fit.feature_seconds = seconds
+    logger.info("probe: %s; fit in %.1f s", fit.info()["fitted_on"], fit.fit_seconds)
+    if fitting:
+        probe.set_head(parts.built.model, weight, bias)
+        parts.probe = fit
+    if scored:
+        splits, shared = {s: features[s] for s in scored}, LP_FT_PROBE if fitting else None
+        parts.baseline = probe.linear_baseline(
+            weight, bias, fit, splits, parts.compute_metrics, train_labels=features["train"][1],
+            class_weight=_probe_class_weight(recipe), shared_with=shared,
+        )  # fmt: skip
+
+
+LP_FT_PROBE = "transfer.strategy lp_ft's fitted probe (run info: probe)"
+LINEAR_PROBE_RUN = "this run (transfer.strategy linear_probe is a logistic regression on the frozen features)"
+
+
+def _frozen_features(
+    recipe: Recipe, task: Task, args: TrainingArguments, parts: _Parts, splits: list[str], fitting: bool
+) -> tuple[dict[str, tuple[Any, Any]], float]:
+    """Features (the head's input) of train with eval preprocessing, and of `splits` as prepared; each split once."""
+    from . import probe
+    from .recipe import AugmentationSpec
+
+    started = time.perf_counter()
     settings = PrepareSettings(AugmentationSpec(), recipe.tokenization, args.seed)
     # not named "train": the task prepares every other split with its eval preprocessing
     plain = task.prepare(parts.built, {"probe": parts.data.splits["train"]}, settings)
     loader = {"batch_size": args.per_device_eval_batch_size, "num_workers": args.dataloader_num_workers}
-    train = probe.extract_features(model, plain.splits["probe"], plain.collate, device=args.device, **loader)
-    validation = probe.extract_features(
-        model, parts.prepared.splits["validation"], parts.prepared.collate, device=args.device, **loader
-    )
-    feature_seconds = time.perf_counter() - started
-    logger.info("probe: features of %d + %d rows in %.1f s", len(train[1]), len(validation[1]), feature_seconds)
+    datasets = {"train": (plain.splits["probe"], plain.collate)}
+    datasets |= {s: (parts.prepared.splits[s], parts.prepared.collate) for s in dict.fromkeys(splits)}
+    features = {}
+    for split, (ds, collate) in datasets.items():
+        # the probe's own splits (train, validation) are what it always computed; any other is the baseline's alone
+        with probe.preserved_rng(enabled=fitting and split not in ("train", "validation")):
+            features[split] = probe.extract_features(parts.built.model, ds, collate, device=args.device, **loader)
+    seconds = time.perf_counter() - started
+    counts = " + ".join(f"{len(y)} {s}" for s, (_, y) in features.items())
+    logger.info("frozen features: %s rows in %.1f s", counts, seconds)
+    return features, seconds
+
+
+def _probe_choice(recipe: Recipe) -> dict[str, Any]:
+    """How the probe picks C and weights classes: the run's metric_for_best_model, its direction, its class weights."""
     metric = recipe.training.get("metric_for_best_model") or recipe.metrics.metric_for_best_model
     metric = metric.removeprefix(f"{METRIC_PREFIX['validation']}_")
     greater = recipe.training.get("greater_is_better", metric != "loss")
-    weight, bias, fit = probe.fit_probe(
-        train,
-        validation,
-        len(parts.data.label_names),
-        parts.compute_metrics,
-        metric=metric,
-        greater_is_better=bool(greater),
-        class_weight=_probe_class_weight(recipe),
-    )
-    fit.feature_seconds = feature_seconds
-    logger.info("probe: %s; fit in %.1f s", fit.info()["fitted_on"], fit.fit_seconds)
-    probe.set_head(model, weight, bias)
-    parts.probe = fit
+    return {"metric": metric, "greater_is_better": bool(greater), "class_weight": _probe_class_weight(recipe)}
 
 
 def _probe_class_weight(recipe: Recipe) -> dict[int, float] | str | None:
@@ -339,6 +386,8 @@ def _evaluate_splits(trainer: Trainer, parts: _Parts) -> dict[str, dict[str, Any
         results[prefix] = _split_metrics(scalars, prefix, parts.compute_metrics.last_report)
         labels = parts.data.splits[split]["label"]
         results[prefix]["baseline"] = majority_baseline(train_labels, labels, parts.data.label_names)
+        if parts.baseline is not None:  # metrics.baseline linear: fitted before training, on the pretrained features
+            results[prefix]["baseline_linear"] = parts.baseline.for_split(split, results[prefix])
     return results
 
 
@@ -364,6 +413,8 @@ def _save(
     run |= parts.prepared.run_info  # e.g. text truncation figures
     if parts.probe is not None:
         run["probe"] = parts.probe.info()
+    if parts.baseline is not None:
+        run["baseline_linear"] = parts.baseline.info
     files = _write_results(out, recipe, args, parts, results, run)
     if recipe.hub.push:
         _push(out, recipe.hub)

@@ -283,6 +283,7 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "metric_rows": [_metric_row(p, m) for p, m in splits.items()],
         "topk_names": sorted({k for m in splits.values() for k in m if re.fullmatch(r"top\d+_accuracy", k)}),
         "has_baseline": any(isinstance(m.get("baseline"), dict) for m in splits.values()),
+        "linear_baseline": _linear_baseline_note(splits),
         "per_class_split": SPLIT_OF_PREFIX[headline] if headline and splits[headline].get("per_class") else None,
         "per_class": _per_class(splits[headline]) if headline else [],
         "confusion_images": _confusion_images(Path(out), splits),
@@ -346,6 +347,7 @@ def _cell(value: Any) -> str:
 
 def _metric_row(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
     baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else {}
+    linear = m.get("baseline_linear") if isinstance(m.get("baseline_linear"), dict) else {}
     return {
         "split": SPLIT_OF_PREFIX[prefix],
         "rows": m.get("num_samples", ""),
@@ -354,7 +356,23 @@ def _metric_row(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
         "baseline_accuracy": _fmt(baseline.get("accuracy")),
         "baseline_f1_macro": _fmt(baseline.get("f1_macro")),
         "majority_class": _cell(baseline.get("majority_class", "")),
+        "linear_accuracy": _fmt(linear.get("accuracy")),
+        "linear_f1_macro": _fmt(linear.get("f1_macro")),
     }
+
+
+def _linear_baseline_note(splits: Mapping[str, Any]) -> str:
+    """What the logistic-regression columns are (`metrics.baseline: linear`); empty when the run has none."""
+    linear = [m["baseline_linear"] for m in splits.values() if isinstance(m.get("baseline_linear"), dict)]
+    if not linear:
+        return ""
+    if linear[0].get("same_as"):
+        return "The logistic-regression columns are this run's own: a linear probe is that regression."
+    chosen = f" (C={linear[0]['C']:g}, chosen on validation)" if "C" in linear[0] else ""
+    return (
+        f"The logistic-regression columns are a logistic regression{chosen} fitted on the pretrained model's frozen "
+        "features before training: what fine-tuning has to beat to have paid off."
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -596,7 +614,23 @@ def _headline_caveats(name: str, m: dict[str, Any]) -> list[str]:
             f"Macro F1 ({m['f1_macro']:.3f}) is barely above always answering the majority class "
             f"({baseline['f1_macro']:.3f}): the model has learned little."
         )
-    return notes
+    return notes + _linear_baseline_caveat(name, m)
+
+
+def _linear_baseline_caveat(name: str, m: dict[str, Any]) -> list[str]:
+    """Fine-tuning that beats a logistic regression on the frozen pretrained features neither in accuracy nor in
+    macro F1 cost its training for nothing (a linear probe, which is that regression, is never flagged)."""
+    linear = m.get("baseline_linear") if isinstance(m.get("baseline_linear"), dict) else None
+    if not linear or linear.get("same_as") or m.get("accuracy") is None or m.get("f1_macro") is None:
+        return []
+    if m["accuracy"] > linear["accuracy"] or m["f1_macro"] > linear["f1_macro"]:
+        return []
+    return [
+        f"On the {name} split the fine-tuned model (accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}) does "
+        f"not beat the logistic-regression baseline (accuracy {linear['accuracy']:.3f}, macro F1 "
+        f"{linear['f1_macro']:.3f}): fine-tuning did not pay off over a logistic regression on the pretrained model's "
+        "frozen features: consider transfer.strategy linear_probe."
+    ]
 
 
 def _imbalance_caveat(train_counts: dict[str, int]) -> list[str]:

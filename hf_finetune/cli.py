@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import HFFinetuneError
 from .names import EVALUATED_PREFIXES, METRIC_PREFIX, SPLIT_OF_PREFIX
@@ -326,6 +326,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"  majority-class baseline (always {b['majority_class']!r}): "
                     f"accuracy {b['accuracy']:.4f}  macro-F1 {b['f1_macro']:.4f}"
                 )
+            if "baseline_linear" in m:
+                print(_linear_baseline_line(m["baseline_linear"]))
             if prefix == test or test not in result.metrics:  # one table: the test split's, else validation's
                 print(per_class_table(m))
     print(f"\noutputs: {result.output_dir.resolve()}")
@@ -334,6 +336,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         example += ' --text-pair "its second text"'
     print(f"  try:   hf-finetune predict {result.output_dir} {example}")
     return 0
+
+
+def _linear_baseline_line(b: dict[str, Any]) -> str:
+    """metrics.baseline linear, printed as the majority baseline is: its scores on this split."""
+    what = "this run itself (linear_probe)" if b.get("same_as") else f"frozen pretrained features, C={b['C']:g}"
+    return f"  logistic-regression baseline ({what}): accuracy {b['accuracy']:.4f}  macro-F1 {b['f1_macro']:.4f}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ bias, so the saved head is an ordinary `nn.Linear` on raw features and the outpu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -19,7 +20,7 @@ from .errors import MetricError
 from .models.structure import head_linear
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     import numpy as np
     import torch
@@ -107,7 +108,6 @@ def fit_probe(
 
     The weight and bias apply to raw (unstandardised) features. Ties on the metric go to the lower validation
     loss, then to the stronger regularisation (the smaller C)."""
-    import numpy as np
     from sklearn.preprocessing import StandardScaler
 
     started = time.perf_counter()
@@ -144,7 +144,8 @@ def fit_probe(
         train={"train_loss": train_scores["loss"], "train_accuracy": train_scores["accuracy"]},
     )
     logger.info("probe: chose C=%g by validation %s (grid %s)", fit.C, metric, list(C_GRID))
-    return weight.astype(np.float32), bias.astype(np.float32), fit
+    # float64: `set_head` casts to the head's dtype; the linear baseline scores with these exact coefficients
+    return weight, bias, fit
 
 
 def _fit_one(x: np.ndarray, y: np.ndarray, c: float, class_weight: Any) -> tuple[Any, bool]:
@@ -226,3 +227,110 @@ def set_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+
+
+# --------------------------------------------------------------------------------------------- metrics.baseline linear
+
+# what metrics.json's run info says the linear baseline is
+BASELINE_METHOD = (
+    "multinomial logistic regression (scikit-learn, lbfgs) on the standardised frozen features of the pretrained "
+    "model (the input of its head) before training, C chosen on validation"
+)
+
+
+@dataclass
+class LinearBaseline:
+    """`metrics.baseline: linear`: a logistic regression on the pretrained model's frozen features, scored per split.
+
+    `scores` is keyed by the prepared split name (validation, test); `same_as` is set when the run itself is that
+    regression (linear_probe), whose own scores are then the baseline's."""
+
+    scores: dict[str, dict[str, float]]
+    info: dict[str, Any]
+    same_as: str | None = None
+
+    def for_split(self, split: str, model_scores: Mapping[str, Any]) -> dict[str, Any]:
+        """What metrics.json holds beside `split`'s majority baseline: the regression's metrics (same keys as the
+        model's), its validation-chosen C, and `same_as` when the run is that regression."""
+        if self.same_as is not None:
+            return {"same_as": self.same_as, **_metric_values(model_scores)}
+        return dict(self.scores[split])
+
+
+def _metric_values(model_scores: Mapping[str, Any]) -> dict[str, float]:
+    """The model's metric values among Trainer's evaluation output: numbers, not timings or sample counts."""
+    timing = ("runtime", "samples_per_second", "steps_per_second", "num_samples", "epoch")
+    return {
+        k: v
+        for k, v in model_scores.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in timing
+    }
+
+
+def check_baseline_head(model: nn.Module) -> None:
+    """`metrics.baseline: linear` reads the input of the head's one Linear: refuse, naming the key, a head it cannot
+    read (before the output folder is touched)."""
+    from .errors import ModelError
+
+    try:
+        head_linear(model)
+    except ModelError as e:
+        raise ModelError(
+            f"metrics.baseline linear fits a logistic regression on the features the model's head reads, which needs "
+            f"a head that is one nn.Linear; {type(model).__name__}'s is not ({e}). Remove metrics.baseline (the "
+            "majority-class baseline is always reported)"
+        ) from None
+
+
+def linear_baseline(
+    weight: np.ndarray,
+    bias: np.ndarray,
+    fit: ProbeFit,
+    features: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    metrics: Callable[[EvalPrediction], dict[str, float]],
+    *,
+    train_labels: np.ndarray,
+    class_weight: dict[int, float] | str | None = None,
+    shared_with: str | None = None,
+) -> LinearBaseline:
+    """The fitted regression (`fit_probe`'s weight and bias on raw features) scored on each split of `features` with
+    the run's own metrics, plus its weighted cross-entropy `loss` (no label smoothing) and C."""
+    import numpy as np
+
+    num_labels = weight.shape[0]
+    scores = {}
+    for split, (x, y) in features.items():
+        weights = _sample_weights(y, class_weight, train_labels, num_labels)
+        # float64 as the fit: the standardisation folded into the weights loses digits in float32 (loss ~1e-3 off)
+        logits = x.astype(np.float64) @ weight.T + bias
+        scores[split] = {**_scores(logits, y, metrics, weights), "C": fit.C}
+    info = {**fit.info(), "method": BASELINE_METHOD}
+    if shared_with:
+        info["shared_with"] = shared_with
+    return LinearBaseline(scores, info)
+
+
+@contextlib.contextmanager
+def preserved_rng(enabled: bool = True) -> Iterator[None]:
+    """Python's, NumPy's and torch's (CPU and CUDA) global RNG states restored on exit as they were on entry.
+
+    What only the baseline computes must not change the run: a DataLoader draws its base seed from torch's global
+    RNG even with num_workers=0, so extracting features would otherwise shift every later random draw."""
+    import random
+
+    import numpy as np
+    import torch
+
+    if not enabled:
+        yield
+        return
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)

@@ -357,6 +357,9 @@ class MetricsSpec:
     top_k: list[int] = field(default_factory=list)  # e.g. [5] adds top5_accuracy
     extra: list[str] = field(default_factory=list)  # more `evaluate` metrics by name or path (Hub ones need network)
     metric_for_best_model: str = "accuracy"  # only used as the default when training keeps the best model
+    # majority: the majority-class baseline only (always there); linear: also a logistic regression fitted on the
+    # pretrained model's frozen features before training (hf_finetune/probe.py), scored on every evaluated split
+    baseline: Literal["majority", "linear"] = field(default="majority", metadata=_expects("'majority' or 'linear'"))
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
@@ -1034,7 +1037,7 @@ def _value_problems(recipe: Recipe) -> list[str]:
 
 
 def _cross_section_problems(recipe: Recipe) -> list[str]:
-    out = _linear_probe_problems(recipe)
+    out = _linear_probe_problems(recipe) + _linear_baseline_problems(recipe)
     if recipe.task != "text-classification" and recipe.model.pooling != "auto":
         out.append(f"model.pooling: {recipe.model.pooling!r} applies to text-classification only; remove it")
     a = recipe.augmentation
@@ -1073,6 +1076,24 @@ def _linear_probe_problems(recipe: Recipe) -> list[str]:
             "checkpoints to resume from; run it again with --overwrite"
         )
     return out
+
+
+def _linear_baseline_problems(recipe: Recipe) -> list[str]:
+    """The linear baseline reads the pretrained model's features: a model that starts from random weights has none
+    worth fitting on (a logistic regression on a random network's features says nothing about fine-tuning)."""
+    m = recipe.model
+    from_scratch = (m.name == "simple_cnn" or not m.pretrained) and not m.weights
+    if recipe.metrics.baseline != "linear" or not from_scratch:
+        return []
+    if m.name == "simple_cnn":
+        why, fix = "simple_cnn always starts from random weights", "model.weights: <a trained checkpoint>"
+    else:
+        why, fix = "model.pretrained is false", "model.pretrained: true, or model.weights: <a checkpoint>"
+    return [
+        f"metrics.baseline: 'linear' fits a logistic regression on the pretrained model's frozen features, and {why}, "
+        "so there are no pretrained features to compare with; remove metrics.baseline (the majority-class baseline is "
+        f"always reported), or start from trained weights ({fix})"
+    ]
 
 
 def _with_default_output_dir(recipe: Recipe) -> Recipe:
