@@ -22,6 +22,7 @@ lp_ft or full fine-tuning above it; the Fashion-MNIST CNN ≥ 0.92 test accuracy
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -401,23 +402,26 @@ def table(rows: list[Row], n_test: int) -> list[str]:
     return lines
 
 
-def dataset_markdown(dataset: Dataset, result: dict[str, Any]) -> list[str]:
+def dataset_markdown(result: dict[str, Any]) -> list[str]:
+    """One dataset's section of the results page, from its json entry alone (so kept entries render the same)."""
     rows = [Row(**r) for r in result["rows"]]
-    lines = [f"## {dataset.key}: {dataset.title}", ""]
+    lines = [f"## {result['key']}: {result['title']}", ""]
     lines += [f"- splits: {result['split_sizes']}"]
-    for name, recipe, overrides in dataset.toolkit_runs:
-        shown = " ".join(f"`{o}`" for o in dotted(overrides)) or "none"
-        lines.append(f"- {name}: `{recipe.relative_to(_common.REPO)}`, overrides {shown}")
+    for run in result["runs"]:
+        shown = " ".join(f"`{o}`" for o in run["overrides"]) or "none"
+        lines.append(f"- {run['name']}: `{run['recipe']}`, overrides {shown}")
     lines.append("- every toolkit run also gets `training.output_dir=<temporary folder>` and `overwrite=true`")
-    lines += [f"- {n}" for n in dataset.notes]
+    lines += [f"- {n}" for n in result["notes"]]
     lines += ["", *table(rows, result["split_sizes"].get("test", 0)), ""]
     lines += [f"- target: {v}" for v in result["verdicts"]]
+    lines += [f"- measured {result['date']}, code {result['code']}, {result['total_s']:.0f} s for this dataset"]
     return [*lines, ""]
 
 
 def run_dataset(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    started = time.perf_counter()
     image_size = int(dataset.toolkit_runs[0][2].get("model", {}).get("image_size") or 0)
     rows = baselines(dataset, image_size)
     splits, _ = load_splits(dataset.toolkit_runs[0][1], dataset.toolkit_runs[0][2])
@@ -434,8 +438,12 @@ def run_dataset(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
             {"name": n, "recipe": str(r.relative_to(_common.REPO)), "overrides": dotted(o)}
             for n, r, o in dataset.toolkit_runs
         ],
+        "notes": dataset.notes,
         "rows": [asdict(r) for r in rows],
         "verdicts": verdicts,
+        "total_s": round(time.perf_counter() - started, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "code": _common.describe_git(_common.git_state()),
     }
 
 
@@ -459,6 +467,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tweets-train", type=int, default=5000, help="data.max_train_samples of every tweet run")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", type=Path, default=None, help="results file stem (default: results/quality_cpu)")
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="keep the results file's datasets that this run does not measure (rerun one table, keep the rest)",
+    )
     return parser.parse_args(argv)
 
 
@@ -468,48 +481,57 @@ def main(argv: list[str] | None = None) -> int:
     if needs_lite0 and not converter.DEFAULT_OUTPUT.is_file():
         print(f"converting the ImageNet weights to {converter.DEFAULT_OUTPUT} …", flush=True)
         converter.convert(converter.DEFAULT_OUTPUT)
-    started = time.perf_counter()
-    results, pages = [], []
+    stem = args.output or _common.RESULTS_DIR / "quality_cpu"
+    kept = kept_results(stem, args)
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="quality-data-") as folder:
         datasets, _ = build_datasets(args, Path(folder))
         for dataset in datasets:
-            result = run_dataset(dataset, args)
-            results.append(result)
-            pages.append(dataset_markdown(dataset, result))
-            print("\n".join(pages[-1]), flush=True)
+            results.append(run_dataset(dataset, args))
+            print("\n".join(dataset_markdown(results[-1])), flush=True)
             # written after every dataset, so a long run that dies keeps what it finished
-            report(args, argv if argv is not None else sys.argv[1:], results, pages, time.perf_counter() - started)
+            report(args, argv if argv is not None else sys.argv[1:], stem, kept, results)
     return 0
 
 
-def report(args: argparse.Namespace, argv: list[str], results: list, pages: list, total_s: float) -> None:
+def kept_results(stem: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """With --keep-others: the datasets of the existing results file that this run does not measure again."""
+    path = stem.with_suffix(".json")
+    if not args.keep_others or not path.is_file():
+        return []
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    return [d for d in previous["datasets"] if d["key"] not in args.datasets]
+
+
+def report(args: argparse.Namespace, argv: list[str], stem: Path, kept: list, results: list) -> None:
     machine = _common.machine_info(PACKAGES, torch_threads=args.threads, git=_common.git_state())
+    order = {key: i for i, key in enumerate(DATASETS)}
+    every = sorted([*kept, *results], key=lambda d: order[d["key"]])
     payload = {
         "benchmark": "quality",
         "command": _common.command_line("quality.py", argv),
         "machine": machine,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
         "c_grid": C_GRID,
-        "total_s": round(total_s, 1),
-        "datasets": results,
+        "total_s": round(sum(d["total_s"] for d in every), 1),
+        "datasets": every,
     }
     markdown = [
         "# quality — learning quality on real offline data (test accuracy, macro-F1, wall time)",
         "",
-        f"`{payload['command']}`",
+        f"`{payload['command']}`" + (f" (kept from earlier runs: {', '.join(d['key'] for d in kept)})" if kept else ""),
         "",
         *_common.machine_lines(machine, PACKAGES, cores_note=f" ({args.threads} torch threads)"),
         f"- code: {_common.describe_git(machine['git'])}",
-        f"- total wall time: {total_s:.0f} s",
+        f"- total wall time of the datasets below: {payload['total_s']:.0f} s",
         "- logistic regression: this script's own features and scikit-learn StandardScaler + LogisticRegression "
         f"(lbfgs, max_iter 1000), C from {list(C_GRID)} picked on the validation split; majority class: "
         "DummyClassifier(most_frequent) on train",
         "- wall s: the whole finetune() call (data, model, training, evaluation, outputs); for the baselines, loading "
         "the splits, features and every fit of the grid",
         "",
-        *[line for page in pages for line in page],
+        *[line for d in every for line in dataset_markdown(d)],
     ]
-    stem = args.output or _common.RESULTS_DIR / "quality_cpu"
     json_path, md_path = _common.write_results(stem, payload, markdown)
     print(f"wrote {json_path} and {md_path}", flush=True)
 
