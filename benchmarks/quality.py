@@ -79,7 +79,9 @@ def lite0_model(image_size: int) -> dict[str, Any]:
     return {"name": f"timm:{converter.ARCH}", "weights": str(converter.DEFAULT_OUTPUT), "image_size": image_size}
 
 
-def image_transfer_runs(data: dict[str, Any], image_size: int, epochs: float | None) -> list[tuple[str, Path, dict]]:
+def image_transfer_runs(
+    data: dict[str, Any], image_size: int, epochs: float | None, preset: str | None = None
+) -> list[tuple[str, Path, dict]]:
     """The shipped image probe recipe, and the efficientnet-b0 recipe (lp_ft, full), all with the Lite0 weights.
 
     resnet18-linear-probe is the shipped image linear probe: a fitted probe takes no epochs or optimizer settings,
@@ -88,6 +90,8 @@ def image_transfer_runs(data: dict[str, Any], image_size: int, epochs: float | N
     image = RECIPES / "image"
     base: dict[str, Any] = {"model": lite0_model(image_size), "data": data}
     trained = merge(base, {"training": {"num_train_epochs": epochs}}) if epochs is not None else base
+    if preset is not None:  # a diagnostic: the trained strategies without the recipe's augmentation
+        trained = merge(trained, {"augmentation": {"preset": preset}})
     return [
         ("linear_probe (resnet18-linear-probe)", image / "resnet18-linear-probe.yaml", base),
         (
@@ -131,7 +135,9 @@ def build_datasets(args: argparse.Namespace, folder: Path) -> tuple[list[Dataset
             Dataset(
                 "fashion_mnist_lite0",
                 f"Fashion-MNIST subset {drawn['rows']}, EfficientNet-Lite0 (ImageNet)",
-                image_transfer_runs(data, 64 if quick else args.image_size, 1 if quick else None),
+                image_transfer_runs(
+                    data, 64 if quick else args.image_size, 1 if quick else None, args.augmentation_preset
+                ),
                 "timm",
                 notes=["class-balanced; train and validation drawn from the official train set, test from t10k"],
             )
@@ -144,7 +150,9 @@ def build_datasets(args: argparse.Namespace, folder: Path) -> tuple[list[Dataset
             Dataset(
                 "digits_lite0",
                 "scikit-learn digits, EfficientNet-Lite0 (ImageNet)",
-                image_transfer_runs(data, 64 if quick else args.digits_image_size, 1 if quick else None),
+                image_transfer_runs(
+                    data, 64 if quick else args.digits_image_size, 1 if quick else None, args.augmentation_preset
+                ),
                 "timm",
             )
         )
@@ -465,6 +473,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=112, help="Lite0 on Fashion-MNIST (28 px sources)")
     parser.add_argument("--digits-image-size", type=int, default=64, help="Lite0 on digits (8 px sources)")
     parser.add_argument("--tweets-train", type=int, default=5000, help="data.max_train_samples of every tweet run")
+    parser.add_argument(
+        "--augmentation-preset",
+        default=None,
+        help="diagnostic: augmentation.preset for the Lite0 lp_ft and full rows (default: the recipe's, standard)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", type=Path, default=None, help="results file stem (default: results/quality_cpu)")
     parser.add_argument(
