@@ -431,7 +431,7 @@ def run_dataset(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     image_size = int(dataset.toolkit_runs[0][2].get("model", {}).get("image_size") or 0)
-    rows = baselines(dataset, image_size)
+    rows = previous_baselines(args, dataset.key) or baselines(dataset, image_size)
     splits, _ = load_splits(dataset.toolkit_runs[0][1], dataset.toolkit_runs[0][2])
     for name, recipe, overrides in dataset.toolkit_runs:
         torch.set_num_threads(args.threads)  # re-applied: one run must not inherit another's setting
@@ -481,6 +481,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", type=Path, default=None, help="results file stem (default: results/quality_cpu)")
     parser.add_argument(
+        "--reuse-baselines",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="take the majority and logistic-regression rows from this results file instead of refitting them",
+    )
+    parser.add_argument(
         "--keep-others",
         action="store_true",
         help="keep the results file's datasets that this run does not measure (rerun one table, keep the rest)",
@@ -505,6 +512,22 @@ def main(argv: list[str] | None = None) -> int:
             # written after every dataset, so a long run that dies keeps what it finished
             report(args, argv if argv is not None else sys.argv[1:], stem, kept, results)
     return 0
+
+
+def previous_baselines(args: argparse.Namespace, key: str) -> list[Row]:
+    """With --reuse-baselines: the majority and logistic-regression rows of `key` from the baselines file.
+
+    They depend only on the data section and the backbone, so a rerun after a change to the toolkit rows' recipe
+    settings (not its data) need not refit them; the results page says they were reused.
+    """
+    if args.reuse_baselines is None:
+        return []
+    previous = json.loads(args.reuse_baselines.read_text(encoding="utf-8"))
+    entry = next(d for d in previous["datasets"] if d["key"] == key)
+    rows = [Row(**r) for r in entry["rows"][:2]]
+    for row in rows:
+        row.note += f" (reused from the run of {entry['date']})"
+    return rows
 
 
 def kept_results(stem: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
