@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,3 +129,73 @@ def write_results(stem: Path, payload: dict[str, Any], markdown: Sequence[str]) 
     json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     md_path.write_text("\n".join(markdown), encoding="utf-8")
     return json_path, md_path
+
+
+def stratified(labels: np.ndarray, per_class: Sequence[int], seed: int) -> list[list[int]]:
+    """Disjoint per-class draws: for each count in `per_class`, that many row indices of every class (0..max label)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in per_class]
+    for c in range(int(labels.max()) + 1):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        start = 0
+        for part, n in zip(parts, per_class, strict=True):
+            if start + n > len(rows):
+                raise SystemExit(f"class {c} has {len(rows)} rows, asked for {sum(per_class)}")
+            part.extend(int(i) for i in rows[start : start + n])
+            start += n
+    return [sorted(p) for p in parts]
+
+
+def write_image_split(
+    path: Path, images: np.ndarray, labels: np.ndarray, rows: Sequence[int], names: Sequence[str]
+) -> None:
+    """A parquet file with an `image` (PNG, grayscale as in the source) and a `label` (class name) column.
+
+    The toolkit converts grayscale to RGB and resizes with the model's own preprocessing, as it would a user's files.
+    """
+    import io
+
+    import datasets
+    from PIL import Image
+
+    def png(array: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array, mode="L").save(buf, format="PNG")
+        return buf.getvalue()
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": png(images[i]), "path": None} for i in rows],
+            "label": [names[int(labels[i])] for i in rows],
+        },
+        features=features,
+    )
+    ds.to_parquet(str(path))
+
+
+def fashion_mnist_subset(folder: Path, per_class: tuple[int, int, int], seed: int) -> dict[str, Any]:
+    """train / validation / test parquet files in `folder`, class-balanced: (train, validation, test) per class.
+
+    train and validation are disjoint draws from Fashion-MNIST's official train set, test from its test set (the
+    idx files of Debian's dataset-fashion-mnist, read by the toolkit's `builtin:fashion_mnist` reader).
+    """
+    from hf_finetune.data.builtin import FASHION_MNIST_CLASSES, read_fashion_mnist
+
+    names = list(FASHION_MNIST_CLASSES)  # the idx files' label order; the names become the model's id2label
+    train_images, train_labels = read_fashion_mnist("train")
+    test_images, test_labels = read_fashion_mnist("t10k")
+    train_rows, val_rows = stratified(train_labels, per_class[:2], seed)
+    (test_rows,) = stratified(test_labels, per_class[2:], seed)
+    files = {split: folder / f"{split}.parquet" for split in ("train", "validation", "test")}
+    write_image_split(files["train"], train_images, train_labels, train_rows, names)
+    write_image_split(files["validation"], train_images, train_labels, val_rows, names)
+    write_image_split(files["test"], test_images, test_labels, test_rows, names)
+    return {
+        "files": {k: str(v) for k, v in files.items()},
+        "rows": {"train": len(train_rows), "validation": len(val_rows), "test": len(test_rows)},
+        # the exact rows drawn, so a rerun (or another script) can check it used the same subset
+        "source_rows": {"train": train_rows, "validation": val_rows, "test (t10k)": test_rows},
+    }

@@ -29,8 +29,6 @@ The majority-class baseline (always answer train's most frequent class) is the t
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import os
 import shutil
@@ -49,7 +47,6 @@ import _common
 import convert_efficientnet_lite0 as converter
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from transformers import TrainerCallback
 
@@ -57,20 +54,6 @@ if TYPE_CHECKING:
 _common.set_environment()
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "timm")
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-# Label order of the idx files (Fashion-MNIST README); the names become the model's id2label.
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 # head_only is the epoch-trained probe this benchmark has always measured (it was called linear_probe before the
 # fitted probe took that name); lp_ft keeps its epoch-trained probe phase by writing probe_epochs
 STRATEGIES = ("head_only", "lp_ft", "full")
@@ -103,77 +86,10 @@ STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------------- data
 
 
-def read_idx(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [n, 28, 28], labels uint8 [n]) from the gzipped idx files (`train` or `t10k`)."""
-    import numpy as np
-
-    with gzip.open(FASHION_MNIST / f"{kind}-labels-idx1-ubyte.gz", "rb") as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)  # 8-byte header: magic, count
-    with gzip.open(FASHION_MNIST / f"{kind}-images-idx3-ubyte.gz", "rb") as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16)  # 16-byte header: magic, count, rows, cols
-    return images.reshape(len(labels), 28, 28), labels
-
-
-def stratified(labels: np.ndarray, per_class: list[int], seed: int) -> list[list[int]]:
-    """Disjoint per-class draws: for each count in `per_class`, that many row indices of every class."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in per_class]
-    for c in range(len(CLASS_NAMES)):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        start = 0
-        for part, n in zip(parts, per_class, strict=True):
-            if start + n > len(rows):
-                raise SystemExit(f"class {CLASS_NAMES[c]!r} has {len(rows)} rows, asked for {sum(per_class)}")
-            part.extend(int(i) for i in rows[start : start + n])
-            start += n
-    return [sorted(p) for p in parts]
-
-
-def write_split(path: Path, images: np.ndarray, labels: np.ndarray, rows: list[int]) -> None:
-    """A parquet file with an `image` (PNG, 28×28 grayscale as in the source) and a `label` (class name) column.
-
-    The toolkit converts grayscale to RGB and resizes with the model's own preprocessing, as it would a user's files.
-    """
-    import datasets
-    from PIL import Image
-
-    def png(array: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(array, mode="L").save(buf, format="PNG")
-        return buf.getvalue()
-
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
-    ds = datasets.Dataset.from_dict(
-        {
-            "image": [{"bytes": png(images[i]), "path": None} for i in rows],
-            "label": [CLASS_NAMES[int(labels[i])] for i in rows],
-        },
-        features=features,
-    )
-    ds.to_parquet(str(path))
-
-
 def make_data(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """train + validation from Fashion-MNIST's train set (disjoint), test from its test set; all class-balanced."""
-    if not FASHION_MNIST.is_dir():
-        raise SystemExit(f"{FASHION_MNIST} not found: apt-get install -y dataset-fashion-mnist")
-    train_images, train_labels = read_idx("train")
-    test_images, test_labels = read_idx("t10k")
-    train_rows, val_rows = stratified(train_labels, [args.train_per_class, args.val_per_class], args.seed)
-    (test_rows,) = stratified(test_labels, [args.test_per_class], args.seed)
-    files = {"train": folder / "train.parquet", "validation": folder / "validation.parquet"}
-    files["test"] = folder / "test.parquet"
-    write_split(files["train"], train_images, train_labels, train_rows)
-    write_split(files["validation"], train_images, train_labels, val_rows)
-    write_split(files["test"], test_images, test_labels, test_rows)
-    return {
-        "files": {k: str(v) for k, v in files.items()},
-        "rows": {"train": len(train_rows), "validation": len(val_rows), "test": len(test_rows)},
-        # the exact rows drawn, so a rerun (or another script) can check it used the same subset
-        "source_rows": {"train": train_rows, "validation": val_rows, "test (t10k)": test_rows},
-    }
+    per_class = (args.train_per_class, args.val_per_class, args.test_per_class)
+    return _common.fashion_mnist_subset(folder, per_class, args.seed)
 
 
 # --------------------------------------------------------------------------------------------- one configuration

@@ -503,3 +503,43 @@ def test_builtin_digits_is_offline_with_ten_classes_of_8x8_grayscale():
     carved = load_image(DataSpec(source="builtin:digits"))
     assert set(carved.splits) == {"train", "validation", "test"}
     assert sum(len(s) for s in carved.splits.values()) == 1797
+
+
+def _write_idx(folder: Path, kind: str, images: list[list[int]], labels: list[int]) -> None:
+    """Gzipped idx files as Fashion-MNIST ships them: big-endian headers, then the raw uint8 pixels / labels."""
+    import gzip
+    import struct
+
+    with gzip.open(folder / f"{kind}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(labels)) + bytes(labels))
+    with gzip.open(folder / f"{kind}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + b"".join(bytes(im) for im in images))
+
+
+def test_builtin_fashion_mnist_reads_the_idx_files_with_the_official_test_split(tmp_path: Path, monkeypatch):
+    from hf_finetune.data import builtin
+
+    # image i is filled with 10*i + label, so each row shows which file position and label it came from
+    train_labels = [0, 1, 2, 9, 0, 1]
+    _write_idx(tmp_path, "train", [[10 * i + y] * 784 for i, y in enumerate(train_labels)], train_labels)
+    _write_idx(tmp_path, "t10k", [[200 + 9] * 784, [210 + 1] * 784], [9, 1])
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path)
+
+    data = load_image(DataSpec(source="builtin:fashion_mnist"), carve_validation=False)
+
+    assert data.label_names[0] == "T-shirt/top" and data.label_names[9] == "Ankle boot"
+    assert len(data.label_names) == 10  # the class list is fixed, not learnt from the rows present
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 6, "test": 2}
+    test = data.splits["test"]
+    assert [row["label"] for row in test] == [9, 1]
+    image = test[0]["image"]
+    assert image.mode == "L" and image.size == (28, 28) and set(image.getdata()) == {209}
+    assert sorted(row["image"].getpixel((0, 0)) for row in data.splits["train"]) == [0, 11, 22, 39, 40, 51]
+
+
+def test_builtin_fashion_mnist_without_the_debian_package_says_how_to_install_it(tmp_path: Path, monkeypatch):
+    from hf_finetune.data import builtin
+
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path / "missing")
+    with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist"):
+        load_image(DataSpec(source="builtin:fashion_mnist"))

