@@ -316,7 +316,14 @@ def _probe_choice(recipe: Recipe) -> dict[str, Any]:
     metric = recipe.training.get("metric_for_best_model") or recipe.metrics.metric_for_best_model
     metric = metric.removeprefix(f"{METRIC_PREFIX['validation']}_")
     greater = recipe.training.get("greater_is_better", metric != "loss")
-    return {"metric": metric, "greater_is_better": bool(greater), "class_weight": _probe_class_weight(recipe)}
+    # lp_ft fine-tunes the fitted head by gradient descent: one shared scale, so no feature gets an outsized weight
+    scaling = "global" if recipe.transfer.strategy == "lp_ft" else "feature"
+    return {
+        "metric": metric,
+        "greater_is_better": bool(greater),
+        "class_weight": _probe_class_weight(recipe),
+        "scaling": scaling,
+    }
 
 
 def _probe_class_weight(recipe: Recipe) -> dict[int, float] | str | None:

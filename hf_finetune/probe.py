@@ -14,7 +14,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import MetricError
 from .models.structure import head_linear
@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # L2 strength: smaller C = stronger regularisation
 MAX_ITER = 5000  # L-BFGS iterations; standardised features converge well within this
+# A feature whose spread is below this share of the median feature's is scaled as if it had that spread: a
+# near-constant feature (MiniLM's mean-pooled features hold one with std 7.6e-33) would otherwise get a weight of
+# ~1e32 once the scaling is folded into the head, harmless on the training rows and explosive on any other input.
+STD_FLOOR = 1e-2
 
 
 @dataclass
@@ -47,10 +51,12 @@ class ProbeFit:
     fit_seconds: float
     converged: bool
     train: dict[str, float] = field(default_factory=dict)  # the fitted head on the training features
+    scaling: str = "feature"  # how the features were scaled for the fit (see fit_probe)
 
     def info(self) -> dict[str, Any]:
         return {
             "method": "multinomial logistic regression (scikit-learn, lbfgs) on standardised frozen features",
+            "scaling": self.scaling,
             "fitted_on": f"fitted on {self.samples} cached features of dim {self.dim}",
             "C": self.C,
             "chosen_by": f"validation {self.metric}",
@@ -103,16 +109,23 @@ def fit_probe(
     metric: str = "accuracy",
     greater_is_better: bool = True,
     class_weight: dict[int, float] | str | None = None,
+    scaling: Literal["feature", "global"] = "feature",
 ) -> tuple[np.ndarray, np.ndarray, ProbeFit]:
     """Fit the head for every C in the grid, pick C on the validation split, return (weight [K, D], bias [K], fit).
 
     The weight and bias apply to raw (unstandardised) features. Ties on the metric go to the lower validation
-    loss, then to the stronger regularisation (the smaller C)."""
+    loss, then to the stronger regularisation (the smaller C).
+
+    `scaling`: `feature` centres and scales each feature by its own spread (floored at STD_FLOOR × the median's),
+    the usual set-up for a probe that is only evaluated. `global` centres each feature and divides all by one number
+    (their root-mean-square spread), for a head that gradient descent fine-tunes next (lp_ft): folded back, per-feature
+    scaling puts weights up to 1/STD_FLOOR times larger on low-spread features, whose values are the first to move
+    once the backbone trains, and their gradients flood the backbone."""
     from sklearn.preprocessing import StandardScaler
 
     started = time.perf_counter()
     (x, y), (xv, yv) = train, validation
-    scaler = StandardScaler().fit(x)
+    scaler = _scaler(StandardScaler().fit(x), scaling)
     xs, xvs = scaler.transform(x), scaler.transform(xv)
     sample_weight = _sample_weights(yv, class_weight, y, num_labels)
     grid, fits = [], []
@@ -141,11 +154,24 @@ def fit_probe(
         feature_seconds=0.0,
         fit_seconds=time.perf_counter() - started,
         converged=converged,
+        scaling=scaling,
         train={"train_loss": train_scores["loss"], "train_accuracy": train_scores["accuracy"]},
     )
     logger.info("probe: chose C=%g by validation %s (grid %s)", fit.C, metric, list(C_GRID))
     # float64: `set_head` casts to the head's dtype; the linear baseline scores with these exact coefficients
     return weight, bias, fit
+
+
+def _scaler(scaler: Any, scaling: str) -> Any:
+    """The fitted StandardScaler with its scale floored (`feature`) or made one shared number (`global`)."""
+    import numpy as np
+
+    std = np.sqrt(scaler.var_)
+    if scaling == "global":
+        scaler.scale_ = np.full_like(std, max(float(np.sqrt(np.mean(scaler.var_))), np.finfo(np.float64).tiny))
+    else:
+        scaler.scale_ = np.maximum(std, STD_FLOOR * float(np.median(std)) or 1.0)
+    return scaler
 
 
 def _fit_one(x: np.ndarray, y: np.ndarray, c: float, class_weight: Any) -> tuple[Any, bool]:

@@ -226,3 +226,34 @@ def test_linear_probe_under_two_ranks_is_refused_before_any_data_is_loaded(tiny_
     assert "transfer.strategy linear_probe" in proc.stderr and "run it in one process" in proc.stderr
     assert "no such folder" not in proc.stderr and "hf_finetune/" not in proc.stderr  # no data error, no traceback
     assert not out.exists()
+
+
+def test_a_near_constant_feature_gets_no_outsized_weight():
+    """A feature with a spread of 1e-30 (MiniLM's mean-pooled features hold one at 7.6e-33) is scaled by a floor, not
+    by its own spread: folded into the head, its weight would otherwise be ~1e30 and any other input would explode
+    the logits (and lp_ft's gradients). The fit is then that of the informative features alone."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from hf_finetune.probe import fit_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)) + np.repeat(np.eye(3, 4) * 2.0, 100, axis=0)
+    y = np.repeat(np.arange(3), 100)
+    junk = rng.normal(scale=1e-30, size=(300, 1))
+    xj = np.hstack([x, junk])
+    train, validation = (xj[::2], y[::2]), (xj[1::2], y[1::2])
+
+    def accuracy(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    for scaling in ("feature", "global"):
+        weight, bias, fit = fit_probe(train, validation, 3, accuracy, scaling=scaling)
+        assert np.isfinite(weight).all() and np.abs(weight).max() < 1e3, scaling
+        assert fit.info()["scaling"] == scaling
+    weight, bias, fit = fit_probe(train, validation, 3, accuracy)
+    scaler = StandardScaler().fit(x[::2])
+    reference = LogisticRegression(C=fit.C, max_iter=5000).fit(scaler.transform(x[::2]), y[::2])
+    ours = (xj[1::2] @ weight.T + bias).argmax(-1)
+    assert (ours == reference.predict(scaler.transform(x[1::2]))).all()

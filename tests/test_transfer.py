@@ -387,12 +387,19 @@ def test_lp_ft_starts_fine_tuning_from_the_fitted_probe_head(tiny_recipe, tmp_pa
     )
     head = {"classifier.weight", "classifier.bias"}
     begin = rec.states["begin"]
-    # same seed, same data: the head at the first fine-tuning step is the probe's fitted head, the backbone the
-    # untouched initial one (the linear_probe run saved it unchanged)
-    assert _changed(fitted, begin) == set()
+    # same seed, same data: at the first fine-tuning step the backbone is the untouched initial one (the
+    # linear_probe run saved it unchanged) and only the head differs from linear_probe's: lp_ft fits it on features
+    # under one shared scale (run.probe.scaling below); test_baseline checks that fit's scores
+    assert _changed(fitted, begin) == head
     assert rec.trainable["begin"] == set(rec.ndim)  # no head-only epochs: everything trains from the first step
     assert rec.lr_of() == {n: (lr if n in head else lr * 0.1) for n in rec.ndim}
-    assert json.loads((result.output_dir / "metrics.json").read_text())["run"]["probe"]["C"] > 0
+    probe_info = json.loads((result.output_dir / "metrics.json").read_text())["run"]["probe"]
+    assert probe_info["C"] > 0 and probe_info["scaling"] == "global"  # a head gradient descent goes on from
+    # the fitted head was fitted on features normalised with the pretrained statistics: they stay, while the
+    # BatchNorm scale and shift train with the rest
+    changed = _changed(begin, rec.states["end"])
+    assert not {k for k in changed if k.endswith(BN_BUFFERS)}
+    assert {"blocks.0.norm.weight", "blocks.1.norm.bias", "classifier.weight"} <= changed
 
 
 # --------------------------------------------------------------------------------------------- model.weights
