@@ -194,8 +194,6 @@ def apply_plan(model: nn.Module, plan: TransferPlan) -> list[RemovableHandle]:
     for name, p in model.named_parameters():
         p.requires_grad_(name in plan.trainable_now)
     handles = freeze_batchnorm(model)
-    if fits_probe(plan.spec) and plan.spec.strategy == "lp_ft":
-        handles += keep_batchnorm_statistics(model)  # everything trains here: none of them is frozen above
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
@@ -206,6 +204,8 @@ def apply_plan(model: nn.Module, plan: TransferPlan) -> list[RemovableHandle]:
         plan.layers.num_blocks,
         f"; {len(handles)} frozen BatchNorm layers keep their statistics" if handles else "",
     )
+    if fits_probe(plan.spec) and plan.spec.strategy == "lp_ft":
+        handles += keep_batchnorm_statistics(model)  # everything trains here: none of them is frozen above
     return handles
 
 
