@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import argparse
+
     import numpy as np
     import torch
 
@@ -120,6 +122,11 @@ def median_range(values: Sequence[float], digits: int = 1) -> str:
 def command_line(script: str, argv: Sequence[str]) -> str:
     """How the run was started, for the results page; `script` is the file's name."""
     return f"python benchmarks/{script} {' '.join(argv)}".strip()
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options for the JSON results: paths as strings, the results file stem (`output`) left out."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"}
 
 
 def write_results(stem: Path, payload: dict[str, Any], markdown: Sequence[str]) -> tuple[Path, Path]:

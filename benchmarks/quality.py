@@ -547,7 +547,7 @@ def report(args: argparse.Namespace, argv: list[str], stem: Path, kept: list, re
         "benchmark": "quality",
         "command": _common.command_line("quality.py", argv),
         "machine": machine,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
+        "settings": _common.settings(args),
         "c_grid": C_GRID,
         "total_s": round(sum(d["total_s"] for d in every), 1),
         "datasets": every,

@@ -418,7 +418,7 @@ def report(
         "benchmark": "transfer_effnet_lite0",
         "command": _common.command_line("transfer_effnet_lite0.py", argv),
         "machine": machine,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
+        "settings": _common.settings(args),
         "strategy_settings": STRATEGY_SETTINGS,
         "data": {k: v for k, v in data.items() if k != "files"},
         "conversion": conversion and {k: v for k, v in conversion.items() if k != "controls"},
