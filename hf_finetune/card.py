@@ -282,7 +282,7 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "labels": [{"id": i, "name": _cell(n)} for i, n in enumerate(facts.label_names)],
         "metric_rows": [_metric_row(p, m) for p, m in splits.items()],
         "topk_names": sorted({k for m in splits.values() for k in m if re.fullmatch(r"top\d+_accuracy", k)}),
-        "has_baseline": any(isinstance(m.get("baseline"), dict) for m in splits.values()),
+        "has_baseline": any(_baseline(m, "baseline") is not None for m in splits.values()),
         "linear_baseline": _linear_baseline_note(splits),
         "per_class_split": SPLIT_OF_PREFIX[headline] if headline and splits[headline].get("per_class") else None,
         "per_class": _per_class(splits[headline]) if headline else [],
@@ -345,9 +345,15 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _baseline(m: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    """A split's baseline entry (`baseline`: majority class, `baseline_linear`), or None where the run has none (or
+    metrics.json was edited into something else)."""
+    value = m.get(key)
+    return value if isinstance(value, dict) else None
+
+
 def _metric_row(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
-    baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else {}
-    linear = m.get("baseline_linear") if isinstance(m.get("baseline_linear"), dict) else {}
+    baseline, linear = _baseline(m, "baseline") or {}, _baseline(m, "baseline_linear") or {}
     return {
         "split": SPLIT_OF_PREFIX[prefix],
         "rows": m.get("num_samples", ""),
@@ -363,7 +369,7 @@ def _metric_row(prefix: str, m: dict[str, Any]) -> dict[str, Any]:
 
 def _linear_baseline_note(splits: Mapping[str, Any]) -> str:
     """What the logistic-regression columns are (`metrics.baseline: linear`); empty when the run has none."""
-    linear = [m["baseline_linear"] for m in splits.values() if isinstance(m.get("baseline_linear"), dict)]
+    linear = [b for m in splits.values() if (b := _baseline(m, "baseline_linear")) is not None]
     if not linear:
         return ""
     if linear[0].get("same_as"):
@@ -608,7 +614,7 @@ def _headline_caveats(name: str, m: dict[str, Any]) -> list[str]:
             f"Some classes have fewer than 10 {name} rows ({', '.join(map(str, small[:5]))}"
             f"{'…' if len(small) > 5 else ''}): their per-class numbers are very uncertain."
         )
-    baseline = m.get("baseline") if isinstance(m.get("baseline"), dict) else None
+    baseline = _baseline(m, "baseline")
     if baseline and m.get("f1_macro") is not None and m["f1_macro"] <= baseline.get("f1_macro", 0) + 0.05:
         notes.append(
             f"Macro F1 ({m['f1_macro']:.3f}) is barely above always answering the majority class "
@@ -620,7 +626,7 @@ def _headline_caveats(name: str, m: dict[str, Any]) -> list[str]:
 def _linear_baseline_caveat(name: str, m: dict[str, Any]) -> list[str]:
     """Fine-tuning that beats a logistic regression on the frozen pretrained features neither in accuracy nor in
     macro F1 cost its training for nothing (a linear probe, which is that regression, is never flagged)."""
-    linear = m.get("baseline_linear") if isinstance(m.get("baseline_linear"), dict) else None
+    linear = _baseline(m, "baseline_linear")
     if not linear or linear.get("same_as") or m.get("accuracy") is None or m.get("f1_macro") is None:
         return []
     if m["accuracy"] > linear["accuracy"] or m["f1_macro"] > linear["f1_macro"]:
