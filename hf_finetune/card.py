@@ -488,7 +488,8 @@ def _transfer(facts: CardFacts) -> list[str]:
         scale = tr.fine_tune_lr_scale if tr.fine_tune_lr_scale is not None else DEFAULT_FINE_TUNE_LR_SCALE
         epochs = tr.probe_epochs
         probe = f"head-only training for {epochs:g} epoch(s)" if epochs is not None else "fitted probe"
-        lines.append(f"{probe}, then backbone learning rate × {scale:g}")
+        rate = "the same learning rate" if scale == 1 else f"backbone learning rate × {scale:g}"
+        lines.append(f"{probe}, then fine-tuning at {rate}")
     fit = facts.run.get("probe")
     if fit:
         lines.append(

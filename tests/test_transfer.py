@@ -392,7 +392,7 @@ def test_lp_ft_starts_fine_tuning_from_the_fitted_probe_head(tiny_recipe, tmp_pa
     # under one shared scale (run.probe.scaling below); test_baseline checks that fit's scores
     assert _changed(fitted, begin) == head
     assert rec.trainable["begin"] == set(rec.ndim)  # no head-only epochs: everything trains from the first step
-    assert rec.lr_of() == {n: (lr if n in head else lr * 0.1) for n in rec.ndim}
+    assert rec.lr_of() == {n: lr for n in rec.ndim}  # fine_tune_lr_scale's default 1: the recipe's rate for all
     probe_info = json.loads((result.output_dir / "metrics.json").read_text())["run"]["probe"]
     assert probe_info["C"] > 0 and probe_info["scaling"] == "global"  # a head gradient descent goes on from
     # the fitted head was fitted on features normalised with the pretrained statistics: they stay, while the
