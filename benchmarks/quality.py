@@ -44,6 +44,9 @@ PACKAGES = ("torch", "transformers", "datasets", "timm", "sklearn")
 RECIPES = _common.REPO / "recipes"
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 CNN_TARGET = 0.92
+# issue 12: "in the benchmarks always" — every pretrained run carries the toolkit's own frozen-feature logistic
+# regression too (metrics.json results[split].baseline_linear), beside this script's independent one
+LINEAR_BASELINE: dict[str, Any] = {"metrics": {"baseline": "linear"}}
 
 
 @dataclass
@@ -88,7 +91,7 @@ def image_transfer_runs(
     which efficientnet-b0 sets (the toolkit refuses them for linear_probe rather than ignoring them).
     """
     image = RECIPES / "image"
-    base: dict[str, Any] = {"model": lite0_model(image_size), "data": data}
+    base: dict[str, Any] = {"model": lite0_model(image_size), "data": data, **LINEAR_BASELINE}
     trained = merge(base, {"training": {"num_train_epochs": epochs}}) if epochs is not None else base
     if preset is not None:  # a diagnostic: the trained strategies without the recipe's augmentation
         trained = merge(trained, {"augmentation": {"preset": preset}})
@@ -162,7 +165,10 @@ def build_datasets(args: argparse.Namespace, folder: Path) -> tuple[list[Dataset
 
 
 def tweets_dataset(args: argparse.Namespace) -> Dataset:
-    common: dict[str, Any] = {"data": {"max_train_samples": 300 if args.quick else args.tweets_train}}
+    common: dict[str, Any] = {
+        "data": {"max_train_samples": 300 if args.quick else args.tweets_train},
+        **LINEAR_BASELINE,
+    }
     if args.quick:
         common["data"]["max_eval_samples"] = 300
     epochs = {"training": {"num_train_epochs": 1}} if args.quick else {}
@@ -193,13 +199,22 @@ def run_toolkit(name: str, recipe: Path, overrides: dict[str, Any]) -> Row:
         result = hf_finetune.finetune(str(recipe), full)
         wall = time.perf_counter() - started
     test, val = result.metrics["test"], result.metrics.get("eval", {})
+    linear = test.get("baseline_linear") or {}
+    note = ""
+    if "accuracy" in linear:  # the toolkit's own regression; `same_as` when the run is that regression
+        note = "toolkit's baseline_linear: " + ("this run" if "same_as" in linear else f"{linear['accuracy']:.4f}")
     return Row(
         name=f"toolkit: {name}",
         test_accuracy=float(test["accuracy"]),
         test_f1_macro=float(test["f1_macro"]),
         wall_s=round(wall, 1),
         val_accuracy=float(val["accuracy"]) if "accuracy" in val else None,
-        extra={"toolkit_baseline": test.get("baseline"), "train_loss": result.metrics["train"].get("train_loss")},
+        note=note,
+        extra={
+            "toolkit_baseline": test.get("baseline"),
+            "toolkit_baseline_linear": linear or None,
+            "train_loss": result.metrics["train"].get("train_loss"),
+        },
     )
 
 
