@@ -530,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def previous_baselines(args: argparse.Namespace, key: str) -> list[Row]:
-    """With --reuse-baselines: the majority and logistic-regression rows of `key` from the baselines file.
+    """With --reuse-baselines: the majority and logistic-regression rows of `key` from the baselines file (none
+    where it has no table for `key`).
 
     They depend only on the data section and the backbone, so a rerun after a change to the toolkit rows' recipe
     settings (not its data) need not refit them; the results page says they were reused.
@@ -538,7 +539,9 @@ def previous_baselines(args: argparse.Namespace, key: str) -> list[Row]:
     if args.reuse_baselines is None:
         return []
     previous = json.loads(args.reuse_baselines.read_text(encoding="utf-8"))
-    entry = next(d for d in previous["datasets"] if d["key"] == key)
+    entry = next((d for d in previous["datasets"] if d["key"] == key), None)
+    if entry is None:  # a dataset that file does not hold: fit its baselines here
+        return []
     rows = [Row(**r) for r in entry["rows"][:2]]
     for row in rows:
         row.note += f" (reused from the run of {entry['date']})"
