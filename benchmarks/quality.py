@@ -72,6 +72,7 @@ class Dataset:
     toolkit_runs: list[tuple[str, Path, dict[str, Any]]]  # (row name, shipped recipe, overrides)
     features: str  # pixels | timm | minilm
     select_on: str = "accuracy"  # the validation metric that picks C, as the recipe's metric_for_best_model
+    max_length: int | None = None  # minilm: the tokens per text the baseline reads (the recipes' auto choice)
     notes: list[str] = field(default_factory=list)
 
 
@@ -183,7 +184,14 @@ def tweets_dataset(args: argparse.Namespace) -> Dataset:
         ],
         "minilm",
         select_on="f1_macro",
-        notes=["minilm (full) ships without max_train_samples: capped here like the lp-ft recipe, for CPU time"],
+        max_length=args.tweets_max_length,
+        notes=[
+            "minilm (full) ships without max_train_samples: capped here like the lp-ft recipe, for CPU time",
+            f"the logistic regression reads the first {args.tweets_max_length} tokens of each text, the length the "
+            "recipes' `tokenization.max_length: auto` picks on these tweets (each run logs the length it used; toolkit "
+            "rows measured here record it as `max_length` in the json), so the probe and the regression see the same "
+            "features",
+        ],
     )
 
 
@@ -214,6 +222,9 @@ def run_toolkit(name: str, recipe: Path, overrides: dict[str, Any]) -> Row:
             "toolkit_baseline": test.get("baseline"),
             "toolkit_baseline_linear": linear or None,
             "train_loss": result.metrics["train"].get("train_loss"),
+            "max_length": result.recipe.tokenization.max_length
+            if result.recipe.task == "text-classification"
+            else None,
         },
     )
 
@@ -280,8 +291,9 @@ def timm_features(splits: dict[str, Any], image_size: int) -> dict[str, np.ndarr
     return out
 
 
-def minilm_features(splits: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Mean of MiniLM's last hidden states over the real tokens (sentence-transformers' pooling for this model)."""
+def minilm_features(splits: dict[str, Any], max_length: int) -> dict[str, np.ndarray]:
+    """Mean of MiniLM's last hidden states over the real tokens (sentence-transformers' pooling for this model),
+    each text cut at `max_length` tokens."""
     import numpy as np
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -300,7 +312,7 @@ def minilm_features(splits: dict[str, Any]) -> dict[str, np.ndarray]:
             for i in range(0, len(texts), 128):
                 rows = order[i : i + 128]
                 enc = tokenizer(
-                    [texts[j] for j in rows], padding=True, truncation=True, max_length=256, return_tensors="pt"
+                    [texts[j] for j in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
                 )
                 hidden = model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -337,7 +349,7 @@ def baselines(dataset: Dataset, image_size: int) -> list[Row]:
     elif dataset.features == "timm":
         feats = timm_features(splits, image_size)
     else:
-        feats = minilm_features(splits)
+        feats = minilm_features(splits, dataset.max_length or 256)
     feature_s = time.perf_counter() - started
     regression = fit_regression(feats, labels, dataset.select_on)
     regression.wall_s = round(time.perf_counter() - started + load_s, 1)
@@ -448,10 +460,12 @@ def run_dataset(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     image_size = int(dataset.toolkit_runs[0][2].get("model", {}).get("image_size") or 0)
     rows = previous_baselines(args, dataset.key) or baselines(dataset, image_size)
     splits, _ = load_splits(dataset.toolkit_runs[0][1], dataset.toolkit_runs[0][2])
-    for name, recipe, overrides in dataset.toolkit_runs:
+    kept = previous_toolkit_rows(args, dataset.key)
+    for name, recipe, overrides in [] if kept else dataset.toolkit_runs:
         torch.set_num_threads(args.threads)  # re-applied: one run must not inherit another's setting
         rows.append(run_toolkit(name, recipe, overrides))
         print(f"[{dataset.key}] {rows[-1]}", flush=True)
+    rows += kept
     verdicts = check_targets(dataset, rows)
     return {
         "key": dataset.key,
@@ -489,6 +503,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--digits-image-size", type=int, default=64, help="Lite0 on digits (8 px sources)")
     parser.add_argument("--tweets-train", type=int, default=5000, help="data.max_train_samples of every tweet run")
     parser.add_argument(
+        "--tweets-max-length",
+        type=int,
+        default=64,
+        help="tokens per tweet the MiniLM logistic regression reads (default 64: what max_length auto picks)",
+    )
+    parser.add_argument(
         "--augmentation-preset",
         default=None,
         help="diagnostic: augmentation.preset for the Lite0 lp_ft and full rows (default: the recipe's, standard)",
@@ -501,6 +521,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="JSON",
         help="take the majority and logistic-regression rows from this results file instead of refitting them",
+    )
+    parser.add_argument(
+        "--reuse-toolkit-rows",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="take the toolkit rows from this results file and fit only the baselines (a change to the baselines)",
     )
     parser.add_argument(
         "--keep-others",
@@ -545,6 +572,20 @@ def previous_baselines(args: argparse.Namespace, key: str) -> list[Row]:
     rows = [Row(**r) for r in entry["rows"][:2]]
     for row in rows:
         row.note += f" (reused from the run of {entry['date']})"
+    return rows
+
+
+def previous_toolkit_rows(args: argparse.Namespace, key: str) -> list[Row]:
+    """With --reuse-toolkit-rows: the toolkit rows of `key` from that results file (none where it has no table for
+    `key`), so that a change to the baselines alone refits only them; the results page says the rows were reused."""
+    if args.reuse_toolkit_rows is None:
+        return []
+    previous = json.loads(args.reuse_toolkit_rows.read_text(encoding="utf-8"))
+    entry = next((d for d in previous["datasets"] if d["key"] == key), None)
+    rows = [Row(**r) for r in entry["rows"] if r["name"].startswith("toolkit:")] if entry else []
+    for row in rows:
+        row.note = f"{row.note}; " if row.note else ""
+        row.note += f"reused from the run of {entry['date']}, code {entry['code']}"
     return rows
 
 

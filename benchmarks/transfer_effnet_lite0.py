@@ -66,7 +66,8 @@ AUGMENTATIONS = ("none", "standard")
 #   epochs and 0.1 reached 0.81; with a zeroed head all of 0.01–0.1 reached 0.82–0.84 (see benchmarks/README.md).
 # - lp_ft and full: AdamW with the head at 1e-3 and the backbone at 1e-4 in BOTH, so that the only difference
 #   between them is lp_ft's first (probe) epoch with a frozen backbone. lp_ft gets its backbone rate from
-#   learning_rate × transfer.fine_tune_lr_scale (0.1, the toolkit default); full from transfer.head_lr.
+#   learning_rate × transfer.fine_tune_lr_scale (0.1, written here: the toolkit default is 1 since issue 12); full
+#   from transfer.head_lr.
 STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
     "head_only": {
         "transfer": {"strategy": "head_only"},
