@@ -334,12 +334,17 @@ class RegressionMetrics:
         for what, array in (("predictions", pred), ("targets", true)):
             if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
                 raise MetricError(f"regression {what} must be real numbers, got dtype {array.dtype}")
-        pred = pred.astype(np.float64).reshape(pred.shape[0], -1) if pred.ndim else pred.reshape(1, 1)
-        true = true.astype(np.float64).reshape(true.shape[0], -1) if true.ndim else true.reshape(1, 1)
-        if pred.shape != true.shape or to_numpy(predictions).ndim > 2:
+        if pred.ndim == 0 or true.ndim == 0 or pred.ndim > 2 or true.ndim > 2 or pred.shape[:1] != true.shape[:1]:
             raise MetricError(
-                f"regression predictions {to_numpy(predictions).shape} and targets {to_numpy(targets).shape} must "
-                "both have shape [N] or [N, num_targets]"
+                f"regression predictions {pred.shape} and targets {true.shape} must both have shape [N] or "
+                "[N, num_targets]"
+            )
+        shape = pred.shape
+        pred = (pred[:, None] if pred.ndim == 1 else pred).astype(np.float64)
+        true = (true[:, None] if true.ndim == 1 else true).astype(np.float64)
+        if pred.shape != true.shape:
+            raise MetricError(
+                f"regression predictions {shape} and targets {true.shape} must both have shape [N] or [N, num_targets]"
             )
         for what, array in (("predictions", pred), ("targets", true)):
             bad = ~(np.abs(array) < _LIMIT)
