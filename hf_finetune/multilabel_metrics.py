@@ -186,11 +186,20 @@ class MultiLabelMetrics:
         # when its score is >= edges[k]: the histograms count what threshold edges[k] would decide.
         self.edges = np.arange(self.bins + 1, dtype="float64") / self.bins
         self.last_report: dict[str, Any] | None = None
+        # (positive, negative) histograms of the last computed evaluation, for `tune_thresholds` after Trainer's
+        # evaluate() has reset the running state
+        self.last_histograms: tuple[np.ndarray, np.ndarray] | None = None
         self.reset()
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def set_thresholds(self, thresholds: float | Sequence[float]) -> None:
+        """Use these thresholds from the next sample on (e.g. `ThresholdChoice.thresholds` for the test split)."""
+        if self.num_samples:
+            raise MetricError("thresholds can only change between evaluations: reset() first")
+        self.thresholds = _threshold_vector(thresholds, self.num_labels)
 
     def reset(self) -> None:
         """Forget every sample seen (the thresholds stay)."""
@@ -421,6 +430,7 @@ class MultiLabelMetrics:
             "map_error_bound": float(ap_bound[with_positives].mean()) if with_positives.any() else 0.0,
             "bins": self.bins,
         }
+        self.last_histograms = (self.positive_histogram.copy(), self.negative_histogram.copy())
         return scalars
 
 
@@ -456,8 +466,8 @@ def tune_thresholds(metrics: MultiLabelMetrics, setting: str | float = TUNE) -> 
     confusion counts, so the chosen threshold's F1 is the best F1 any threshold reaches on scores rounded down to
     the grid. Ties (e.g. the empty stretch between the scores of negatives and positives) go to the candidate
     closest to 0.5, then to the lower one. A label with no positive keeps 0.5 and is named in ``untuned``.
-    Call it after a validation pass and before `metrics` is reset (i.e. with ``compute_result=False`` batches,
-    or `update`).
+    The histograms are those of the samples `metrics` holds now or, when it holds none (Trainer's evaluate()
+    has computed and reset it), those of its last computed evaluation.
     """
     import numpy as np
 
@@ -465,8 +475,14 @@ def tune_thresholds(metrics: MultiLabelMetrics, setting: str | float = TUNE) -> 
     if setting != TUNE:
         value = parse_threshold_setting(setting)
         return ThresholdChoice(names, (float(value),) * len(names), "fixed", (None,) * len(names), ())
-    pos_ge = np.cumsum(metrics.positive_histogram[:, ::-1], axis=1)[:, ::-1]  # positives scoring >= edges[k]
-    neg_ge = np.cumsum(metrics.negative_histogram[:, ::-1], axis=1)[:, ::-1]
+    if metrics.num_samples:
+        positive, negative = metrics.positive_histogram, metrics.negative_histogram
+    elif metrics.last_histograms is not None:
+        positive, negative = metrics.last_histograms
+    else:
+        raise MetricError("tune_thresholds needs a validation pass first: the metrics have seen no sample")
+    pos_ge = np.cumsum(positive[:, ::-1], axis=1)[:, ::-1]  # positives scoring >= edges[k]
+    neg_ge = np.cumsum(negative[:, ::-1], axis=1)[:, ::-1]
     positives = pos_ge[:, :1]
     # F1 = 2TP / (2TP + FP + FN) with FN = P - TP
     f1 = _divide(2 * pos_ge, pos_ge + neg_ge + positives)

@@ -246,7 +246,12 @@ def test_tuned_thresholds_reach_the_brute_force_best_f1_on_grid_scores():
     raw = np.clip(rng.normal(0.35 + 0.3 * labels, 0.15), 0, 1)
     scores = np.floor(raw * bins) / bins  # on the grid
     metrics = MultiLabelMetrics(NAMES[:4], bins=bins, inputs="probabilities")
-    metrics(EvalPrediction(scores, labels), compute_result=False)
+    with pytest.raises(MetricError, match="needs a validation pass first"):
+        tune_thresholds(metrics)
+    # as after Trainer.evaluate(): the last batch computed the result and reset the running state
+    metrics(EvalPrediction(scores[:300], labels[:300]), compute_result=False)
+    metrics(EvalPrediction(scores[300:], labels[300:]), compute_result=True)
+    assert metrics.num_samples == 0
     choice = tune_thresholds(metrics)
     assert choice.mode == "tune" and choice.untuned == ()
     for i in range(4):
@@ -257,9 +262,13 @@ def test_tuned_thresholds_reach_the_brute_force_best_f1_on_grid_scores():
     assert choice.as_dict() == dict(zip(NAMES[:4], choice.thresholds, strict=True))
 
     # evaluating with the tuned thresholds reports those F1s per label
-    tuned = MultiLabelMetrics(NAMES[:4], thresholds=choice.thresholds, bins=bins, inputs="probabilities")
-    tuned(EvalPrediction(scores, labels))
-    np.testing.assert_allclose([r["f1"] for r in tuned.last_report["per_class"]], choice.validation_f1, rtol=1e-15)
+    metrics.set_thresholds(choice.thresholds)
+    metrics(EvalPrediction(scores, labels))
+    np.testing.assert_allclose([r["f1"] for r in metrics.last_report["per_class"]], choice.validation_f1, rtol=1e-15)
+    assert tune_thresholds(metrics) == choice  # the same validation data, the same choice
+    metrics.update(scores[:5], labels[:5])
+    with pytest.raises(MetricError, match="only change between evaluations"):
+        metrics.set_thresholds(0.5)
 
 
 def test_tuned_threshold_never_beats_brute_force_on_raw_scores():
