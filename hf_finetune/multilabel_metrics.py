@@ -242,7 +242,7 @@ class MultiLabelMetrics:
         if bad.any():
             row, col = np.argwhere(bad)[0]
             raise MetricError(
-                f"multi-label labels must be 0 or 1, got {truth[row, col]!r} at row {row}, label "
+                f"multi-label labels must be 0 or 1, got {truth[row, col].item()!r} at row {row}, label "
                 f"{self.label_names[col]!r} ({int(bad.sum())} bad value(s)); a row of -100 marks padding"
             )
         if self.inputs == "logits":
@@ -252,8 +252,8 @@ class MultiLabelMetrics:
             outside = ~((probs >= 0.0) & (probs <= 1.0))
             if outside.any():
                 raise MetricError(
-                    f"probabilities must lie in [0, 1], got {probs[outside][0]!r} ({int(outside.sum())} value(s)); "
-                    "pass inputs='logits' for raw model outputs"
+                    f"probabilities must lie in [0, 1], got {probs[outside][0].item()!r} "
+                    f"({int(outside.sum())} value(s)); pass inputs='logits' for raw model outputs"
                 )
         if not np.isfinite(probs).all():
             raise MetricError(f"{int((~np.isfinite(probs)).sum())} prediction(s) are NaN")

@@ -352,7 +352,7 @@ class RegressionMetrics:
                 row = int(np.argwhere(bad)[0][0])
                 raise MetricError(
                     f"{int(bad.sum())} regression {what} are NaN, infinite or beyond ±2**500 (first at row {row}: "
-                    f"{array[bad][0]!r}); check the data and the model's outputs"
+                    f"{array[bad][0].item()!r}); check the data and the model's outputs"
                 )
         if self.num_targets is None:
             self._allocate(pred.shape[1])
