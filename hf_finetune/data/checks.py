@@ -158,13 +158,13 @@ def never_positive_in_train(matrix: np.ndarray, names: Sequence[str], by_column:
     ]
 
 
-def rows_without_labels(matrix: np.ndarray, rows: Sequence[int], split: str) -> list[str]:
-    """Rows with no positive label (refused unless `data.allow_empty_labels`)."""
-    empty = [rows[i] for i in (matrix.sum(1) == 0).nonzero()[0]]
-    if not empty:
+def rows_without_labels(empty: np.ndarray, rows: Sequence[int], split: str) -> list[str]:
+    """The rows `empty` marks, which have no label at all (refused unless `data.allow_empty_labels`)."""
+    listed = [rows[i] for i in empty.nonzero()[0]]
+    if not listed:
         return []
     return [
-        f"split {split!r}: {len(empty)} of {len(matrix)} rows have no label at all ({shown_rows(empty)}). "
+        f"split {split!r}: {len(listed)} of {len(empty)} rows have no label at all ({shown_rows(listed)}). "
         "Label or remove them, or set data.allow_empty_labels: true if 'none of the labels' is a real answer"
     ]
 
@@ -188,7 +188,7 @@ def bad_indicators(bad: Sequence[tuple[int, Any]], column: str, split: str) -> l
         return []
     cells = ", ".join(f"row {row}: {value!r}" for row, value in bad[:10]) + (" …" if len(bad) > 10 else "")
     return [
-        f"split {split!r}, column {column!r}: {len(bad)} rows hold something other than 0 or 1 ({cells}); "
+        f"split {split!r}, column {column!r}: {len(bad)} value{'s' if len(bad) > 1 else ''} not 0 or 1 ({cells}); "
         'each label column takes 0 or 1 (true/false and "0"/"1" are read too). Fix those cells'
     ]
 

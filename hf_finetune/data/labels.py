@@ -81,10 +81,13 @@ def encode_multi_label(
     rows = {split: _user_rows(ds) for split, ds in raw.items()}
     if spec.label_columns:
         names = _names_from_columns(spec.label_columns, known, problems)
-        matrices = {
-            split: _read_indicators(ds, spec.label_columns, names, split, rows[split], problems)
-            for split, ds in raw.items()
-        }
+        matrices, unread = {}, {}
+        for split, ds in raw.items():
+            matrices[split], unread[split] = _read_indicators(
+                ds, spec.label_columns, names, split, rows[split], problems
+            )
+        # a row with a cell already reported is not also reported as having no label
+        empty = {split: (matrices[split].sum(1) == 0) & ~unread[split] for split in raw}
     else:
         tags = {}
         for split, ds in raw.items():
@@ -95,11 +98,13 @@ def encode_multi_label(
             raise _labels_error(problems, spec)
         names = list(known) if known is not None else _names_from_train(raw, tags)
         matrices = {split: _multi_hot(tags[split], names, split, rows[split], known, problems) for split in raw}
+        # no label written: a row with only unknown labels is reported for those
+        empty = {split: np.array([not row for row in tags[split]], dtype=bool) for split in raw}
     if known is None and TRAIN in matrices:
         problems += checks.never_positive_in_train(matrices[TRAIN], names, by_column=bool(spec.label_columns))
     if not spec.allow_empty_labels:
-        for split, matrix in matrices.items():
-            problems += checks.rows_without_labels(matrix, rows[split], split)
+        for split, mask in empty.items():
+            problems += checks.rows_without_labels(mask, rows[split], split)
     if problems:
         raise _labels_error(problems, spec)
     feature = datasets.List(datasets.Value("float32"), length=len(names))
@@ -192,9 +197,11 @@ def _multi_hot(
 
 def _read_indicators(
     ds: Dataset, columns: Sequence[str], names: list[str], split: str, rows: list[int], problems: list[str]
-) -> np.ndarray:
-    """One 0/1 column per label (also true/false and "0"/"1"); every other value is a problem naming its cell."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(multi-hot rows, which rows have an unreadable cell) from one 0/1 column per label (also true/false and
+    "0"/"1"); every other value is a problem naming its cell."""
     matrix = np.zeros((len(ds), len(names)), dtype=np.float32)
+    unread = np.zeros(len(ds), dtype=bool)
     position = {n: i for i, n in enumerate(names)}
     for column in columns:
         bad: list[tuple[int, Any]] = []
@@ -202,10 +209,11 @@ def _read_indicators(
             flag = _indicator(value)
             if flag is None:
                 bad.append((rows[i], value))
+                unread[i] = True
             elif column in position:
                 matrix[i, position[column]] = flag
         problems += checks.bad_indicators(bad, column, split)
-    return matrix
+    return matrix, unread
 
 
 def _indicator(value: Any) -> float | None:
@@ -421,21 +429,22 @@ def iterative_stratification(labels: np.ndarray, n_val: int, seed: int) -> tuple
     to_val = int(np.clip(round(want_rows[1]), 0, len(unlabelled)))
     part[unlabelled[:to_val]] = 1
     part[unlabelled[to_val:]] = 0
-    _resize(part, positive, n_val, want_labels)
+    _resize(part, positive, n_val)
     return np.sort(order[part == 0]), np.sort(order[part == 1])
 
 
-def _resize(part: np.ndarray, positive: np.ndarray, n_val: int, want_labels: np.ndarray) -> None:
-    """Move rows until validation has exactly n_val: each time the row of the larger part whose labels the smaller
-    part still lacks most (the greedy pass above can end a few rows off)."""
+def _resize(part: np.ndarray, positive: np.ndarray, n_val: int) -> None:
+    """Move rows until validation has exactly n_val (the greedy pass can end a few rows off): each time the row whose
+    move brings the validation counts of its labels closest to their due share (n_val / n of each label's rows)."""
+    due = positive.sum(0) * n_val / len(positive)
     while (size := int((part == 1).sum())) != n_val:
-        source, target = (1, 0) if size > n_val else (0, 1)
-        candidates = np.flatnonzero(part == source)
-        need = want_labels[target] - want_labels[source]
-        row = candidates[int(np.argmax(positive[candidates] @ need))]
-        part[row] = target
-        want_labels[target] -= positive[row]
-        want_labels[source] += positive[row]
+        into = size < n_val
+        candidates = np.flatnonzero(part == (0 if into else 1))
+        excess = positive[part == 1].sum(0) - due
+        # change of sum((count - due)^2) if the row moves: +y(2·excess + 1) into validation, y(1 - 2·excess) out
+        cost = positive[candidates] @ (2 * excess + 1 if into else 1 - 2 * excess)
+        row = candidates[int(np.argmin(cost))]
+        part[row] = 1 if into else 0
 
 
 def share_gap(train: np.ndarray, validation: np.ndarray) -> float:
