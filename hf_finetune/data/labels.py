@@ -2,9 +2,10 @@
 targets' scaler, and validation splits carved from train that keep each label's share (iterative stratification) or
 the target's distribution (quantile bins).
 
-After loading, a multi-label `label` is a multi-hot float32 list (one entry per label name, names sorted, from
-train), as `BCEWithLogitsLoss` takes it; a regression `label` is a float32 number. Single-label classification stays
-in sources.py (`_encode_labels`).
+After loading, a multi-label `label` is a multi-hot float32 list, one entry per label name (names sorted, from train;
+a List(ClassLabel) column keeps its own names and order), as `BCEWithLogitsLoss` takes it; a regression `label` is a
+float32 number (standardised with train's mean and standard deviation if `data.standardize_targets`).
+Single-label classification stays in sources.py (`_encode_labels`).
 """
 
 from __future__ import annotations
@@ -414,7 +415,8 @@ def iterative_stratification(labels: np.ndarray, n_val: int, seed: int) -> tuple
     part = np.full(n, -1)
     left = positive.sum(0)
     while left.any():
-        label = int(np.argmin(np.where(left > 0, left, n + 1)))
+        fewest = np.flatnonzero(left == left[left > 0].min())
+        label = int(fewest[0] if len(fewest) == 1 else rng.choice(fewest))
         for row in np.flatnonzero(positive[:, label] & (part < 0)):
             wanted = want_labels[:, label]
             best = np.flatnonzero(wanted == wanted.max())
