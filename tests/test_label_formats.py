@@ -212,6 +212,33 @@ def test_allow_empty_labels_keeps_rows_with_no_label_as_all_zero(tmp_path: Path)
     assert {k: v for k, v in rows_by_text.items() if not k.startswith("none")} == _expected(TAGGED)
 
 
+def test_a_trained_models_label_names_fix_the_positions_and_refuse_other_labels(tmp_path: Path):
+    """Evaluation: a test file alone, read with the model's label names (in the model's order)."""
+    test = _csv(tmp_path / "test.csv", ["text", "tags"], [["a", "dog|cat"], ["b", "outdoor"]])
+    spec = _multi_label(files={"test": str(test)}, label_column="tags")
+
+    data = load_data(spec, TEXT, label_names=["outdoor", "dog", "cat"], carve_validation=False)
+
+    assert data.label_names == ["outdoor", "dog", "cat"] and list(data.splits) == ["test"]
+    assert [list(v) for v in data.splits["test"]["label"]] == [[0, 1, 1], [1, 0, 0]]
+    with pytest.raises(DataError, match=r"label 'outdoor' \(row 2\) is not one of the model's labels \['dog', 'cat'\]"):
+        load_data(spec, TEXT, label_names=["dog", "cat"], carve_validation=False)
+
+
+def test_a_split_with_every_label_empty_is_left_out_as_unlabelled(tmp_path: Path):
+    train = _csv(tmp_path / "train.csv", ["text", "y"], [[f"r{i}", i] for i in range(10)])
+    hidden = _csv(tmp_path / "hidden.csv", ["text", "y"], [["a", ""], ["b", ""]])
+    minus_one = _csv(tmp_path / "m.csv", ["text", "y"], [["a", -1], ["b", -1]])
+
+    data = load_data(_regression(files={"train": str(train), "test": str(hidden)}, label_column="y"), TEXT)
+    assert data.unlabelled == ("test",) and "test" not in data.splits
+    # -1 is datasets' hidden class label, but a real regression target
+    data = load_data(_regression(files={"train": str(train), "test": str(minus_one)}, label_column="y"), TEXT)
+    assert data.unlabelled == () and data.splits["test"]["label"] == [-1.0, -1.0]
+    with pytest.raises(DataError, match=r"split train: none of its 2 rows has a label in column 'y' \(all empty\)"):
+        load_data(_regression(files={"train": str(hidden)}, label_column="y"), TEXT)
+
+
 def test_max_train_and_eval_samples_still_cap_multi_label_splits(tmp_path: Path):
     labels, _ = _skewed_labels(100, seed=3)
     path = _tag_csv(tmp_path / "t.csv", labels)
