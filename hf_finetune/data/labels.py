@@ -236,7 +236,7 @@ def encode_regression(raw: DatasetDict, spec: DataSpec) -> tuple[DatasetDict, li
     import datasets
 
     problems: list[str] = []
-    targets = {}
+    numbers = {}
     for split, ds in raw.items():
         feature = ds.features["label"]
         if not isinstance(feature, datasets.Value) or feature.dtype == "bool":
@@ -248,16 +248,16 @@ def encode_regression(raw: DatasetDict, spec: DataSpec) -> tuple[DatasetDict, li
             continue
         values = _column(ds, "label").to_pylist()
         parsed = [_target(v) for v in values]
-        targets[split] = np.array([number for number, _ in parsed], dtype=np.float64)
+        numbers[split] = np.array([number for number, _ in parsed], dtype=np.float64)
         problems += checks.bad_targets(values, [kind for _, kind in parsed], _user_rows(ds), split)
-    if TRAIN in targets and not problems:
-        problems += checks.constant_targets(targets[TRAIN])
+    if TRAIN in numbers and not problems:
+        problems += checks.constant_targets(numbers[TRAIN])
     if problems:
         raise _labels_error(problems, spec)
     out = {}
     for split, ds in raw.items():
         ds = ds.remove_columns([c for c in ("label", ROW) if c in ds.column_names])
-        out[split] = ds.add_column("label", targets[split].astype(np.float32), feature=datasets.Value("float32"))
+        out[split] = ds.add_column("label", numbers[split].astype(np.float32), feature=datasets.Value("float32"))
     return datasets.DatasetDict(out), [spec.label_column]
 
 
@@ -311,6 +311,7 @@ def standardize_splits(
     nothing of validation or test leaks into it."""
     import datasets
 
+    fitted = scaler is None
     if scaler is None:
         if TRAIN not in raw:
             raise DataError(
@@ -324,7 +325,8 @@ def standardize_splits(
         scaled = standardize(targets(ds), scaler).astype(np.float32)
         out[split] = ds.remove_columns("label").add_column("label", scaled, feature=datasets.Value("float32"))
     logger.info(
-        "data: regression targets standardised with train's mean %.6g and standard deviation %.6g",
+        "data: regression targets standardised with %s mean %.6g and standard deviation %.6g",
+        "train's" if fitted else "the given",
         scaler["mean"],
         scaler["std"],
     )
