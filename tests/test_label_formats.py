@@ -338,6 +338,17 @@ def test_the_scaler_never_sees_the_validation_rows_carved_from_train(tmp_path: P
     assert fit_scaler(raw) != pytest.approx(data.target_scaler)
 
 
+def test_a_trained_models_scaler_is_applied_instead_of_one_fitted(tmp_path: Path):
+    test = _csv(tmp_path / "test.csv", ["text", "y"], [["a", 12], ["b", 7]])
+    spec = _regression(files={"test": str(test)}, label_column="y", standardize_targets=True)
+
+    data = load_data(spec, TEXT, label_names=["y"], carve_validation=False, target_scaler={"mean": 10, "std": 2})
+
+    assert data.splits["test"]["label"] == [1.0, -1.5] and data.target_scaler == {"mean": 10.0, "std": 2.0}
+    with pytest.raises(DataError, match=r"no train split to fit the target scaler on"):
+        load_data(spec, TEXT, label_names=["y"], carve_validation=False)
+
+
 # --------------------------------------------------------------------------------------------- splits
 
 
