@@ -81,6 +81,7 @@ def finetune(
     started = time.time()
     recipe_file = find_recipe(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = _with_strategy_defaults(load_recipe(recipe, _merge_overrides(overrides, kwargs)))
+    _refuse_untrainable_label_format(recipe.data)
     task = get_task(recipe.task)
     claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
     args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed
@@ -188,6 +189,18 @@ def _refuse_what_processes_cannot_run(recipe: Recipe, world_size: int) -> None:
                 f"split, and {world_size} processes would each compute all of it before training; run it in one "
                 "process (python -m hf_finetune train, without accelerate launch or torchrun), or remove "
                 "metrics.baseline for the distributed run"
+            ]
+        )
+
+
+def _refuse_untrainable_label_format(spec: DataSpec) -> None:
+    """multi_label and regression labels load (data/labels.py), but no model, loss, metric or predict path reads them
+    yet: refused by name, before anything loads, rather than trained as if they were classes."""
+    if spec.label_format != "single":
+        raise RecipeError(
+            [
+                f"data.label_format {spec.label_format}: this version reads such labels but cannot yet train, "
+                "evaluate or predict with them; use data.label_format single (one class per row)"
             ]
         )
 
@@ -487,6 +500,7 @@ def evaluate(
     built = task.load_trained(output_dir)
     labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
     spec = recipe.data if data is None else _whole(recipe.data, data)
+    _refuse_untrainable_label_format(spec)
     loaded = sources.load_data(spec, task.INPUTS, label_names=labels, carve_validation=data is None)
     split = _split_to_score(loaded, split)
     chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
