@@ -151,7 +151,36 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / float(denominator) if denominator else 0.0
 
 
-class MultiLabelMetrics:
+class BatchedMetrics:
+    """Trainer's `compute_metrics` protocol for accumulating metrics: with `batch_eval_metrics` it is called once per
+    batch (predictions already gathered across processes) and `compute_result=True` on the last; called once with
+    everything, it gives the same numbers. Subclasses define update / compute / reset."""
+
+    def update(self, predictions: Any, labels: Any) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, eval_pred: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
+        try:
+            self.update(eval_pred.predictions, eval_pred.label_ids)
+        except Exception:
+            # a failed evaluation must not leak its batches into the next one
+            self.reset()
+            raise
+        if not compute_result:
+            return {}
+        try:
+            return self.compute()
+        finally:
+            self.reset()
+
+
+class MultiLabelMetrics(BatchedMetrics):
     """`compute_metrics` for `transformers.Trainer` on multi-label classification; see the module docstring.
 
     `thresholds` is one threshold for every label or one per label (e.g. from `tune_thresholds`). `inputs` says
@@ -322,20 +351,6 @@ class MultiLabelMetrics:
         self.num_ignored += other.num_ignored
         self._exact_matches += other._exact_matches
         return self
-
-    def __call__(self, eval_pred: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
-        try:
-            self.update(eval_pred.predictions, eval_pred.label_ids)
-        except Exception:
-            # a failed evaluation must not leak its batches into the next one
-            self.reset()
-            raise
-        if not compute_result:
-            return {}
-        try:
-            return self.compute()
-        finally:
-            self.reset()
 
     # ----------------------------------------------------------------------------------------------- results
 

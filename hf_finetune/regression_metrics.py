@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 from hf_finetune.errors import MetricError
 from hf_finetune.files import atomic_output
-from hf_finetune.multilabel_metrics import to_numpy
+from hf_finetune.multilabel_metrics import BatchedMetrics, to_numpy
 
 if TYPE_CHECKING:
     import numpy as np
-    from transformers import EvalPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +245,7 @@ class _SpearmanState:
         return float((dx[:, None] * dy[None, :] * table).sum() / math.sqrt(vx * vy))
 
 
-class RegressionMetrics:
+class RegressionMetrics(BatchedMetrics):
     """`compute_metrics` for `transformers.Trainer` on regression; see the module docstring.
 
     `target_names` names the T targets (default ``target`` or ``target_0``…); the top-level metrics are the mean
@@ -407,20 +406,6 @@ class RegressionMetrics:
         self.num_samples += other.num_samples
         self._check_cap()
         return self
-
-    def __call__(self, eval_pred: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
-        try:
-            self.update(eval_pred.predictions, eval_pred.label_ids)
-        except Exception:
-            # a failed evaluation must not leak its batches into the next one
-            self.reset()
-            raise
-        if not compute_result:
-            return {}
-        try:
-            return self.compute()
-        finally:
-            self.reset()
 
     # ----------------------------------------------------------------------------------------------- results
 
