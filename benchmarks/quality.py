@@ -556,6 +556,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def previous_table(path: Path | None, key: str) -> dict[str, Any] | None:
+    """Dataset `key`'s entry in the results file `path` (None without a file, or where it has no such table)."""
+    if path is None:
+        return None
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    return next((d for d in previous["datasets"] if d["key"] == key), None)
+
+
 def previous_baselines(args: argparse.Namespace, key: str) -> list[Row]:
     """With --reuse-baselines: the majority and logistic-regression rows of `key` from the baselines file (none
     where it has no table for `key`).
@@ -563,11 +571,8 @@ def previous_baselines(args: argparse.Namespace, key: str) -> list[Row]:
     They depend only on the data section and the backbone, so a rerun after a change to the toolkit rows' recipe
     settings (not its data) need not refit them; the results page says they were reused.
     """
-    if args.reuse_baselines is None:
-        return []
-    previous = json.loads(args.reuse_baselines.read_text(encoding="utf-8"))
-    entry = next((d for d in previous["datasets"] if d["key"] == key), None)
-    if entry is None:  # a dataset that file does not hold: fit its baselines here
+    entry = previous_table(args.reuse_baselines, key)
+    if entry is None:  # no file, or a dataset that file does not hold: fit its baselines here
         return []
     rows = [Row(**r) for r in entry["rows"][:2]]
     for row in rows:
@@ -578,10 +583,7 @@ def previous_baselines(args: argparse.Namespace, key: str) -> list[Row]:
 def previous_toolkit_rows(args: argparse.Namespace, key: str) -> list[Row]:
     """With --reuse-toolkit-rows: the toolkit rows of `key` from that results file (none where it has no table for
     `key`), so that a change to the baselines alone refits only them; the results page says the rows were reused."""
-    if args.reuse_toolkit_rows is None:
-        return []
-    previous = json.loads(args.reuse_toolkit_rows.read_text(encoding="utf-8"))
-    entry = next((d for d in previous["datasets"] if d["key"] == key), None)
+    entry = previous_table(args.reuse_toolkit_rows, key)
     rows = [Row(**r) for r in entry["rows"] if r["name"].startswith("toolkit:")] if entry else []
     for row in rows:
         row.note = f"{row.note}; " if row.note else ""

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def listed(items: Iterable[object], limit: int = 10) -> str:
+    """The first `limit` items, comma-separated, and ` …` when there are more: how a message shows many rows."""
+    items = list(items)
+    return ", ".join(map(str, items[:limit])) + (" …" if len(items) > limit else "")
+
 
 class HFFinetuneError(Exception):
     """Base class: bad input, described well enough to fix without reading a traceback."""

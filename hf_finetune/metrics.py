@@ -183,7 +183,7 @@ def make_preprocess_logits(k: int) -> Callable[[torch.Tensor, torch.Tensor], tor
     return _TopKIndices(int(k))
 
 
-def _first(value: Any) -> Any:
+def first_output(value: Any) -> Any:
     # Models with several outputs hand Trainer a tuple of arrays; the classification logits/labels come first.
     if isinstance(value, tuple) and value and hasattr(value[0], "shape"):
         return value[0]
@@ -194,7 +194,7 @@ def _prediction_matrix(predictions: Any, need_columns: int) -> np.ndarray:
     """Class indices [N, k], column 0 the prediction, from indices [N], indices [N, k] or float logits [N, C]."""
     import numpy as np
 
-    preds = np.asarray(_first(predictions))
+    preds = np.asarray(first_output(predictions))
     if np.issubdtype(preds.dtype, np.floating):
         if preds.ndim == 2:
             # Raw logits (no preprocess_logits hook): rank them here. Stable sort on -logits breaks ties
@@ -217,7 +217,7 @@ def _prediction_matrix(predictions: Any, need_columns: int) -> np.ndarray:
 def _label_vector(label_ids: Any) -> np.ndarray:
     import numpy as np
 
-    labels = np.asarray(_first(label_ids))
+    labels = np.asarray(first_output(label_ids))
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:

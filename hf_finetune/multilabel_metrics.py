@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hf_finetune.errors import MetricError, RecipeError
+from hf_finetune.errors import MetricError, RecipeError, listed
+from hf_finetune.metrics import first_output
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,18 +67,11 @@ SCALAR_KEYS: tuple[str, ...] = (
 )
 
 
-def _first(value: Any) -> Any:
-    # Models with several outputs hand Trainer a tuple of arrays; the logits / labels come first.
-    if isinstance(value, (tuple, list)) and value and hasattr(value[0], "shape"):
-        return value[0]
-    return value
-
-
 def to_numpy(value: Any) -> np.ndarray:
     """A numpy array from a numpy array, a (CUDA, bfloat16…) torch tensor, or a tuple whose first item is one."""
     import numpy as np
 
-    value = _first(value)
+    value = first_output(value)
     if hasattr(value, "detach"):
         tensor = value.detach()
         if tensor.is_floating_point():
@@ -521,7 +515,7 @@ def tune_thresholds(metrics: MultiLabelMetrics, setting: str | float = TUNE) -> 
         logger.warning(
             "No positive sample in validation for %d label(s) (%s): they keep the threshold %s.",
             len(untuned),
-            ", ".join(untuned[:10]) + (" …" if len(untuned) > 10 else ""),
+            listed(untuned),
             DEFAULT_THRESHOLD,
         )
     return ThresholdChoice(names, tuple(thresholds), "tune", tuple(scores), tuple(untuned))

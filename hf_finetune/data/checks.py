@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError
+from ..errors import DataError, listed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,7 +118,7 @@ def check_texts(
         bad = sorted(set(bad_rows))
         if bad and policy == "error":
             counts = ", ".join(f"{n} in column {(shown_as or {}).get(c, c)!r}" for c, n in per_column.items())
-            shown = ", ".join(str(i + 1) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
+            shown = listed(i + 1 for i in bad)
             raise DataError(
                 f"split {split!r}: {len(bad)} of {len(ds)} rows have an empty or missing text ({counts}; rows "
                 f"{shown}, counting data rows from 1 in the split's own order). Fix them, or set "
@@ -141,8 +141,7 @@ def check_texts(
 
 def shown_rows(rows: Sequence[int], limit: int = 10) -> str:
     """`row 3` or `rows 3, 7, 12 …`: the first of a list of row numbers."""
-    listed = ", ".join(map(str, rows[:limit])) + (" …" if len(rows) > limit else "")
-    return f"row{'s' if len(rows) > 1 else ''} {listed}"
+    return f"row{'s' if len(rows) > 1 else ''} {listed(rows, limit)}"
 
 
 def never_positive_in_train(matrix: np.ndarray, names: Sequence[str], by_column: bool = False) -> list[str]:
@@ -186,7 +185,7 @@ def bad_indicators(bad: Sequence[tuple[int, Any]], column: str, split: str) -> l
     """Cells of a `data.label_columns` column that are not 0/1 (nor true/false, "0"/"1")."""
     if not bad:
         return []
-    cells = ", ".join(f"row {row}: {value!r}" for row, value in bad[:10]) + (" …" if len(bad) > 10 else "")
+    cells = listed(f"row {row}: {value!r}" for row, value in bad)
     return [
         f"split {split!r}, column {column!r}: {len(bad)} value{'s' if len(bad) > 1 else ''} not 0 or 1 ({cells}); "
         'each label column takes 0 or 1 (true/false and "0"/"1" are read too). Fix those cells'
@@ -210,10 +209,10 @@ def bad_targets(values: Sequence[Any], kinds: Sequence[str], rows: Sequence[int]
         found = [i for i, k in enumerate(kinds) if k == kind]
         if not found:
             continue
-        listed = shown_rows([rows[i] for i in found])
+        shown = shown_rows([rows[i] for i in found])
         if kind == "non-numeric":
-            listed = ", ".join(f"row {rows[i]}: {values[i]!r}" for i in found[:10]) + (" …" if len(found) > 10 else "")
-        out.append(f"split {split!r}: {len(found)} of {len(kinds)} rows have {what} ({listed}). {fix}")
+            shown = listed(f"row {rows[i]}: {values[i]!r}" for i in found)
+        out.append(f"split {split!r}: {len(found)} of {len(kinds)} rows have {what} ({shown}). {fix}")
     return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from ..names import SPLITS
 from ..recipe import DataSpec
 
@@ -483,7 +483,7 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
     for split, ds in raw.items():
         if any(k is None for k in keys[split]):
             missing = [i + 1 for i, k in enumerate(keys[split]) if k is None]
-            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+            shown = listed(missing)
             raise DataError(
                 f"split {split!r}: {len(missing)} of {len(keys[split])} rows have no label in column "
                 f"{spec.label_column!r} (empty, or -1, which datasets uses for a hidden label; rows {shown}, counting "
@@ -493,10 +493,10 @@ def _encode_labels(raw: Any, spec: DataSpec, known: list[str] | None = None) -> 
         unknown = sorted({k for k in keys[split] if k not in index or k not in in_train})
         if unknown:
             whose = "the model" if known is not None else "split 'train'"
-            listed = [n for n in names if n in in_train]
+            in_both = [n for n in names if n in in_train]
             raise DataError(
                 f"split {split!r} has labels {unknown[:10]} that {whose} does not have "
-                f"(known labels: {listed[:20]}{'…' if len(listed) > 20 else ''}); every class must appear in train"
+                f"(known labels: {in_both[:20]}{'…' if len(in_both) > 20 else ''}); every class must appear in train"
             )
         ds = ds.remove_columns("label").add_column("label", [index[k] for k in keys[split]])
         out[split] = ds.cast_column("label", class_label)
