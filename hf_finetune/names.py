@@ -36,3 +36,21 @@ def confusion_matrix_files(prefix: str) -> tuple[str, str]:
     """The CSV and PNG of one evaluated split's confusion matrix (`prefix` as in metrics.json: eval, test)."""
     stem = f"confusion_matrix_{prefix}"
     return f"{stem}.csv", f"{stem}.png"
+
+# data.label_format → the transformers `config.problem_type` the model is built with (pipeline() reads it: softmax,
+# sigmoid, or the raw output).
+PROBLEM_TYPES = {
+    "single": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+# Saved in a multi-label model's config.json: {label: threshold}, each label is predicted when sigmoid(logit) >= it.
+LABEL_THRESHOLDS_KEY = "label_thresholds"
+# Saved in a regression model's config.json when data.standardize_targets: {"mean", "std"} of train's targets. The
+# head is refitted before saving so the model itself outputs the original units; this records what was undone.
+TARGET_SCALER_KEY = "target_scaler"
+
+
+def regression_plot_files(prefix: str) -> tuple[str, str]:
+    """The predicted-vs-true scatter and the residual plot (PNG) of one evaluated split (`prefix`: eval, test)."""
+    return f"regression_scatter_{prefix}.png", f"regression_residuals_{prefix}.png"
