@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError, HFFinetuneError, RecipeError
-from .names import METRIC_PREFIX, SPLITS
+from .names import METRIC_PREFIX, SPLIT_OF_PREFIX, SPLITS
 from .recipe import (
     DataSpec,
     HubSpec,
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 
     from .data.sources import LoadedData
     from .metrics import ClassificationMetrics
+    from .multilabel_metrics import MultiLabelMetrics, ThresholdChoice
     from .outputs import OutputPlan
     from .probe import LinearBaseline, ProbeFit
+    from .regression_metrics import PlotSample, RegressionMetrics
     from .tasks import BuiltModel, Prepared
     from .trainer import BatchMixer
     from .transfer import TransferPlan
@@ -58,10 +60,11 @@ class Result:
     files: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
-        headline = {
-            k: round(v["accuracy"], 4) for k, v in self.metrics.items() if isinstance(v, dict) and "accuracy" in v
-        }
-        return f"Result(output_dir={str(self.output_dir)!r}, accuracy={headline})"
+        from .formats import HEADLINE, finite
+
+        key = HEADLINE[self.recipe.data.label_format]
+        headline = {k: round(v[key], 4) for k, v in self.metrics.items() if isinstance(v, dict) and finite(v.get(key))}
+        return f"Result(output_dir={str(self.output_dir)!r}, {key}={headline})"
 
 
 def finetune(
@@ -81,7 +84,6 @@ def finetune(
     started = time.time()
     recipe_file = find_recipe(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = _with_strategy_defaults(load_recipe(recipe, _merge_overrides(overrides, kwargs)))
-    _refuse_untrainable_label_format(recipe.data)
     task = get_task(recipe.task)
     claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
     args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed
@@ -94,7 +96,7 @@ def finetune(
     _fit_on_frozen_features(recipe, task, args, parts)
     trainer = _make_trainer(args, parts, callbacks)
     train_metrics, best = _train(trainer, parts, recipe.output_dir)  # linear_probe: the fit was the training
-    results = {"train": train_metrics, **_evaluate_splits(trainer, parts)}
+    results = {"train": train_metrics, **_evaluate_splits(trainer, recipe, parts)}
     files = _save(trainer, recipe, args, parts, results, best, time.time() - started)
     logger.info("done: outputs in %s", recipe.output_dir.resolve())
     return Result(recipe.output_dir, results, parts.data.label_names, recipe, best, files)
@@ -113,11 +115,13 @@ class _Parts:
     plan: TransferPlan
     transfer_callbacks: list[TrainerCallback]
     prepared: Prepared  # the Trainer-ready splits and their collator
-    compute_metrics: ClassificationMetrics
+    compute_metrics: ClassificationMetrics | MultiLabelMetrics | RegressionMetrics  # as data.label_format says
     loss: Callable[..., torch.Tensor] | None  # None: the model's own loss
     mixup: BatchMixer | None
     probe: ProbeFit | None = None  # set by _fit_on_frozen_features when the strategy fits its head
     baseline: LinearBaseline | None = None  # metrics.baseline linear, set by _fit_on_frozen_features
+    thresholds: ThresholdChoice | None = None  # multi_label: chosen on the validation split after training
+    plots: dict[str, PlotSample] = field(default_factory=dict)  # regression: each evaluated split's points
 
 
 def _check_output_dir(recipe: Recipe, recipe_file: Path | None) -> OutputPlan:
@@ -143,10 +147,14 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     it, and seeding only when Trainer starts would give two runs of one recipe different starting weights."""
     from transformers import enable_full_determinism, set_seed
 
+    from .formats import batched
+    from .recipe import best_metric
     from .trainer import build_training_args, log_distribution, mixed_precision, training_defaults
 
     precision = mixed_precision(recipe.training, dict(os.environ))
-    defaults = training_defaults(recipe.training, task.training_defaults(), recipe.metrics.metric_for_best_model)
+    # multi-label and regression metrics accumulate batch by batch (gathered across processes): bounded memory
+    task_defaults = {**task.training_defaults(), "batch_eval_metrics": batched(recipe.data.label_format)}
+    defaults = training_defaults(recipe.training, task_defaults, best_metric(recipe))
     args = build_training_args(recipe.training, defaults)
     _refuse_what_processes_cannot_run(recipe, args.world_size)
     log_distribution(args, precision)
@@ -193,21 +201,9 @@ def _refuse_what_processes_cannot_run(recipe: Recipe, world_size: int) -> None:
         )
 
 
-def _refuse_untrainable_label_format(spec: DataSpec) -> None:
-    """multi_label and regression labels load (data/labels.py), but no model, loss, metric or predict path reads them
-    yet: refused by name, before anything loads, rather than trained as if they were classes."""
-    if spec.label_format != "single":
-        raise RecipeError(
-            [
-                f"data.label_format {spec.label_format}: this version reads such labels but cannot yet train, "
-                "evaluate or predict with them; use data.label_format single (one class per row)"
-            ]
-        )
-
-
 def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
     """Resume point, data (checked), model with its new head, transfer plan, Trainer-ready splits, loss and metrics."""
-    from . import transfer
+    from . import formats, transfer
     from .checkpoints import main_process_first, resolve_resume
     from .data import checks, sources
     from .probe import check_baseline_head
@@ -220,34 +216,19 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
         data = sources.load_data(recipe.data, task.INPUTS)
         if args.process_index == 0:
             checks.check_inputs(data.splits, task.INPUTS, recipe.data)
-        built = task.build_model(recipe.model, data.label_names)
+        built = task.build_model(recipe.model, data.label_names, label_format=data.label_format)
         plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
         if recipe.metrics.baseline == "linear":
             check_baseline_head(built.model)
         seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
         prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
-    mixup = task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
-    loss = _training_loss(recipe, data, args, mixing=mixup is not None)
-    compute_metrics = _metrics(recipe, data.label_names)
+    mixup = None  # mixing is refused for multi_label and regression (recipe check)
+    if data.label_format == "single":
+        mixup = task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
+    train = data.splits["train"]
+    loss = formats.make_loss(recipe, train, data.label_names, args.label_smoothing_factor, mixup is not None)
+    compute_metrics = formats.make_metrics(recipe, data.label_names, data.target_scaler)
     return _Parts(resume, data, built, plan, transfer_callbacks, prepared, compute_metrics, loss, mixup)
-
-
-def _training_loss(
-    recipe: Recipe, data: LoadedData, args: TrainingArguments, *, mixing: bool
-) -> Callable[..., torch.Tensor] | None:
-    from .loss import class_weights, classification_loss
-
-    weights = class_weights(recipe.loss.class_weights, data.splits["train"]["label"], data.label_names)
-    return classification_loss(weights, args.label_smoothing_factor, mixing)
-
-
-def _metrics(recipe: Recipe, label_names: list[str]) -> ClassificationMetrics:
-    """The run's compute_metrics, loaded now: an unavailable extra metric fails before training, not after it."""
-    from .metrics import ClassificationMetrics
-
-    compute_metrics = ClassificationMetrics(label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
-    compute_metrics.load()
-    return compute_metrics
 
 
 def _claim_output_dir(recipe: Recipe, args: TrainingArguments, claim: OutputPlan, resume: str | None) -> None:
@@ -326,9 +307,12 @@ def _frozen_features(
 
 def _probe_choice(recipe: Recipe) -> dict[str, Any]:
     """How the probe picks C and weights classes: the run's metric_for_best_model, its direction, its class weights."""
-    metric = recipe.training.get("metric_for_best_model") or recipe.metrics.metric_for_best_model
+    from .formats import greater_is_better
+    from .recipe import best_metric
+
+    metric = recipe.training.get("metric_for_best_model") or best_metric(recipe)
     metric = metric.removeprefix(f"{METRIC_PREFIX['validation']}_")
-    greater = recipe.training.get("greater_is_better", metric != "loss")
+    greater = recipe.training.get("greater_is_better", greater_is_better(metric))
     # lp_ft fine-tunes the fitted head by gradient descent: one shared scale, so no feature gets an outsized weight
     scaling = "global" if recipe.transfer.strategy == "lp_ft" else "feature"
     return {
@@ -336,6 +320,7 @@ def _probe_choice(recipe: Recipe) -> dict[str, Any]:
         "greater_is_better": bool(greater),
         "class_weight": _probe_class_weight(recipe),
         "scaling": scaling,
+        "label_format": recipe.data.label_format,
     }
 
 
@@ -347,7 +332,7 @@ def _probe_class_weight(recipe: Recipe) -> dict[int, float] | str | None:
 def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[TrainerCallback]) -> Trainer:
     from . import transfer
     from .checkpoints import CheckpointMarker, ResumeWeightsCheck
-    from .metrics import make_preprocess_logits
+    from .formats import preprocess_logits
     from .trainer import avoid_single_sample_last_batch, build_trainer
 
     model, plan, mixing = parts.built.model, parts.plan, parts.mixup is not None
@@ -363,7 +348,7 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
         collate=parts.prepared.collate,
         processor=parts.built.processor,
         compute_metrics=parts.compute_metrics,
-        preprocess_logits=make_preprocess_logits(parts.compute_metrics.max_k),
+        preprocess_logits=preprocess_logits(parts.data.label_format, parts.compute_metrics),
         callbacks=[*run_callbacks, *parts.transfer_callbacks, *callbacks],
         param_groups=(
             (lambda m, decay: transfer.param_groups(m, plan, args.learning_rate, args.weight_decay, decay))
@@ -391,21 +376,31 @@ def _train(trainer: Trainer, parts: _Parts, output_dir: Path) -> tuple[dict[str,
     return dict(output.metrics), verify_best_model(trainer)
 
 
-def _evaluate_splits(trainer: Trainer, parts: _Parts) -> dict[str, dict[str, Any]]:
-    """Metrics of every split but train, keyed as in metrics.json (`eval`, `test`), each beside its majority-class
-    baseline (always answering the most frequent training class)."""
-    from .metrics import majority_baseline
+def _evaluate_splits(trainer: Trainer, recipe: Recipe, parts: _Parts) -> dict[str, dict[str, Any]]:
+    """Metrics of every split but train, keyed as in metrics.json (`eval`, `test`), each beside its constant baseline
+    (formats.constant_baseline). Multi-label thresholds are chosen first, on a validation pass of the final model,
+    and every split is then scored with them (validation's scores are optimistic: it chose them)."""
+    from . import formats
+    from .multilabel_metrics import TUNE
 
-    train_labels = parts.data.splits["train"]["label"]
+    fmt, data = parts.data.label_format, parts.data
+    if fmt == "multi_label":
+        setting = formats.threshold_setting(recipe)
+        if setting == TUNE:
+            trainer.evaluate(parts.prepared.splits["validation"], metric_key_prefix="thresholds")
+        parts.thresholds = formats.choose_thresholds(parts.compute_metrics, setting)
     results = {}
     for split, ds in parts.prepared.splits.items():
         if split == "train":
             continue
         prefix = METRIC_PREFIX[split]
         scalars = trainer.evaluate(ds, metric_key_prefix=prefix)
-        results[prefix] = _split_metrics(scalars, prefix, parts.compute_metrics.last_report)
-        labels = parts.data.splits[split]["label"]
-        results[prefix]["baseline"] = majority_baseline(train_labels, labels, parts.data.label_names)
+        results[prefix] = formats.split_metrics(scalars, prefix, fmt, parts.compute_metrics.last_report)
+        if fmt == "regression" and parts.compute_metrics.last_plot_sample is not None:
+            parts.plots[prefix] = parts.compute_metrics.last_plot_sample
+        results[prefix]["baseline"] = formats.constant_baseline(
+            fmt, data.splits["train"], data.splits[split], data.label_names, data.target_scaler
+        )
         if parts.baseline is not None:  # metrics.baseline linear: fitted before training, on the pretrained features
             results[prefix]["baseline_linear"] = parts.baseline.for_split(split, results[prefix])
     return results
@@ -424,13 +419,22 @@ def _save(
     results, the card and, if asked, the push. Returns the result files written."""
     from .outputs import recording, run_info
 
-    out = recipe.output_dir
+    out, data = recipe.output_dir, parts.data
+    _settle_outputs(parts)  # thresholds into the config; standardised targets folded into the head
     with recording(out, enabled=args.process_index == 0):  # the model's file names vary by model and tokenizer
         trainer.save_model(str(out))
     if not trainer.is_world_process_zero():
         return []
-    run = run_info(parts.data.splits, parts.data.label_names, parts.data.description, args, best, seconds)
+    run = run_info(
+        data.splits, data.label_names, data.description, args, best, seconds, data.label_format, data.target_scaler
+    )
     run |= parts.prepared.run_info  # e.g. text truncation figures
+    if parts.thresholds is not None:
+        from .formats import thresholds_info
+
+        run["thresholds"] = thresholds_info(parts.thresholds)
+    if data.label_format == "regression":
+        run["target_scaler"] = data.target_scaler
     if parts.probe is not None:
         run["probe"] = parts.probe.info()
     if parts.baseline is not None:
@@ -441,18 +445,40 @@ def _save(
     return files
 
 
+def _settle_outputs(parts: _Parts) -> None:
+    """What the saved model carries beyond its weights: a multi-label model's per-label thresholds in its config; a
+    regression model trained on standardised targets gets mean and std folded into its head's last Linear, so that
+    it (and pipeline()) outputs the original units, and the scaler recorded in its config."""
+    from .formats import record_in_config
+
+    model, scaler = parts.built.model, parts.data.target_scaler
+    if scaler is not None:
+        from .probe import fold_affine
+
+        fold_affine(model, float(scaler["std"]), float(scaler["mean"]))
+        logger.info("regression: the head outputs the original units (× %.6g + %.6g)", scaler["std"], scaler["mean"])
+    record_in_config(model.config, parts.thresholds, scaler)
+
+
 def _write_results(
     out: Path, recipe: Recipe, args: TrainingArguments, parts: _Parts, results: dict[str, Any], run: dict[str, Any]
 ) -> list[str]:
     """recipe.yaml, metrics.json (with the run's provenance), the confusion matrices and the model card."""
     from .card import CardFacts, write_model_card
+    from .formats import write_plots
     from .metrics import write_confusion_matrices
     from .outputs import finish_manifest, listing, write_metrics, write_recipe
 
     data, labels = parts.data, parts.data.label_names
     before = listing(out)
-    files = [write_recipe(out, recipe), write_metrics(out, labels, results, run)]
-    files += write_confusion_matrices(out, results, labels, recipe.name or "model")
+    files = []
+    for prefix, sample in parts.plots.items():  # before metrics.json, which names them
+        written = write_plots(out, prefix, sample, f"{recipe.name or 'model'}: {SPLIT_OF_PREFIX[prefix]}")
+        results[prefix]["plots"] = written
+        files += written.values()
+    files = [write_recipe(out, recipe), write_metrics(out, labels, results, run), *files]
+    if data.label_format == "single":
+        files += write_confusion_matrices(out, results, labels, recipe.name or "model")
     facts = CardFacts.from_run(recipe, args, labels, results, data.description, parts.built.description, run)
     files.append(write_model_card(out, facts).name)
     return finish_manifest(out, files, before=before)
@@ -488,8 +514,8 @@ def evaluate(
     `metrics.extra`. `data` (any source a recipe takes) is evaluated whole: no row caps, no carving; its split is
     reported by the data's name (`new.csv`, or `new_folder:test` for a folder or dataset with several splits).
     """
+    from . import formats
     from .data import checks, sources
-    from .loss import saved_class_weights
 
     setup_logging()
     if batch_size is not None and not is_count(batch_size):
@@ -500,7 +526,8 @@ def evaluate(
     built = task.load_trained(output_dir)
     labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
     spec = recipe.data if data is None else _whole(recipe.data, data)
-    _refuse_untrainable_label_format(spec)
+    # a saved regression model outputs the original units (its head absorbed the scaler): score them as they are
+    spec = replace(spec, standardize_targets=False)
     loaded = sources.load_data(spec, task.INPUTS, label_names=labels, carve_validation=data is None)
     split = _split_to_score(loaded, split)
     chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
@@ -509,10 +536,10 @@ def evaluate(
     # prepared under an evaluation name whatever the split is called: `prepare` gives a split named "train" the
     # training transform (augmentation), and a folder without split sub-folders loads as "train"
     prepared = task.prepare(built, {"eval": chosen[split]}, settings)
-    train_labels = loaded.splits["train"]["label"] if data is None and "train" in loaded.splits else None
-    weights = saved_class_weights(recipe.loss.class_weights, output_dir, train_labels, labels)
+    train = loaded.splits["train"] if data is None and "train" in loaded.splits else None
+    loss = formats.saved_loss(recipe, output_dir, train, labels)
     prefix = METRIC_PREFIX.get(split, split) if data is None else "eval"
-    result = _score(recipe, task, built, labels, prepared, "eval", prefix, weights, batch_size)
+    result = _score(recipe, task, built, labels, prepared, "eval", prefix, loss, batch_size)
     result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))
     result["data"] = loaded.description
     return result
@@ -562,21 +589,25 @@ def _score(
     prepared: Prepared,
     split: str,
     prefix: str,
-    weights: list[float] | None,
+    loss: Callable[..., torch.Tensor] | None,
     batch_size: int | None,
 ) -> dict[str, Any]:
-    """One evaluation pass with the run's own loss settings (class weights, label smoothing, mixup's soft-target
-    loss on hard labels), `metrics.top_k` and `metrics.extra`, in a throwaway Trainer folder."""
+    """One evaluation pass with the run's own loss (`formats.saved_loss`), metrics settings (`metrics.top_k`,
+    `metrics.extra`; a multi-label model's saved thresholds), in a throwaway Trainer folder."""
     import tempfile
 
     import torch
     from transformers import TrainingArguments
 
-    from .loss import classification_loss
-    from .metrics import make_preprocess_logits
+    from . import formats
     from .trainer import build_trainer
 
-    compute_metrics = _metrics(recipe, labels)
+    fmt = recipe.data.label_format
+    compute_metrics = formats.make_metrics(recipe, labels)
+    if fmt == "multi_label":
+        saved = formats.saved_thresholds(built.model.config, labels)
+        if saved is not None:
+            compute_metrics.set_thresholds(saved)
     smoothing = float(recipe.training.get("label_smoothing_factor") or 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -585,6 +616,7 @@ def _score(
             label_smoothing_factor=smoothing,
             dataloader_pin_memory=torch.cuda.is_available(),
             report_to="none",
+            batch_eval_metrics=formats.batched(fmt),
             **task.training_defaults(),
         )
         trainer = build_trainer(
@@ -595,11 +627,11 @@ def _score(
             collate=prepared.collate,
             processor=None,
             compute_metrics=compute_metrics,
-            preprocess_logits=make_preprocess_logits(compute_metrics.max_k),
-            loss=classification_loss(weights, smoothing, recipe.augmentation.mixes),
+            preprocess_logits=formats.preprocess_logits(fmt, compute_metrics),
+            loss=loss,
         )
         scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
-    return _split_metrics(scalars, prefix, compute_metrics.last_report)
+    return formats.split_metrics(scalars, prefix, fmt, compute_metrics.last_report)
 
 
 def predict(
@@ -656,15 +688,6 @@ def _merge_overrides(
     if isinstance(overrides, dict):
         return {**overrides, **kwargs}
     return {**dict(parse_override(o) for o in overrides), **kwargs}
-
-
-def _split_metrics(scalars: dict[str, float], prefix: str, report: dict[str, Any] | None) -> dict[str, Any]:
-    """Trainer's `eval_accuracy`… as `accuracy`…, plus the per-class table and confusion matrix of that pass."""
-    out = {k.removeprefix(f"{prefix}_"): v for k, v in scalars.items()}
-    for key in ("per_class", "confusion_matrix", "num_samples"):
-        if report and key in report:
-            out[key] = report[key]
-    return out
 
 
 # --------------------------------------------------------------------------------------------- export

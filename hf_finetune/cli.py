@@ -309,27 +309,20 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import finetune
-    from .metrics import per_class_table
+    from .formats import summary_lines
 
     result = finetune(args.recipe, _overrides(args))
+    fmt = result.recipe.data.label_format
     test = METRIC_PREFIX["test"]
     for prefix in EVALUATED_PREFIXES:
         if prefix in result.metrics:
             m = result.metrics[prefix]
-            name = SPLIT_OF_PREFIX[prefix]
-            print(
-                f"\n{name}: accuracy {m['accuracy']:.4f}  macro-F1 {m['f1_macro']:.4f}  ({m.get('num_samples')} rows)"
-            )
-            if "baseline" in m:
-                b = m["baseline"]
-                print(
-                    f"  majority-class baseline (always {b['majority_class']!r}): "
-                    f"accuracy {b['accuracy']:.4f}  macro-F1 {b['f1_macro']:.4f}"
-                )
+            # one table: the test split's, else validation's
+            table = prefix == test or test not in result.metrics
+            lines = summary_lines(fmt, SPLIT_OF_PREFIX[prefix], m, table=table)
             if "baseline_linear" in m:
-                print(_linear_baseline_line(m["baseline_linear"]))
-            if prefix == test or test not in result.metrics:  # one table: the test split's, else validation's
-                print(per_class_table(m))
+                lines.insert(2 if "baseline" in m else 1, _linear_baseline_line(m["baseline_linear"], fmt))
+            print("\n" + "\n".join(lines))
     print(f"\noutputs: {result.output_dir.resolve()}")
     example = '--text "some text"' if result.recipe.task == "text-classification" else "IMAGE.png"
     if result.recipe.data.text_pair_column:
@@ -338,10 +331,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _linear_baseline_line(b: dict[str, Any]) -> str:
-    """metrics.baseline linear, printed as the majority baseline is: its scores on this split."""
-    what = "this run itself (linear_probe)" if b.get("same_as") else f"frozen pretrained features, C={b['C']:g}"
-    return f"  logistic-regression baseline ({what}): accuracy {b['accuracy']:.4f}  macro-F1 {b['f1_macro']:.4f}"
+def _linear_baseline_line(b: dict[str, Any], fmt: str = "single") -> str:
+    """metrics.baseline linear, printed as the constant baseline is: its scores on this split."""
+    from .formats import headline_scores
+
+    what = "this run itself (linear_probe)" if b.get("same_as") else "frozen pretrained features"
+    if "C" in b:
+        what += f", C={b['C']:g}"
+    elif "alpha" in b:
+        what += f", alpha={b['alpha']:g}"
+    kind = {"single": "logistic-regression", "multi_label": "per-label logistic-regression"}.get(
+        fmt, "ridge-regression"
+    )
+    return f"  {kind} baseline ({what}): {headline_scores(fmt, b)}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -353,16 +355,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate
-    from .metrics import per_class_table
+    from .files import finite_only
+    from .formats import saved_label_format, summary_lines
 
     result = evaluate(args.output_dir, data=args.data, split=args.split, batch_size=args.batch_size)
-    print(
-        f"{result['split']}: accuracy {result['accuracy']:.4f}  macro-F1 {result['f1_macro']:.4f}  "
-        f"({result.get('num_samples')} rows of {result['data']})",
-        file=sys.stderr,
-    )
-    print(per_class_table(result), file=sys.stderr)
-    print(json.dumps(result))
+    lines = summary_lines(saved_label_format(args.output_dir), result["split"], result, table=True)
+    lines[0] += f" of {result['data']}"
+    print("\n".join(lines), file=sys.stderr)
+    print(json.dumps(finite_only(result), allow_nan=False))
     return 0
 
 

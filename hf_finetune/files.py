@@ -42,7 +42,22 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    """Strict JSON: a NaN or infinite number (Pearson of constant predictions) is written as null, which every JSON
+    reader takes, instead of Python's NaN, which most refuse."""
+    write_text_atomic(path, json.dumps(finite_only(data), indent=2, default=_jsonable, allow_nan=False) + "\n")
+
+
+def finite_only(data: Any) -> Any:
+    """`data` with every non-finite float replaced by None (dicts, lists and tuples walked)."""
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_only(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_only(v) for v in data]
+    return data
 
 
 def _jsonable(obj: Any) -> Any:

@@ -104,3 +104,82 @@ def saved_class_weights(
         logger.warning("loss: class_weights balanced, but train's class counts are unknown; the loss is unweighted")
         return None
     return class_weights(setting, train_labels, labels)
+
+
+# --------------------------------------------------------------------------------------------- multi-label, regression
+
+
+class MultiLabelBCE:
+    """BCE with logits on multi-hot float targets, each label's positive term weighted by `pos_weight` (as
+    `torch.nn.BCEWithLogitsLoss`). Returns the mean over rows and labels."""
+
+    def __init__(self, pos_weight: Sequence[float] | None = None) -> None:
+        import torch
+
+        self.pos_weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
+
+    def __call__(
+        self, outputs: object, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        logits = _logits(outputs)
+        w = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=w)
+
+
+class RegressionLoss:
+    """Mean squared error or Huber loss between the model's one output and the float target (batch mean)."""
+
+    def __init__(self, kind: str = "mse", delta: float = 1.0) -> None:
+        self.kind, self.delta = kind, delta
+
+    def __call__(
+        self, outputs: object, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        predicted = _logits(outputs).reshape(-1)
+        target = labels.reshape(-1).to(predicted.dtype)
+        if self.kind == "huber":
+            return F.huber_loss(predicted, target, delta=self.delta)
+        return F.mse_loss(predicted, target)
+
+
+def _logits(outputs: object) -> torch.Tensor:
+    return (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
+
+
+def pos_weights(
+    setting: str | list[float] | None, positives: Sequence[int], rows: int, names: list[str]
+) -> list[float] | None:
+    """`balanced`: negatives / positives of each label in train (BCEWithLogitsLoss's usual choice); a list: checked
+    against the labels. `positives` counts each label's positive rows among `rows` train rows."""
+    if setting is None:
+        return None
+    if isinstance(setting, list):
+        if len(setting) != len(names):
+            raise RecipeError(
+                [f"loss.pos_weight: {len(setting)} weights given, the data has {len(names)} labels {names[:20]}"]
+            )
+        return [float(w) for w in setting]
+    weights = [(rows - p) / max(p, 1) for p in positives]
+    logger.info("loss: balanced positive weights %s", {k: round(w, 3) for k, w in zip(names, weights, strict=True)})
+    return weights
+
+
+def saved_pos_weights(setting: str | list[float] | None, output_dir: Path, labels: list[str]) -> list[float] | None:
+    """The positive weights a saved multi-label run trained with: the recipe's list, or `balanced` from the train
+    positives its metrics.json recorded."""
+    if setting is None or isinstance(setting, list):
+        return pos_weights(setting, [], 0, labels)
+    saved = output_dir / METRICS_FILE
+    train = {}
+    if saved.is_file():
+        run = json.loads(saved.read_text(encoding="utf-8")).get("run") or {}
+        train = (run.get("splits") or {}).get("train") or {}
+    counts = train.get("class_counts") or {}
+    if not counts or not train.get("rows"):
+        logger.warning("loss: pos_weight balanced, but train's label counts are unknown; the loss is unweighted")
+        return None
+    return pos_weights(setting, [int(counts.get(n, 0)) for n in labels], int(train["rows"]), labels)

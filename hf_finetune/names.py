@@ -37,6 +37,7 @@ def confusion_matrix_files(prefix: str) -> tuple[str, str]:
     stem = f"confusion_matrix_{prefix}"
     return f"{stem}.csv", f"{stem}.png"
 
+
 # data.label_format → the transformers `config.problem_type` the model is built with (pipeline() reads it: softmax,
 # sigmoid, or the raw output).
 PROBLEM_TYPES = {

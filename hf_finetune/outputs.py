@@ -359,19 +359,22 @@ def run_info(
     args: TrainingArguments,
     best: str | None,
     seconds: float,
+    label_format: str = "single",
+    target_scaler: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Provenance for metrics.json and the model card: data splits and class counts, hardware, versions, time."""
+    """Provenance for metrics.json and the model card: data splits and their class counts (positives per label for
+    multi_label, the target's summary in its own units for regression), hardware, versions, time."""
     import os
     import platform
-    from collections import Counter
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
+    from .formats import label_counts
+
     rows = {}
     for name, ds in splits.items():
-        counts = Counter(int(v) for v in ds["label"])
-        rows[name] = {"rows": len(ds), "class_counts": {n: counts.get(i, 0) for i, n in enumerate(label_names)}}
+        rows[name] = {"rows": len(ds), **label_counts(label_format, ds, label_names, target_scaler)}
     if torch.cuda.is_available() and not args.use_cpu:
         device = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}"
     else:
@@ -386,6 +389,7 @@ def run_info(
     precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)
     return {
         "data": description,
+        "label_format": label_format,
         "splits": rows,
         "hardware": {"device": device, "processes": args.world_size, "precision": precision},
         "versions": versions,

@@ -322,19 +322,32 @@ class TransferSpec:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """Cross-entropy options beyond TrainingArguments' own `label_smoothing_factor`."""
+    """The training loss beyond TrainingArguments' own `label_smoothing_factor`: class weights (single-label
+    cross-entropy), positive weights (multi-label BCE with logits) and MSE or Huber (regression)."""
 
     # "balanced" (inverse class frequency in train) or one weight per class
     class_weights: Literal["balanced"] | list[float] | None = field(
         default=None, metadata=_expects("'balanced' or a list with one weight per class")
     )
+    # multi_label: BCEWithLogitsLoss's pos_weight: "balanced" (negatives / positives of each label in train) or one
+    # weight per label
+    pos_weight: Literal["balanced"] | list[float] | None = field(
+        default=None, metadata=_expects("'balanced' or a list with one weight per label")
+    )
+    # regression: mean squared error, or Huber (quadratic within huber_delta of the target, linear beyond)
+    regression: Literal["mse", "huber"] = field(default="mse", metadata=_expects("'mse' or 'huber'"))
+    huber_delta: float = 1.0  # regression with huber, in the units the model is trained on
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
-        cw = self.class_weights
-        if isinstance(cw, list) and any(w < 0 for w in cw):
-            return [f"loss.class_weights: weights must be >= 0, got {cw}"]
-        return []
+        out = []
+        for key in ("class_weights", "pos_weight"):
+            weights = getattr(self, key)
+            if isinstance(weights, list) and any(w < 0 for w in weights):
+                out.append(f"loss.{key}: weights must be >= 0, got {weights}")
+        if not self.huber_delta > 0:
+            out.append(f"loss.huber_delta: must be above 0, got {self.huber_delta}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -406,14 +419,25 @@ class MetricsSpec:
 
     top_k: list[int] = field(default_factory=list)  # e.g. [5] adds top5_accuracy
     extra: list[str] = field(default_factory=list)  # more `evaluate` metrics by name or path (Hub ones need network)
-    metric_for_best_model: str = "accuracy"  # only used as the default when training keeps the best model
+    # only used as the default when training keeps the best model; None: accuracy (single), map (multi_label, it
+    # needs no threshold), rmse (regression, lower is better)
+    metric_for_best_model: str | None = None
+    # multi_label: "tune" (each label's F1-best threshold on the validation split, saved with the model) or one
+    # threshold in (0, 1) for every label; None: tune
+    thresholds: Literal["tune"] | float | None = field(
+        default=None, metadata=_expects("'tune' or a threshold between 0 and 1, e.g. 0.5")
+    )
     # majority: the majority-class baseline only (always there); linear: also a logistic regression fitted on the
     # pretrained model's frozen features before training (hf_finetune/probe.py), scored on every evaluated split
     baseline: Literal["majority", "linear"] = field(default="majority", metadata=_expects("'majority' or 'linear'"))
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
-        return [f"metrics.top_k: each k must be >= 1, got {k}" for k in self.top_k if k < 1]
+        out = [f"metrics.top_k: each k must be >= 1, got {k}" for k in self.top_k if k < 1]
+        t = self.thresholds
+        if isinstance(t, float) and not 0 < t < 1:
+            out.append(f"metrics.thresholds: a fixed threshold must be between 0 and 1 (exclusive), got {t}")
+        return out
 
 
 # Paths and texts as they are: no \xe9 escapes, no long value folded at a space onto the next line.
@@ -1087,7 +1111,7 @@ def _value_problems(recipe: Recipe) -> list[str]:
 
 
 def _cross_section_problems(recipe: Recipe) -> list[str]:
-    out = _linear_probe_problems(recipe) + _linear_baseline_problems(recipe)
+    out = _linear_probe_problems(recipe) + _linear_baseline_problems(recipe) + _label_format_problems(recipe)
     if recipe.task != "text-classification" and recipe.model.pooling != "auto":
         out.append(f"model.pooling: {recipe.model.pooling!r} applies to text-classification only; remove it")
     a = recipe.augmentation
@@ -1101,6 +1125,49 @@ def _cross_section_problems(recipe: Recipe) -> list[str]:
         out.append(
             f"training.per_device_train_batch_size: mixup/CutMix mixes each sample with another of its batch and "
             f"needs at least 2 per device, got {batch}; raise it or set augmentation.mixup_alpha/cutmix_alpha to 0"
+        )
+    return out
+
+
+# metric_for_best_model's default per data.label_format (threshold-free for multi_label)
+BEST_METRIC = {"single": "accuracy", "multi_label": "map", "regression": "rmse"}
+
+
+def best_metric(recipe: Recipe) -> str:
+    """The metric that picks the best checkpoint (and the probe's regularisation) when the recipe names none."""
+    return recipe.metrics.metric_for_best_model or BEST_METRIC[recipe.data.label_format]
+
+
+def _label_format_problems(recipe: Recipe) -> list[str]:
+    """Keys that only one label format reads (written with another they would be ignored), and what the multi-label
+    and regression losses cannot do: class weights, label smoothing and mixup are defined on one class per row."""
+    fmt = recipe.data.label_format
+    out = []
+    only = [
+        ("metrics.thresholds", recipe.metrics.thresholds is not None, "multi_label"),
+        ("loss.pos_weight", recipe.loss.pos_weight is not None, "multi_label"),
+        ("loss.regression", recipe.loss.regression != "mse", "regression"),
+        ("loss.huber_delta", recipe.loss.huber_delta != 1.0, "regression"),
+    ]
+    for key, written, needs in only:
+        if written and fmt != needs:
+            out.append(f"{key}: applies to data.label_format {needs} only, not {fmt}; remove it")
+    if recipe.loss.huber_delta != 1.0 and fmt == "regression" and recipe.loss.regression != "huber":
+        out.append("loss.huber_delta: applies to loss.regression huber only; set loss.regression: huber or remove it")
+    if fmt == "single":
+        return out
+    instead = "loss.pos_weight (one weight per label)" if fmt == "multi_label" else "nothing: regression has no classes"
+    if recipe.loss.class_weights is not None:
+        out.append(f"loss.class_weights: weights classes of single-label data, not {fmt}; use {instead}")
+    if recipe.training.get("label_smoothing_factor"):
+        out.append(
+            f"training.label_smoothing_factor: smooths one-hot class targets, and data.label_format {fmt} has "
+            "none (transformers applies it to cross-entropy only); remove it"
+        )
+    if recipe.augmentation.mixes:
+        out.append(
+            f"augmentation.mixup_alpha/cutmix_alpha: mixing makes soft class targets, which data.label_format {fmt} "
+            "does not train on in this version; set them to 0"
         )
     return out
 

@@ -67,9 +67,15 @@ def training_defaults(
         defaults["use_cpu"] = True
     if training.get("load_best_model_at_end") or training.get("save_strategy") == "best":
         defaults["metric_for_best_model"] = metric_for_best_model
+    # transformers takes every metric but "…loss" as greater-is-better: wrong for errors such as rmse or mae
+    chosen = training.get("metric_for_best_model") or defaults.get("metric_for_best_model")
+    if chosen and str(chosen).removeprefix("eval_") in _LOWER_IS_BETTER:
+        defaults["greater_is_better"] = False
     return {k: v for k, v in defaults.items() if k not in training}
 
 
+# error metrics (lower is better) whose names transformers does not recognise as such
+_LOWER_IS_BETTER = {"mae", "rmse", "hamming_loss"}
 _STRATEGIES = ("eval_strategy", "save_strategy", "logging_strategy")
 _STEPS = {"eval_strategy": "eval_steps", "save_strategy": "save_steps", "logging_strategy": "logging_steps"}
 
