@@ -504,21 +504,3 @@ def test_the_recipe_takes_the_label_keys_and_refuses_impossible_combinations():
     problems = DataSpec(label_format="multi_label", label_columns=["a", "a"], label_column="tags").problems()
     assert any("['a'] listed more than once" in p for p in problems)
     assert any("data.label_column ('tags') is not read when data.label_columns is set" in p for p in problems)
-
-
-@pytest.mark.parametrize("label_format", ["multi_label", "regression"])
-def test_training_with_a_format_no_model_reads_yet_is_refused_before_anything_is_written(
-    tiny_recipe, tmp_path: Path, capsys, label_format: str
-):
-    # the data layer reads these labels; training them as classes would be silently wrong, so the CLI refuses
-    import yaml
-
-    from hf_finetune.cli import main
-
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(tiny_recipe(data={"label_format": label_format})))
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert f"data.label_format {label_format}: this version reads such labels but cannot yet train," in err
-    assert "Traceback" not in err
-    assert not (tmp_path / "out").exists()
