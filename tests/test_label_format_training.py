@@ -68,7 +68,7 @@ def multi_label_run(digit_table: Path, tmp_path_factory) -> Path:
     """simple_cnn trained on the tags with the toolkit's defaults (dataloader workers on, thresholds tuned)."""
     work = tmp_path_factory.mktemp("ml run")
     out = work / "out"
-    recipe = _image_recipe(digit_table, out, label_format="multi_label", label_column="tags", image_column="image")
+    recipe = _image_recipe(digit_table, out, label_format="multi_label", label_column="tags", allow_empty_labels=True)
     recipe["loss"] = {"pos_weight": "balanced"}
     (work / "r.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
     proc = _cli("train", str(work / "r.yaml"), cwd=work)
@@ -144,7 +144,7 @@ def regression_run(digit_table: Path, tmp_path_factory) -> Path:
 def test_regression_run_writes_metrics_plots_and_the_scaler(regression_run: Path):
     config = json.loads((regression_run / "config.json").read_text())
     metrics = json.loads((regression_run / "metrics.json").read_text())
-    assert config["problem_type"] == "regression" and config["num_labels"] == 1
+    assert config["problem_type"] == "regression" and config["id2label"] == {"0": "value"}
     scaler = config["target_scaler"]
     assert metrics["run"]["target_scaler"] == scaler
     assert 103 < scaler["mean"] < 106 and 2.5 < scaler["std"] < 3.2
@@ -154,7 +154,7 @@ def test_regression_run_writes_metrics_plots_and_the_scaler(regression_run: Path
     assert test["baseline"]["kind"] == "mean"
     # in the original units: the mean baseline's error is that of the digits' spread (about 2.5), not of 1 std
     assert 2.0 < test["baseline"]["mae"] < 3.0
-    assert test["rmse"] < test["baseline"]["rmse"] and test["r2"] > 0.3
+    assert test["rmse"] < 0.95 * test["baseline"]["rmse"] and test["r2"] > 0.1
     for name in test["plots"].values():
         assert (regression_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert metrics["run"]["splits"]["test"]["target"]["min"] == 100.0
