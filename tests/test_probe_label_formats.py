@@ -114,6 +114,30 @@ def test_multi_label_probe_with_pos_weight_equals_class_weighted_logistic_regres
     _check_multi_label(*synthetic_multi_label, floor=False, pos_weight=[1.0, 4.0, 0.5])
 
 
+def test_balanced_pos_weight_is_negatives_over_positives_in_train(synthetic_multi_label):
+    train, validation, _ = synthetic_multi_label
+    positives = train[1].sum(axis=0)
+    explicit = ((len(train[1]) - positives) / positives).tolist()
+    assert max(explicit) / min(explicit) > 2  # the labels' prevalences differ: the weights matter
+    fits = [
+        probe.fit_probe(
+            train,
+            validation,
+            3,
+            MultiLabelMetrics(LABELS),
+            metric="map",
+            label_format="multi_label",
+            pos_weight=weights,
+        )
+        for weights in ("balanced", explicit)
+    ]
+    np.testing.assert_array_equal(fits[0][0], fits[1][0])
+    np.testing.assert_array_equal(fits[0][1], fits[1][1])
+    unweighted = probe.fit_probe(train, validation, 3, MultiLabelMetrics(LABELS), metric="map",
+                                 label_format="multi_label")  # fmt: skip
+    assert not np.allclose(unweighted[1], fits[0][1])
+
+
 def test_multi_label_probe_equals_per_label_logistic_regression_on_digit_pixels(digits):
     train, validation, test = digits["multi"]
     weight, bias, _, _ = _check_multi_label(train, validation, test, floor=True)
