@@ -260,8 +260,9 @@ def _fit_on_frozen_features(recipe: Recipe, task: Task, args: TrainingArguments,
     with probe.preserved_rng(enabled=not fitting):
         features, seconds = _frozen_features(recipe, task, args, parts, ["validation", *scored], fitting)
         labels = len(parts.data.label_names)
+        choice = _probe_choice(recipe, parts.data)
         weight, bias, fit = probe.fit_probe(
-            features["train"], features["validation"], labels, parts.compute_metrics, **_probe_choice(recipe)
+            features["train"], features["validation"], labels, parts.compute_metrics, **choice
         )
     fit.feature_seconds = seconds
     logger.info("probe: %s; fit in %.1f s", fit.info()["fitted_on"], fit.fit_seconds)
@@ -270,9 +271,12 @@ def _fit_on_frozen_features(recipe: Recipe, task: Task, args: TrainingArguments,
         parts.probe = fit
     if scored:
         splits, shared = {s: features[s] for s in scored}, LP_FT_PROBE if fitting else None
+        by_format = {k: choice[k] for k in ("pos_weight", "huber_delta") if k in choice}
+        if recipe.data.label_format == "multi_label":
+            by_format["thresholds"] = recipe.metrics.thresholds or "tune"
         parts.baseline = probe.linear_baseline(
             weight, bias, fit, splits, parts.compute_metrics, train_labels=features["train"][1],
-            class_weight=_probe_class_weight(recipe), shared_with=shared,
+            class_weight=_probe_class_weight(recipe), shared_with=shared, **by_format,
         )  # fmt: skip
 
 
@@ -305,8 +309,9 @@ def _frozen_features(
     return features, seconds
 
 
-def _probe_choice(recipe: Recipe) -> dict[str, Any]:
-    """How the probe picks C and weights classes: the run's metric_for_best_model, its direction, its class weights."""
+def _probe_choice(recipe: Recipe, data: LoadedData) -> dict[str, Any]:
+    """How the probe picks C (alpha) and weights classes: the run's metric_for_best_model, its direction, its class
+    weights; multi-label its positive weights (the run's own list), regression its Huber delta."""
     from .formats import greater_is_better
     from .recipe import best_metric
 
@@ -321,7 +326,23 @@ def _probe_choice(recipe: Recipe) -> dict[str, Any]:
         "class_weight": _probe_class_weight(recipe),
         "scaling": scaling,
         "label_format": recipe.data.label_format,
+        **_probe_loss(recipe, data),
     }
+
+
+def _probe_loss(recipe: Recipe, data: LoadedData) -> dict[str, Any]:
+    """The run's loss settings the probe's validation loss must share: the resolved positive weights (multi-label)
+    or the Huber delta (regression)."""
+    from .data.labels import multi_hot
+    from .loss import pos_weights
+
+    fmt = recipe.data.label_format
+    if fmt == "multi_label" and recipe.loss.pos_weight is not None:
+        y = multi_hot(data.splits["train"])
+        return {"pos_weight": pos_weights(recipe.loss.pos_weight, [int(c) for c in y.sum(0)], len(y), data.label_names)}
+    if fmt == "regression" and recipe.loss.regression == "huber":
+        return {"huber_delta": recipe.loss.huber_delta}
+    return {}
 
 
 def _probe_class_weight(recipe: Recipe) -> dict[int, float] | str | None:

@@ -163,7 +163,8 @@ def pos_weights(
                 [f"loss.pos_weight: {len(setting)} weights given, the data has {len(names)} labels {names[:20]}"]
             )
         return [float(w) for w in setting]
-    weights = [(rows - p) / max(p, 1) for p in positives]
+    # a label on in every row (or in none) has no ratio to balance: weighted 1, as the probe does
+    weights = [(rows - p) / p if 0 < p < rows else 1.0 for p in positives]
     logger.info("loss: balanced positive weights %s", {k: round(w, 3) for k, w in zip(names, weights, strict=True)})
     return weights
 

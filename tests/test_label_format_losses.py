@@ -35,7 +35,7 @@ def test_regression_losses_equal_torch_on_a_one_output_head():
 
 
 def test_balanced_pos_weight_is_negatives_over_positives_and_a_list_is_checked():
-    assert loss.pos_weights("balanced", [2, 5, 10], 10, ["a", "b", "c"]) == [4.0, 1.0, 0.0]
+    assert loss.pos_weights("balanced", [2, 5, 10, 0], 10, ["a", "b", "c", "d"]) == [4.0, 1.0, 1.0, 1.0]
     assert loss.pos_weights([1, 2], [], 0, ["a", "b"]) == [1.0, 2.0]
     with pytest.raises(RecipeError, match=r"loss.pos_weight: 1 weights given, the data has 2 labels"):
         loss.pos_weights([1.0], [], 0, ["a", "b"])
