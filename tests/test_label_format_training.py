@@ -279,3 +279,33 @@ def test_two_ranks_score_multi_label_and_regression_exactly_as_one(multi_label_r
             assert distributed[key] == pytest.approx(single[key], rel=1e-12, abs=1e-12), (out.name, key)
         if "per_class" in single:
             assert distributed["per_class"] == single["per_class"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["full", "head_only", "partial", "linear_probe", "lp_ft"])
+def test_every_transfer_strategy_trains_both_formats_on_a_transformers_model(
+    strategy: str, digit_table: Path, tiny_vit_dir: Path, tmp_path: Path
+):
+    from hf_finetune import finetune
+
+    for fmt, column in (("multi_label", "tags"), ("regression", "value")):
+        out = tmp_path / fmt
+        recipe = _image_recipe(digit_table, out, label_format=fmt, label_column=column)
+        if fmt == "multi_label":
+            recipe["data"]["allow_empty_labels"] = True
+        recipe["model"] = {"name": str(tiny_vit_dir)}
+        recipe["transfer"] = {"strategy": strategy, **({"unfreeze_last": 1} if strategy == "partial" else {})}
+        recipe["training"] = {"output_dir": str(out), "disable_tqdm": True, "per_device_train_batch_size": 16}
+        if strategy != "linear_probe":
+            recipe["training"]["num_train_epochs"] = 1
+        recipe["metrics"] = {"baseline": "linear"}
+        result = finetune(recipe)
+        test = result.metrics["test"]
+        key = "map" if fmt == "multi_label" else "rmse"
+        assert np.isfinite(test[key]) and np.isfinite(test["baseline_linear"][key]), (fmt, test)
+        config = json.loads((out / "config.json").read_text())
+        assert config["problem_type"] == {"multi_label": "multi_label_classification", "regression": "regression"}[fmt]
+        if strategy == "linear_probe":  # the run is the fitted regression: its scores are the baseline's
+            assert test["baseline_linear"]["same_as"]
+            probe = json.loads((out / "metrics.json").read_text())["run"]["probe"]
+            assert ("C" in probe) if fmt == "multi_label" else ("alpha" in probe)
