@@ -295,9 +295,9 @@ def test_every_transfer_strategy_trains_both_formats_on_a_transformers_model(
             recipe["data"]["allow_empty_labels"] = True
         recipe["model"] = {"name": str(tiny_vit_dir)}
         recipe["transfer"] = {"strategy": strategy, **({"unfreeze_last": 1} if strategy == "partial" else {})}
-        recipe["training"] = {"output_dir": str(out), "disable_tqdm": True, "per_device_train_batch_size": 16}
+        recipe["training"] = {"output_dir": str(out), "disable_tqdm": True}
         if strategy != "linear_probe":
-            recipe["training"]["num_train_epochs"] = 1
+            recipe["training"] |= {"num_train_epochs": 1, "per_device_train_batch_size": 16}
         recipe["metrics"] = {"baseline": "linear"}
         result = finetune(recipe)
         test = result.metrics["test"]
