@@ -324,21 +324,38 @@ class JsonlSink:
 
 
 class CsvSink:
-    """The input column(s), then label_1, score_1 … label_k, score_k, then error."""
+    """The input column(s), then by the model's label format, then error:
+    - single: label_1, score_1 … label_k, score_k;
+    - multi_label: labels (the predicted labels joined by `delimiter`, highest score first; empty when none reach
+      their threshold), then label_1, score_1, threshold_1 … label_k, score_k, threshold_k;
+    - regression: value."""
 
-    def __init__(self, stream: IO[str], keys: list[str], top_k: int):
+    def __init__(
+        self, stream: IO[str], keys: list[str], top_k: int, label_format: str = "single", delimiter: str = "|"
+    ):
         self.stream, self.keys, self.top_k = stream, keys, top_k
+        self.label_format, self.delimiter = label_format, delimiter
+        self.fields = {"single": ("label", "score"), "multi_label": ("label", "score", "threshold")}.get(label_format)
         self.writer = csv.writer(stream)
-        ranks = range(1, top_k + 1)
-        self.writer.writerow(
-            [*keys, *itertools.chain.from_iterable((f"label_{i}", f"score_{i}") for i in ranks), "error"]
-        )
+        if self.fields is None:  # regression
+            self.writer.writerow([*keys, "value", "error"])
+            return
+        ranks = itertools.product(range(1, top_k + 1), self.fields)
+        head = ["labels"] if label_format == "multi_label" else []
+        self.writer.writerow([*keys, *head, *(f"{name}_{i}" for i, name in ranks), "error"])
 
     def write(self, row: dict[str, Any]) -> None:
         cells = [row.get(k) if row.get(k) is not None else "" for k in self.keys]
-        predictions = row.get("predictions") or []
-        for i in range(self.top_k):
-            cells += [predictions[i]["label"], predictions[i]["score"]] if i < len(predictions) else ["", ""]
+        if self.fields is None:
+            cells.append(row.get("value", ""))
+        else:
+            if self.label_format == "multi_label":
+                # an error row has no decision at all: empty, as an input with no label over its threshold
+                cells.append(self.delimiter.join(p["label"] for p in row.get("labels") or []))
+            predictions = row.get("predictions") or []
+            for i in range(self.top_k):
+                given = i < len(predictions)
+                cells += [predictions[i][name] if given else "" for name in self.fields]
         self.writer.writerow([*cells, row.get("error", "")])
         self.stream.flush()
 
@@ -362,26 +379,31 @@ def check_output(path: str | None, fmt: str | None, overwrite: bool) -> str:
 
 
 @contextlib.contextmanager
-def open_sink(path: str | None, fmt: str, keys: list[str], top_k: int) -> Iterator[JsonlSink | CsvSink]:
+def open_sink(
+    path: str | None, fmt: str, keys: list[str], top_k: int, label_format: str = "single", delimiter: str = "|"
+) -> Iterator[JsonlSink | CsvSink]:
     """stdout, or a hidden temporary file beside `path` renamed onto it when the run ends: a run that fails or is
-    killed leaves no partial file under the name that the next run would refuse to overwrite."""
+    killed leaves no partial file under the name that the next run would refuse to overwrite. `label_format` and
+    `delimiter` (multi-label) shape the CSV's columns (see CsvSink)."""
     if path is None:
-        yield _sink(sys.stdout, fmt, keys, top_k)
+        yield _sink(sys.stdout, fmt, keys, top_k, label_format, delimiter)
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            yield _sink(fh, fmt, keys, top_k)
+            yield _sink(fh, fmt, keys, top_k, label_format, delimiter)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
-def _sink(stream: IO[str], fmt: str, keys: list[str], top_k: int) -> JsonlSink | CsvSink:
-    return CsvSink(stream, keys, top_k) if fmt == "csv" else JsonlSink(stream)
+def _sink(
+    stream: IO[str], fmt: str, keys: list[str], top_k: int, label_format: str, delimiter: str
+) -> JsonlSink | CsvSink:
+    return CsvSink(stream, keys, top_k, label_format, delimiter) if fmt == "csv" else JsonlSink(stream)
 
 
 def write_rows(
@@ -424,7 +446,7 @@ def saved_data(output_dir: Path) -> dict[str, Any]:
 def command(args: argparse.Namespace) -> int:
     """`hf-finetune predict`: 0 when every input was predicted, 1 when some could not be read (their rows carry
     `error`), 2 (raised) when refused before running."""
-    from .tasks import task_of_saved
+    from .tasks import label_format_of_saved, task_of_saved
 
     output_dir = Path(args.output_dir)
     text = task_of_saved(output_dir) == "text-classification"
@@ -438,7 +460,9 @@ def command(args: argparse.Namespace) -> int:
         output_dir, inputs, args.top_k, onnx=args.onnx, batch_size=args.batch_size, device=args.device
     )
     try:
-        with open_sink(args.output, fmt, keys, args.top_k) as sink:
+        # the CSV's predicted labels are joined as the training data's were (data.label_delimiter, default "|")
+        delimiter = data.get("label_delimiter") or "|"
+        with open_sink(args.output, fmt, keys, args.top_k, label_format_of_saved(output_dir), delimiter) as sink:
             written, errors = write_rows(rows, sink, args.progress, args.batch_size, total)
     except BrokenPipeError:  # the reader of stdout stopped early (`| head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again

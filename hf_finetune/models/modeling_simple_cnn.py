@@ -61,7 +61,8 @@ class SimpleCNNDenseBlock(nn.Module):
 
 
 class SimpleCNNForImageClassification(PreTrainedModel):
-    """The small CNN with its classification head; loss is cross entropy on class ids or on soft targets."""
+    """The small CNN with its classification head. The loss follows `config.problem_type`: cross entropy on class ids
+    or soft targets (single-label), BCE with logits on multi-hot rows (multi-label), MSE (regression)."""
 
     config_class = SimpleCNNConfig
     config: SimpleCNNConfig
@@ -130,10 +131,30 @@ class SimpleCNNForImageClassification(PreTrainedModel):
             )
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.config.problem_type not in (None, "single_label_classification"):
+        """By `config.problem_type`, as transformers' own classifiers: cross entropy (single-label, unset included),
+        BCE with logits on multi-hot rows (multi-label), mean squared error (regression)."""
+        problem_type = self.config.problem_type
+        if problem_type == "multi_label_classification":
+            if labels.is_complex() or labels.shape != logits.shape:
+                raise ValueError(
+                    f"labels for multi-label classification must be multi-hot rows (float tensor of shape "
+                    f"{list(logits.shape)}), got {labels.dtype} of shape {list(labels.shape)}"
+                )
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        if problem_type == "regression":
+            # one target per row ([batch] or [batch, 1]) for one output; a [batch, num_labels] row otherwise
+            outputs = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+            targets = labels.squeeze(-1) if labels.ndim == outputs.ndim + 1 and labels.shape[-1] == 1 else labels
+            if labels.is_complex() or targets.shape != outputs.shape:
+                raise ValueError(
+                    f"labels for regression must be one number per output (float tensor of shape "
+                    f"{list(outputs.shape)}), got {labels.dtype} of shape {list(labels.shape)}"
+                )
+            return F.mse_loss(outputs, targets.to(logits.dtype))
+        if problem_type not in (None, "single_label_classification"):
             raise ValueError(
-                f"problem_type={self.config.problem_type!r} is not supported by SimpleCNN: only single-label "
-                "classification (cross entropy)"
+                f"problem_type={problem_type!r} is not supported by SimpleCNN: expected single_label_classification, "
+                "multi_label_classification or regression"
             )
         if labels.is_floating_point() and labels.shape == logits.shape:
             # Soft targets (mixup / cutmix / label smoothing done by the collator): class probabilities per row.
@@ -159,7 +180,8 @@ class SimpleCNNForImageClassification(PreTrainedModel):
     ) -> ImageClassifierOutput | tuple[torch.Tensor, ...]:
         """Classify `pixel_values` ([batch, num_channels, image_size, image_size]).
 
-        `labels` are class ids ([batch] integers) or class probabilities ([batch, num_labels] floats). With
+        `labels` are class ids ([batch] integers) or class probabilities ([batch, num_labels] floats); multi-label:
+        multi-hot rows ([batch, num_labels] floats); regression: targets ([batch] floats). With
         `output_hidden_states`, `hidden_states` holds the output of each conv block.
         """
         self._check_pixel_values(pixel_values)

@@ -26,6 +26,7 @@ __all__ = [
     "Prepared",
     "Task",
     "get_task",
+    "label_format_of_saved",
     "task_of_saved",
 ]
 
@@ -41,8 +42,10 @@ class Task(Protocol):
     INPUTS: dict[str, str]
     """Canonical input column -> the DataSpec key naming it in the data (`{"image": "image_column"}`)."""
 
-    def build_model(self, spec: ModelSpec, label_names: list[str]) -> BuiltModel:
-        """The model with a head for `label_names` (id2label/label2id set) and its processor or tokenizer."""
+    def build_model(self, spec: ModelSpec, label_names: list[str], label_format: str = "single") -> BuiltModel:
+        """The model with a head for `label_names` (id2label/label2id set) and its processor or tokenizer.
+        `config.problem_type` is `names.PROBLEM_TYPES[label_format]`; a regression head has one output, named after
+        the target (`label_names` is [the target column's name])."""
         ...
 
     def training_defaults(self) -> dict[str, Any]:
@@ -53,8 +56,11 @@ class Task(Protocol):
         """Trainer-ready datasets (the train split with the recipe's augmentation, the others without) + collator."""
         ...
 
-    def batch_mixer(self, aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> Mixup | None:
-        """What mixes training batches (mixup/CutMix, soft targets), or None when nothing does."""
+    def batch_mixer(
+        self, aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0, label_format: str = "single"
+    ) -> Mixup | None:
+        """What mixes training batches (mixup/CutMix, soft targets), or None when nothing does (always None for
+        multi-label and regression labels, which are not class ids)."""
         ...
 
     def load_trained(self, path: str | Path) -> BuiltModel:
@@ -64,9 +70,11 @@ class Task(Protocol):
     def predict(
         self, built: BuiltModel, inputs: PredictInputs, top_k: int, device: str | torch.device = "cpu"
     ) -> list[dict[str, Any]]:
-        """One dict per input of one batch, in order, as `hf-finetune predict` prints them: its top-k labels and
-        scores, or `error` (and no predictions) for an input that cannot be read. Tensors go to `device`; the
-        scores come back on the CPU."""
+        """One dict per input of one batch, in order, as `hf-finetune predict` prints them, or `error` (and no
+        predictions) for an input that cannot be read. Tensors go to `device`; the scores come back on the CPU.
+        By the model's problem type: single-label `predictions` [top-k {label, score}] (softmax); multi-label
+        `labels` [{label, score} with sigmoid score >= the label's threshold, highest first] and `predictions`
+        [top-k {label, score, threshold}]; regression `value` and `predictions` [{label: target, score: value}]."""
         ...
 
 
@@ -87,3 +95,16 @@ def task_of_saved(path: str | Path) -> str:
         if any(a.endswith("ForSequenceClassification") for a in architectures):
             return "text-classification"
     return "image-classification"
+
+
+def label_format_of_saved(path: str | Path) -> str:
+    """The `data.label_format` a saved output folder's model was trained for, from its config.json's problem_type
+    (single-label when unset or unreadable: the loader then says what is wrong with the folder)."""
+    from ._common import LABEL_FORMAT_OF, SINGLE
+
+    config = Path(path) / "config.json"
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return SINGLE
+    return LABEL_FORMAT_OF.get(saved.get("problem_type") if isinstance(saved, dict) else None, SINGLE)

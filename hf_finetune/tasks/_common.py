@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError
-from ..names import RECIPE_FILE
+from ..errors import DataError, ModelError
+from ..names import LABEL_THRESHOLDS_KEY, PROBLEM_TYPES, RECIPE_FILE
 from ..recipe import AugmentationSpec, ModelSpec, TokenizationSpec
 
 if TYPE_CHECKING:
@@ -91,6 +91,110 @@ def label_maps(label_names: list[str], with_count: bool = True) -> dict[str, Any
     return maps
 
 
+# data.label_format ← a config's problem_type (None, and any other value, read as single-label, as before formats)
+LABEL_FORMAT_OF = {problem: fmt for fmt, problem in PROBLEM_TYPES.items()}
+SINGLE = "single"
+MULTI_LABEL = "multi_label"
+REGRESSION = "regression"
+
+
+def head_config(label_names: list[str], label_format: str = SINGLE, with_count: bool = True) -> dict[str, Any]:
+    """The config keys of a new head: `label_maps` and the `problem_type` of `label_format` (which the model's own
+    loss and `pipeline()` read: cross entropy/softmax, BCE/sigmoid, MSE/the raw output). A regression head has one
+    output, named after the target (`label_names` is [the target column's name])."""
+    if label_format not in PROBLEM_TYPES:
+        raise ModelError(f"data.label_format {label_format!r}: expected one of {', '.join(PROBLEM_TYPES)}")
+    if label_format == REGRESSION and len(label_names) != 1:
+        raise ModelError(
+            f"data.label_format regression: a regression head has one output, named after the target column, but "
+            f"{len(label_names)} label names were given ({label_names[:10]}); set data.label_column to the one "
+            "target column"
+        )
+    return {**label_maps(label_names, with_count), "problem_type": PROBLEM_TYPES[label_format]}
+
+
+def label_format_of(config: PreTrainedConfig) -> str:
+    """The `data.label_format` a model was built for, from its `problem_type` (unset: single-label)."""
+    return LABEL_FORMAT_OF.get(getattr(config, "problem_type", None), SINGLE)
+
+
+def head_description(label_names: list[str], label_format: str) -> str:
+    """How the log names a head: its labels (multi-label: any number per input) or its regression target."""
+    if label_format == REGRESSION:
+        return f"regression on target {label_names[0]!r}"
+    if label_format == MULTI_LABEL:
+        return f"{len(label_names)} labels (multi-label: any number per input)"
+    return f"{len(label_names)} labels"
+
+
+def labels_tensor(values: Sequence[Any], problem_type: str | None) -> torch.Tensor:
+    """A batch's `labels` as the model's problem type takes them: class ids int64 [N] (single-label), multi-hot
+    float32 [N, L] (multi-label), targets float32 [N] (regression)."""
+    import torch
+
+    fmt = LABEL_FORMAT_OF.get(problem_type, SINGLE)
+    if fmt == SINGLE:
+        return torch.as_tensor(values, dtype=torch.long)
+    labels = torch.as_tensor(values, dtype=torch.float32)
+    if fmt == MULTI_LABEL and labels.ndim != 2:
+        raise DataError(
+            f"labels: a multi-label batch needs one multi-hot row per input (shape [N, num_labels]), got shape "
+            f"{list(labels.shape)}; load the data with data.label_format: multi_label"
+        )
+    if fmt == REGRESSION:
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise DataError(
+                f"labels: a regression batch needs one number per input (shape [N]), got shape "
+                f"{list(labels.shape)}; load the data with data.label_format: regression"
+            )
+    return labels
+
+
+class LabelsAs:
+    """A collator whose `labels` come out as the model's problem type takes them (`labels_tensor`): wraps a text
+    collator, which would otherwise pick the dtype from the Python values. Module-level, so it pickles."""
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], Mapping[str, Any]], problem_type: str | None):
+        self.collate, self.problem_type = collate, problem_type
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = dict(self.collate(rows))
+        if "labels" in batch:
+            batch["labels"] = labels_tensor(batch["labels"], self.problem_type)
+        return batch
+
+
+def label_thresholds(config: PreTrainedConfig, where: str | Path = "the model") -> list[float]:
+    """A multi-label model's decision threshold per label, in label order: its config's `label_thresholds`
+    ({label: t}), or 0.5 for every label when it has none."""
+    import math
+
+    names = label_names_of(config)
+    saved = getattr(config, LABEL_THRESHOLDS_KEY, None)
+    if saved is None:
+        return [0.5] * len(names)
+    key = f"{where}: config.json {LABEL_THRESHOLDS_KEY}"
+    if not isinstance(saved, Mapping):
+        raise ModelError(f"{key} is {saved!r}; expected {{label: threshold}} for the labels {names[:10]}")
+    unknown = [k for k in saved if k not in names]
+    missing = [n for n in names if n not in saved]
+    if unknown or missing:
+        raise ModelError(
+            f"{key} names {unknown[:10]} that are not labels of the model and lacks {missing[:10]}; give one "
+            "threshold per label (its id2label names), or remove the key to use 0.5 for every label"
+        )
+    bad = {
+        k: v
+        for k, v in saved.items()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1
+    }
+    if bad:
+        raise ModelError(f"{key}: {dict(list(bad.items())[:10])} are not thresholds in [0, 1]; fix or remove them")
+    return [float(saved[n]) for n in names]
+
+
 def label_names_of(config: PreTrainedConfig) -> list[str]:
     return [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
 
@@ -139,6 +243,11 @@ def check_config_keys(given: dict[str, Any], config: PreTrainedConfig | type[Pre
     import difflib
     import inspect
 
+    if "problem_type" in given:
+        raise ModelError(
+            "model.config.problem_type: the problem type follows data.label_format (single, multi_label, "
+            "regression); remove the key and set data.label_format instead"
+        )
     from_data = [k for k in given if k in ("num_labels", "id2label", "label2id")]
     if from_data:
         raise ModelError(
@@ -174,6 +283,7 @@ def load_classifier(
     label_names: list[str],
     auto_class: type[AutoModelForImageClassification | AutoModelForSequenceClassification],
     task_words: str,
+    label_format: str = SINGLE,
 ) -> PreTrainedModel:
     """`auto_class.from_pretrained` (or `from_config` when not pretrained) with a head for `label_names`.
 
@@ -188,7 +298,9 @@ def load_classifier(
     original = checked_config(spec, name)
     try:
         # num_labels follows from id2label; passing both makes transformers warn about the old label map
-        config = AutoConfig.from_pretrained(name, **common, **label_maps(label_names, False), **spec.config)
+        config = AutoConfig.from_pretrained(
+            name, **common, **head_config(label_names, label_format, False), **spec.config
+        )
         if spec.pretrained:
             model = auto_class.from_pretrained(name, config=config, ignore_mismatched_sizes=True, **common)
         else:
@@ -295,3 +407,64 @@ def scores_to_rows(
         }
         for key, row_s, row_i in zip(keys, scores, ids, strict=True)
     ]
+
+
+def rows_from_logits(
+    keys: list[str], key_name: str, logits: torch.Tensor, config: PreTrainedConfig, k: int
+) -> list[dict[str, Any]]:
+    """`predict`'s rows for one batch of logits, by the model's problem type: single-label the top-k softmax scores;
+    multi-label the labels whose sigmoid score reaches their threshold and the top-k scores; regression the value."""
+    fmt = label_format_of(config)
+    if fmt == MULTI_LABEL:
+        return multi_label_rows(keys, key_name, logits, config, k)
+    if fmt == REGRESSION:
+        return regression_rows(keys, key_name, logits, config)
+    return scores_to_rows(keys, key_name, logits.softmax(-1).cpu(), config.id2label, k)
+
+
+def multi_label_rows(
+    keys: list[str], key_name: str, logits: torch.Tensor, config: PreTrainedConfig, k: int
+) -> list[dict[str, Any]]:
+    """Per input: `labels`, every label with sigmoid score >= its threshold (highest score first), and
+    `predictions`, the top-k labels by score with their thresholds. The scores and decisions are those of
+    `multilabel_metrics` (float64 sigmoid, `p >= t`), so predict and the reported metrics agree exactly."""
+    import numpy as np
+
+    from ..multilabel_metrics import apply_thresholds, probabilities
+
+    if k < 1:
+        raise ValueError(f"top_k must be at least 1, got {k}")
+    names = label_names_of(config)
+    thresholds = label_thresholds(config)
+    probs = probabilities(logits)
+    chosen = apply_thresholds(logits, thresholds)
+    rows = []
+    for key, p, yes in zip(keys, probs, chosen, strict=True):
+        order = np.argsort(-p, kind="stable")  # highest first; ties in label order
+        rows.append(
+            {
+                key_name: key,
+                "labels": [{"label": names[i], "score": round(float(p[i]), 6)} for i in order if yes[i]],
+                "predictions": [
+                    {"label": names[i], "score": round(float(p[i]), 6), "threshold": thresholds[i]} for i in order[:k]
+                ],
+            }
+        )
+    return rows
+
+
+def regression_rows(
+    keys: list[str], key_name: str, outputs: torch.Tensor, config: PreTrainedConfig
+) -> list[dict[str, Any]]:
+    """Per input: `value`, the model's output as it is (a saved regression model outputs the target's own units),
+    and `predictions` [{label: the target's name, score: value}] as `pipeline()` gives it."""
+    import numpy as np
+
+    target = label_names_of(config)[0]
+    # float32 outputs as their shortest decimal (0.1234568, not 0.12345679104328156): the same float32 either way
+    values = outputs.detach().float().reshape(len(keys), -1)[:, 0].cpu().numpy().astype(np.float32)
+    rows = []
+    for key, v in zip(keys, values, strict=True):
+        value = float(str(v))
+        rows.append({key_name: key, "value": value, "predictions": [{"label": target, "score": value}]})
+    return rows

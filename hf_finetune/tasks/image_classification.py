@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,18 +26,23 @@ from ..errors import DataError, ModelError
 from ..models.weights import load_weights_file
 from ..recipe import AugmentationSpec, ModelSpec
 from ._common import (
+    SINGLE,
     BuiltModel,
     PredictInputs,
     Prepared,
     PrepareSettings,
     Preprocess,
     check_config_keys,
+    head_config,
+    head_description,
     hub_kwargs,
-    label_maps,
+    label_format_of,
+    label_thresholds,
+    labels_tensor,
     load_classifier,
     load_error,
+    rows_from_logits,
     saved_trust_remote_code,
-    scores_to_rows,
 )
 
 if TYPE_CHECKING:
@@ -57,7 +63,7 @@ ORIENTATION = 0x0112  # the EXIF tag that says how to rotate/flip the stored pix
 INPUTS = {"image": "image_column"}  # canonical column -> DataSpec key
 
 
-Builder = Callable[[ModelSpec, list[str]], BuiltModel]
+Builder = Callable[[ModelSpec, list[str], str], BuiltModel]  # (model spec, label names, data.label_format)
 _BUILDERS: list[tuple[Callable[[str], bool], Builder]] = []
 
 
@@ -71,18 +77,20 @@ def register_builder(matches: Callable[[str], bool]) -> Callable[[Builder], Buil
     return wrap
 
 
-def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
-    """The model with a head sized for `label_names` (id2label/label2id set) and its processor."""
+def build_model(spec: ModelSpec, label_names: list[str], label_format: str = SINGLE) -> BuiltModel:
+    """The model with a head for `label_names` (id2label/label2id set; regression: one output named after the
+    target) and `config.problem_type` for `label_format`, and its processor."""
+    head_config(label_names, label_format)  # refuse a bad format or target before any weights load
     for matches, builder in _BUILDERS:
         if matches(spec.name):
-            built = builder(spec, label_names)
-            logger.info("model: %s, %d labels", built.description, len(label_names))
+            built = builder(spec, label_names, label_format)
+            logger.info("model: %s, %s", built.description, head_description(label_names, label_format))
             return built
     raise ModelError(f"model.name {spec.name!r}: no builder matches")  # unreachable: the last builder matches all
 
 
 @register_builder(lambda name: name == "simple_cnn")
-def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+def build_simple_cnn(spec: ModelSpec, label_names: list[str], label_format: str = SINGLE) -> BuiltModel:
     from ..models import SimpleCNNConfig, SimpleCNNForImageClassification
 
     check_config_keys(spec.config, SimpleCNNConfig, "simple_cnn")
@@ -90,7 +98,7 @@ def build_simple_cnn(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     if spec.image_size:
         options["image_size"] = spec.image_size
     try:
-        config = SimpleCNNConfig(**options, **label_maps(label_names))
+        config = SimpleCNNConfig(**options, **head_config(label_names, label_format))
     except (TypeError, ValueError) as err:
         raise ModelError(f"model.config for simple_cnn: {err}") from None
     model = SimpleCNNForImageClassification(config)
@@ -124,7 +132,7 @@ def _simple_cnn_processor(config: SimpleCNNConfig) -> BaseImageProcessor:
 
 
 @register_builder(lambda name: name.startswith("timm:"))
-def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+def build_timm_architecture(spec: ModelSpec, label_names: list[str], label_format: str = SINGLE) -> BuiltModel:
     import timm
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
@@ -155,7 +163,9 @@ def build_timm_architecture(spec: ModelSpec, label_names: list[str]) -> BuiltMod
             pretrained_cfg.pop(key, None)
     if spec.image_size:
         pretrained_cfg["input_size"] = [3, spec.image_size, spec.image_size]
-    config = TimmWrapperConfig(architecture=arch, model_args=model_args or None, **label_maps(label_names))
+    config = TimmWrapperConfig(
+        architecture=arch, model_args=model_args or None, **head_config(label_names, label_format)
+    )
     config.pretrained_cfg = pretrained_cfg
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(source.state_dict())
@@ -226,13 +236,15 @@ def _timm_processor(pretrained_cfg: dict[str, Any], arch: str) -> TimmWrapperIma
 
 
 @register_builder(lambda name: True)
-def build_transformers_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+def build_transformers_model(spec: ModelSpec, label_names: list[str], label_format: str = SINGLE) -> BuiltModel:
     from transformers import AutoModelForImageClassification
 
     from .. import models  # noqa: F401  (registers simple_cnn with the Auto classes: a saved one loads here)
     from ..models.structure import is_timm_model
 
-    model = load_classifier(spec, spec.name, label_names, AutoModelForImageClassification, "image classification")
+    model = load_classifier(
+        spec, spec.name, label_names, AutoModelForImageClassification, "image classification", label_format
+    )
     if is_timm_model(model) and not spec.pretrained:
         _timm_init(model)
     if spec.weights:
@@ -286,6 +298,8 @@ def load_trained(path: str | Path) -> BuiltModel:
         model = AutoModelForImageClassification.from_pretrained(str(path), trust_remote_code=trust)
     except Exception as err:
         raise ModelError(load_error(path, "image-classification", err)) from None
+    if label_format_of(model.config) == "multi_label":
+        label_thresholds(model.config, path)  # a bad `label_thresholds` is refused before anything is predicted
     processor = _saved_processor(path, model, trust)
     return BuiltModel(model, processor, str(path), preprocess_from_model(model, processor))
 
@@ -440,9 +454,13 @@ def _tensor_safe(interp: InterpolationMode) -> InterpolationMode:
     return interp if interp in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR) else InterpolationMode.BILINEAR
 
 
-def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> Mixup | None:
-    """timm's Mixup/CutMix for training batches (soft targets), or None when the recipe asks for neither."""
-    if not (aug.mixup_alpha or aug.cutmix_alpha):
+def batch_mixer(
+    aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0, label_format: str = SINGLE
+) -> Mixup | None:
+    """timm's Mixup/CutMix for training batches (soft targets), or None when the recipe asks for neither. Only
+    single-label batches are mixed: timm's Mixup turns class ids into one-hot rows, which multi-hot labels and
+    regression targets are not (the recipe refuses mixup for those formats)."""
+    if not (aug.mixup_alpha or aug.cutmix_alpha) or label_format != SINGLE:
         return None
     from timm.data import Mixup
 
@@ -567,12 +585,14 @@ def with_row_ids(ds: Dataset) -> Dataset:
     )
 
 
-def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def collate(rows: list[dict[str, Any]], problem_type: str | None = None) -> dict[str, torch.Tensor]:
+    """Stacked `pixel_values`, and `labels` as the model's `problem_type` takes them (`labels_tensor`: int64 [N]
+    class ids; multi-label float32 [N, L]; regression float32 [N])."""
     import torch
 
     batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
     if "labels" in rows[0]:
-        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        batch["labels"] = labels_tensor([r["labels"] for r in rows], problem_type)
     return batch
 
 
@@ -601,14 +621,18 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
         name: with_row_ids(ds).with_transform(train_fn) if name == "train" else ds.with_transform(eval_fn)
         for name, ds in splits.items()
     }
-    return Prepared(ready, collate)
+    problem_type = built.model.config.problem_type
+    # a partial of the module-level function pickles for worker processes; single-label keeps `collate` itself
+    collator = collate if label_format_of(built.model.config) == SINGLE else partial(collate, problem_type=problem_type)
+    return Prepared(ready, collator)
 
 
 def predict(
     built: BuiltModel, inputs: PredictInputs, top_k: int, device: str | torch.device = "cpu"
 ) -> list[dict[str, Any]]:
-    """One row per image file of one batch, with the saved model's own preprocessing: its top-k labels, or `error`
-    when the file cannot be read (the batch's other files are predicted all the same)."""
+    """One row per image file of one batch, with the saved model's own preprocessing: its top-k labels (multi-label:
+    also the labels over their thresholds; regression: the value; see `rows_from_logits`), or `error` when the file
+    cannot be read (the batch's other files are predicted all the same)."""
     import torch
 
     transform = build_eval_transform(built)
@@ -623,9 +647,9 @@ def predict(
             rows[i] = {"image": path, "error": str(err)}
     if good:
         with torch.no_grad():
-            probs = built.model(pixel_values=torch.stack(pixels).to(device)).logits.softmax(-1).cpu()
+            logits = built.model(pixel_values=torch.stack(pixels).to(device)).logits
         keys = [str(inputs[i]) for i in good]
-        for i, row in zip(good, scores_to_rows(keys, "image", probs, built.model.config.id2label, top_k), strict=True):
+        for i, row in zip(good, rows_from_logits(keys, "image", logits, built.model.config, top_k), strict=True):
             rows[i] = row
     return rows
 

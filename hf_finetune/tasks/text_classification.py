@@ -20,18 +20,23 @@ from ..errors import ModelError
 from ..models.weights import load_weights_file
 from ..recipe import AugmentationSpec, ModelSpec
 from ._common import (
+    SINGLE,
     BuiltModel,
+    LabelsAs,
     PredictInputs,
     Prepared,
     PrepareSettings,
     checked_config,
+    head_config,
+    head_description,
     hub_kwargs,
-    label_maps,
+    label_format_of,
+    label_thresholds,
     load_classifier,
     load_error,
     not_found,
+    rows_from_logits,
     saved_trust_remote_code,
-    scores_to_rows,
 )
 
 if TYPE_CHECKING:
@@ -76,15 +81,19 @@ def resolve_model_name(name: str) -> str:
     return str(module.get_model_path())
 
 
-def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
+def build_model(spec: ModelSpec, label_names: list[str], label_format: str = SINGLE) -> BuiltModel:
+    """The classifier (BERT-family head, or the toolkit's mean-pooling one) with a head for `label_names` and
+    `config.problem_type` for `label_format` (regression: one output named after the target), and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
+    head_config(label_names, label_format)  # refuse a bad format or target before any weights load
     name = resolve_model_name(spec.name)
     pooling = resolve_pooling(spec, name)
     if pooling == "mean" and not _is_mean_pooled_folder(name):
-        model = _build_mean_pooled(spec, name, label_names)
+        model = _build_mean_pooled(spec, name, label_names, label_format)
     else:
-        model = load_classifier(spec, name, label_names, AutoModelForSequenceClassification, "sequence classification")
+        words = "sequence classification"
+        model = load_classifier(spec, name, label_names, AutoModelForSequenceClassification, words, label_format)
     if spec.weights:
         from ..models.structure import head_parameter_names
 
@@ -95,7 +104,7 @@ def build_model(spec: ModelSpec, label_names: list[str]) -> BuiltModel:
     kind = "pretrained" if spec.pretrained else "random init"
     encoder = f" over {type(model.base_model).__name__}" if pooling == "mean" else ""
     description = f"{spec.name} ({type(model).__name__}{encoder}, {kind}, {pooling} pooling)"
-    logger.info("model: %s, %d labels", description, len(label_names))
+    logger.info("model: %s, %s", description, head_description(label_names, label_format))
     settled = {"model": replace(spec, pooling=pooling)} if spec.pooling != pooling else {}
     return BuiltModel(model, tokenizer, description, settled=settled)
 
@@ -163,7 +172,9 @@ def _is_mean_pooled_folder(name: str) -> bool:
         return False
 
 
-def _build_mean_pooled(spec: ModelSpec, name: str, label_names: list[str]) -> PreTrainedModel:
+def _build_mean_pooled(
+    spec: ModelSpec, name: str, label_names: list[str], label_format: str = SINGLE
+) -> PreTrainedModel:
     """The checkpoint's encoder (`AutoModel`, pretrained weights) under a new linear head on its mean-pooled states."""
     from transformers import AutoConfig, AutoModel
 
@@ -186,7 +197,9 @@ def _build_mean_pooled(spec: ModelSpec, name: str, label_names: list[str]) -> Pr
     if dropout is None:
         dropout = getattr(encoder_config, "hidden_dropout_prob", 0.1)
     config = MeanPoolingConfig(
-        encoder_config=encoder_config.to_dict(), classifier_dropout=dropout, **label_maps(label_names, False)
+        encoder_config=encoder_config.to_dict(),
+        classifier_dropout=dropout,
+        **head_config(label_names, label_format, False),
     )
     model = MeanPoolingForSequenceClassification(config)
     model.encoder = encoder  # the pretrained weights; only the head is new
@@ -288,7 +301,9 @@ def training_defaults() -> dict[str, Any]:
     return {"dataloader_num_workers": 0}
 
 
-def batch_mixer(aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0) -> None:
+def batch_mixer(
+    aug: AugmentationSpec, num_labels: int, label_smoothing: float = 0.0, label_format: str = SINGLE
+) -> None:
     """Texts are not mixed: mixup and cutmix blend pixels (the recipe refuses them for this task)."""
     return None
 
@@ -459,6 +474,9 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
         for name, ds in encoded.items()
     }
     collate = default_data_collator if pad_to_max else DataCollatorWithPadding(tokenizer)
+    if label_format_of(model.config) != SINGLE:
+        # both collators pick the labels' dtype from the Python values; the problem type decides it here
+        collate = LabelsAs(collate, model.config.problem_type)
     settled = {"tokenization": replace(settings.tokenization, max_length=max_length)} if asked is None else {}
     run_info = {"truncation": {"max_length": max_length, "chosen_by": how, "splits": reports}}
     return Prepared(ready, collate, settled, run_info)
@@ -476,6 +494,8 @@ def load_trained(path: str | Path) -> BuiltModel:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=trust)
     except Exception as err:
         raise ModelError(load_error(path, "text-classification", err)) from None
+    if label_format_of(model.config) == "multi_label":
+        label_thresholds(model.config, path)  # a bad `label_thresholds` is refused before anything is predicted
     return BuiltModel(model, _load_tokenizer(str(path), trust_remote_code=trust), str(path))
 
 
@@ -483,7 +503,8 @@ def predict(
     built: BuiltModel, inputs: PredictInputs, top_k: int, device: str | torch.device = "cpu"
 ) -> list[dict[str, Any]]:
     """One row per text of one batch, or per `(text, text_pair)` for a model trained on sentence pairs: its top-k
-    labels, or `error` for an empty text (the batch's other texts are predicted all the same)."""
+    labels (multi-label: also the labels over their thresholds; regression: the value; see `rows_from_logits`), or
+    `error` for an empty text (the batch's other texts are predicted all the same)."""
     import torch
 
     tokenizer, model = built.processor, built.model
@@ -505,8 +526,8 @@ def predict(
     columns = [[rows[i]["text"] for i in good], *([[rows[i]["text_pair"] for i in good]] if pairs else [])]
     batch = tokenizer(*columns, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     with torch.no_grad():
-        probs = model(**batch.to(device)).logits.softmax(-1).cpu()
-    scored = scores_to_rows(columns[0], "text", probs, model.config.id2label, top_k)
+        logits = model(**batch.to(device)).logits
+    scored = rows_from_logits(columns[0], "text", logits, model.config, top_k)
     for i, row in zip(good, scored, strict=True):
-        rows[i] = {**rows[i], "predictions": row["predictions"]}
+        rows[i] = {**rows[i], **{k: v for k, v in row.items() if k != "text"}}
     return rows
