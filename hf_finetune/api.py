@@ -558,7 +558,7 @@ def evaluate(
     # training transform (augmentation), and a folder without split sub-folders loads as "train"
     prepared = task.prepare(built, {"eval": chosen[split]}, settings)
     train = loaded.splits["train"] if data is None and "train" in loaded.splits else None
-    loss = formats.saved_loss(recipe, output_dir, train, labels)
+    loss = formats.saved_loss(recipe, output_dir, train, labels, built.model.config)
     prefix = METRIC_PREFIX.get(split, split) if data is None else "eval"
     result = _score(recipe, task, built, labels, prepared, "eval", prefix, loss, batch_size)
     result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))

@@ -492,9 +492,11 @@ def _transfer(facts: CardFacts) -> list[str]:
         lines.append(f"{probe}, then fine-tuning at {rate}")
     fit = facts.run.get("probe")
     if fit:
+        # a ridge regression (regression targets) is tuned by its penalty alpha, a logistic regression by C
+        key, what = ("alpha", "ridge penalty alpha") if "alpha" in fit else ("C", "L2 strength C")
         lines.append(
-            f"probe {fit['fitted_on']}; L2 strength C = {fit['C']:g} chosen by {fit['chosen_by']} from "
-            f"{[g['C'] for g in fit['grid']]}; features {fit['feature_seconds']:.1f} s, fit {fit['fit_seconds']:.1f} s"
+            f"probe {fit['fitted_on']}; {what} = {fit[key]:g} chosen by {fit['chosen_by']} from "
+            f"{[g[key] for g in fit['grid']]}; features {fit['feature_seconds']:.1f} s, fit {fit['fit_seconds']:.1f} s"
         )
     if tr.layer_decay is not None:
         lines.append(f"layer-wise learning-rate decay {tr.layer_decay:g}")

@@ -95,16 +95,18 @@ def make_loss(
 
 
 def saved_loss(
-    recipe: Recipe, output_dir: Path, train: Dataset | None, label_names: list[str]
+    recipe: Recipe, output_dir: Path, train: Dataset | None, label_names: list[str], config: Any = None
 ) -> Callable[..., torch.Tensor] | None:
-    """The loss a saved run trained with, for `evaluate`: the same numbers as its metrics.json."""
+    """The loss a saved run trained with, for `evaluate`: the same numbers as its metrics.json (a regression model
+    trained on standardised targets is scored in those units, from the scaler its `config` records)."""
     from . import loss
 
     fmt = recipe.data.label_format
     if fmt == "multi_label":
         return loss.MultiLabelBCE(loss.saved_pos_weights(recipe.loss.pos_weight, output_dir, label_names))
     if fmt == "regression":
-        return loss.RegressionLoss(recipe.loss.regression, recipe.loss.huber_delta)
+        scaler = getattr(config, TARGET_SCALER_KEY, None)
+        return loss.RegressionLoss(recipe.loss.regression, recipe.loss.huber_delta, scaler)
     train_labels = train["label"] if train is not None else None
     weights = loss.saved_class_weights(recipe.loss.class_weights, output_dir, train_labels, label_names)
     smoothing = float(recipe.training.get("label_smoothing_factor") or 0.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,10 +129,15 @@ class MultiLabelBCE:
 
 
 class RegressionLoss:
-    """Mean squared error or Huber loss between the model's one output and the float target (batch mean)."""
+    """Mean squared error or Huber loss between the model's one output and the float target (batch mean).
 
-    def __init__(self, kind: str = "mse", delta: float = 1.0) -> None:
+    `scaler` ({"mean", "std"}): outputs and targets are in the original units but the run trained on standardised
+    ones (a saved model whose head absorbed the scaler); both are standardised first, so the loss is the one
+    training reported."""
+
+    def __init__(self, kind: str = "mse", delta: float = 1.0, scaler: Mapping[str, float] | None = None) -> None:
         self.kind, self.delta = kind, delta
+        self.scaler = None if scaler is None else (float(scaler["mean"]), float(scaler["std"]))
 
     def __call__(
         self, outputs: object, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
@@ -141,6 +146,9 @@ class RegressionLoss:
 
         predicted = _logits(outputs).reshape(-1)
         target = labels.reshape(-1).to(predicted.dtype)
+        if self.scaler is not None:
+            mean, std = self.scaler
+            predicted, target = (predicted - mean) / std, (target - mean) / std
         if self.kind == "huber":
             return F.huber_loss(predicted, target, delta=self.delta)
         return F.mse_loss(predicted, target)

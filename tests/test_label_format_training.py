@@ -157,7 +157,7 @@ def test_regression_run_writes_metrics_plots_and_the_scaler(regression_run: Path
     assert test["rmse"] < 0.95 * test["baseline"]["rmse"] and test["r2"] > 0.1
     for name in test["plots"].values():
         assert (regression_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert metrics["run"]["splits"]["test"]["target"]["min"] == 100.0
+    assert metrics["run"]["splits"]["test"]["target"]["min"] == pytest.approx(100.0)
 
 
 def test_regression_predict_and_eval_are_in_the_original_units(regression_run: Path, digit_table: Path):
