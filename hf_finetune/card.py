@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -62,6 +62,24 @@ INDEX_METRICS = (
     ("precision_macro", "precision", "macro", "Precision (macro)"),
     ("recall_macro", "recall", "macro", "Recall (macro)"),
 )
+# multi-label and regression runs: the model-index rows (metrics.json key, type, config, name); only finite values
+FORMAT_INDEX_METRICS = {
+    "multi_label": (
+        ("f1_micro", "f1", "micro", "F1 (micro)"),
+        ("f1_macro", "f1", "macro", "F1 (macro)"),
+        ("map", "mean_average_precision", None, "mAP"),
+        ("subset_accuracy", "accuracy", "subset", "Subset accuracy"),
+        ("hamming_loss", "hamming_loss", None, "Hamming loss"),
+    ),
+    "regression": (
+        ("mae", "mae", None, "MAE"),
+        ("rmse", "rmse", None, "RMSE"),
+        ("r2", "r_squared", None, "R²"),
+        ("pearson", "pearsonr", None, "Pearson"),
+        ("spearman", "spearmanr", None, "Spearman"),
+    ),
+}
+FORMAT_METRICS = {"multi_label": ["f1", "mean_average_precision"], "regression": ["mae", "rmse", "r_squared"]}
 # `builtin:` models are Hub models packaged for offline use; the card names the Hub original
 BUILTIN_BASE_MODELS = {"builtin:all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 TEXT_EXAMPLE = "Replace this sentence with the text you want to classify."
@@ -205,8 +223,8 @@ def build_card_data(facts: CardFacts) -> ModelCardData:
             metric_value=round(float(m[key]), 4),
         )
         for prefix, m in facts.splits.items()
-        for key, metric_type, config, name in INDEX_METRICS
-        if m.get(key) is not None
+        for key, metric_type, config, name in FORMAT_INDEX_METRICS.get(facts.data.label_format, INDEX_METRICS)
+        if _finite(m.get(key))
     ]
     tags = ["hf_finetune", facts.task]
     if facts.model.is_timm:
@@ -222,7 +240,7 @@ def build_card_data(facts: CardFacts) -> ModelCardData:
         tags=tags,
         base_model=base_model(facts.model),
         datasets=[source["id"]] if source["id"] else None,
-        metrics=["accuracy", "f1", "precision", "recall"],
+        metrics=FORMAT_METRICS.get(facts.data.label_format, ["accuracy", "f1", "precision", "recall"]),
         eval_results=eval_results or None,
     )
 
@@ -270,6 +288,8 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
     headline = _headline(splits)
     run = facts.run
     code_files = shipped_code_files(out)
+    fmt = facts.data.label_format
+    single = bool(headline) and fmt == "single"
     return {
         "model_name": facts.model_name,
         "task": facts.task,
@@ -280,15 +300,19 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "dataset_id": data_source(facts.data, facts.task)["id"],
         "label_names": facts.label_names,
         "labels": [{"id": i, "name": _cell(n)} for i, n in enumerate(facts.label_names)],
-        "metric_rows": [_metric_row(p, m) for p, m in splits.items()],
+        "label_format": fmt,
+        "format_section": format_section(out, facts) if fmt != "single" else "",
+        "usage_section": usage_section(facts, code_files, facts.model_ref or str(out)) if fmt != "single" else "",
+        # the single-label tables; the other formats' results are in format_section
+        "metric_rows": [_metric_row(p, m) for p, m in splits.items()] if fmt == "single" else [],
         "topk_names": sorted({k for m in splits.values() for k in m if re.fullmatch(r"top\d+_accuracy", k)}),
         "has_baseline": any(_baseline(m, "baseline") is not None for m in splits.values()),
         "linear_baseline": _linear_baseline_note(splits),
-        "per_class_split": SPLIT_OF_PREFIX[headline] if headline and splits[headline].get("per_class") else None,
-        "per_class": _per_class(splits[headline]) if headline else [],
+        "per_class_split": SPLIT_OF_PREFIX[headline] if single and splits[headline].get("per_class") else None,
+        "per_class": _per_class(splits[headline]) if single else [],
         "confusion_images": _confusion_images(Path(out), splits),
         "data_splits": _data_splits(run),
-        "class_counts": _class_counts(run, facts.label_names),
+        "class_counts": _class_counts(run, facts.label_names, fmt),
         "data_notes": _data_notes(facts),
         "preprocessing": _preprocessing(facts),
         "transfer": _transfer(facts),
@@ -412,12 +436,28 @@ def _data_splits(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"split": name, "rows": info.get("rows")} for name, info in (run.get("splits") or {}).items()]
 
 
-def _class_counts(run: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
+def _class_counts(run: dict[str, Any], label_names: list[str], fmt: str = "single") -> dict[str, Any]:
     splits = {name: info.get("class_counts") or {} for name, info in (run.get("splits") or {}).items()}
     if not any(splits.values()):
         return {}
     rows = [{"label": _cell(n), "counts": [splits[s].get(n, 0) for s in splits]} for n in label_names]
-    return {"splits": list(splits), "rows": rows, "totals": [sum(c.values()) for c in splits.values()]}
+    if fmt == "multi_label":  # a row may carry several labels (or none): the column sums are not row counts
+        return {
+            "title": "Rows with each label, per split (a row can carry several labels, or none):",
+            "column": "label",
+            "splits": list(splits),
+            "rows": rows,
+            "totals": [(run["splits"][s] or {}).get("rows") for s in splits],
+            "total_name": "rows",
+        }
+    return {
+        "title": "Rows per class and split:",
+        "column": "class",
+        "splits": list(splits),
+        "rows": rows,
+        "totals": [sum(c.values()) for c in splits.values()],
+        "total_name": "total",
+    }
 
 
 def _data_notes(facts: CardFacts) -> list[str]:
@@ -569,6 +609,8 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def limitations(facts: CardFacts) -> list[str]:
     """Caveats that follow from this run's own numbers, then the ones every classifier of this kind has."""
+    if facts.data.label_format != "single":
+        return _format_limitations(facts)
     splits = facts.splits
     headline = _headline(splits)
     notes = _headline_caveats(SPLIT_OF_PREFIX[headline], splits[headline]) if headline else []
@@ -655,3 +697,218 @@ def _imbalance_caveat(train_counts: dict[str, int]) -> list[str]:
         f"The training data is imbalanced ({big}: {train_counts[big]} rows, {few}: {train_counts[few]}); "
         "accuracy hides how the rare classes fare — read the per-class table."
     ]
+
+
+# --------------------------------------------------------------------------------------------- multi-label, regression
+
+
+def _finite(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _num(value: Any) -> str:
+    """A table cell: four decimals, or n/a for a missing or non-finite value (Pearson of a constant prediction)."""
+    return f"{float(value):.4f}" if _finite(value) else "n/a"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_section(out: Path, facts: CardFacts) -> str:
+    """The results of a multi-label or regression run, as markdown (the single-label card has its own tables)."""
+    if facts.data.label_format == "multi_label":
+        return _multi_label_section(facts)
+    return _regression_section(Path(out), facts)
+
+
+def _multi_label_section(facts: CardFacts) -> str:
+    splits, run = facts.splits, facts.run
+    keys = ("f1_micro", "f1_macro", "f1_samples", "map", "subset_accuracy", "hamming_loss")
+    header = ["split", "rows", "F1 (micro)", "F1 (macro)", "F1 (samples)", "mAP", "exact match", "Hamming loss"]
+    header += ["prevalence F1 (micro)", "prevalence mAP"]
+    linear = any(_baseline(m, "baseline_linear") for m in splits.values())
+    if linear:
+        header += ["linear F1 (micro)", "linear mAP"]
+    rows = []
+    for prefix, m in splits.items():
+        b, lin = _baseline(m, "baseline") or {}, _baseline(m, "baseline_linear") or {}
+        row = [SPLIT_OF_PREFIX[prefix], m.get("num_samples", ""), *(_num(m.get(k)) for k in keys)]
+        row += [_num(b.get("f1_micro")), _num(b.get("map"))]
+        if linear:
+            row += [_num(lin.get("f1_micro")), _num(lin.get("map"))]
+        rows.append(row)
+    parts = ["## Results", "", _table(header, rows), ""]
+    parts.append(
+        "A label is predicted when its sigmoid score reaches its threshold. mAP (the mean over labels of average "
+        "precision) needs no threshold. The prevalence columns score always answering the labels present in at "
+        "least half of the training rows, with each label's training share as its score."
+    )
+    if linear:
+        parts.append(_linear_baseline_note(splits).replace("logistic-regression columns", "linear columns"))
+    thresholds = run.get("thresholds") or {}
+    if thresholds.get("mode") == "tune" and "eval" in splits:
+        parts.append(
+            "The validation split chose the thresholds, so its F1 scores are optimistic; the test split's are the "
+            "honest ones."
+        )
+    headline = _headline(splits)
+    per_label = splits[headline].get("per_class") if headline else None
+    if per_label:
+        parts += ["", f"### Per label ({SPLIT_OF_PREFIX[headline]} split)", ""]
+        parts.append(
+            _table(
+                ["label", "precision", "recall", "F1", "positives", "average precision", "threshold"],
+                [
+                    [
+                        _cell(r["label"]),
+                        _num(r.get("precision")),
+                        _num(r.get("recall")),
+                        _num(r.get("f1")),
+                        r.get("support", ""),
+                        _num(r.get("average_precision")),
+                        f"{float(r['threshold']):.3f}",
+                    ]
+                    for r in per_label
+                ],
+            )
+        )
+    if thresholds:
+        parts += ["", "### Decision thresholds", ""]
+        values = thresholds.get("values") or {}
+        if thresholds.get("mode") == "tune":
+            parts.append(
+                "Each label's threshold is the one with the best F1 on the validation split (`metrics.thresholds: "
+                "tune`), chosen after training."
+            )
+        else:
+            parts.append(
+                f"Every label uses the fixed threshold `metrics.thresholds: {next(iter(values.values()), '')}`."
+            )
+        if thresholds.get("untuned"):
+            parts.append(
+                f"No validation row had {', '.join(map(str, thresholds['untuned']))}: they keep the threshold 0.5."
+            )
+        parts.append(
+            "`config.json` holds them as `label_thresholds`; `hf-finetune predict` and `hf-finetune eval` use them."
+        )
+    return "\n".join(parts)
+
+
+def _regression_section(out: Path, facts: CardFacts) -> str:
+    splits, run = facts.splits, facts.run
+    target = facts.label_names[0] if facts.label_names else "target"
+    keys = ("mae", "rmse", "r2", "pearson", "spearman")
+    header = ["split", "rows", "MAE", "RMSE", "R²", "Pearson", "Spearman", "mean-baseline MAE", "mean-baseline RMSE"]
+    linear = any(_baseline(m, "baseline_linear") for m in splits.values())
+    if linear:
+        header += ["ridge MAE", "ridge RMSE"]
+    rows = []
+    for prefix, m in splits.items():
+        b, lin = _baseline(m, "baseline") or {}, _baseline(m, "baseline_linear") or {}
+        row = [SPLIT_OF_PREFIX[prefix], m.get("num_samples", ""), *(_num(m.get(k)) for k in keys)]
+        row += [_num(b.get("mae")), _num(b.get("rmse"))]
+        if linear:
+            row += [_num(lin.get("mae")), _num(lin.get("rmse"))]
+        rows.append(row)
+    parts = ["## Results", "", f"The model predicts **{_cell(target)}**, a number.", "", _table(header, rows), ""]
+    means = [b.get("value") for m in splits.values() if (b := _baseline(m, "baseline")) and _finite(b.get("value"))]
+    if means:
+        parts.append(
+            f"The mean-baseline columns score always answering the training mean ({means[0]:.4g}); R² compares "
+            "the model with that same constant, so R² ≤ 0 means the model does no better."
+        )
+    if any(not _finite(m.get(k)) for m in splits.values() for k in ("pearson", "spearman")):
+        parts.append("n/a: the correlation is undefined because the predictions (or the targets) do not vary.")
+    scaler = run.get("target_scaler")
+    if scaler:
+        parts.append(
+            f"Training standardised the targets (mean {scaler['mean']:.6g}, standard deviation {scaler['std']:.6g}, "
+            "from the training rows); the saved model's head has them folded in, so it outputs the original units."
+        )
+    images = []
+    for prefix, m in splits.items():
+        for kind, title in (("scatter", "Predicted vs true"), ("residuals", "Residuals")):
+            name = (m.get("plots") or {}).get(kind)
+            if name and (out / name).is_file():
+                images.append(f"![{title}, {SPLIT_OF_PREFIX[prefix]} split]({name})")
+    if images:
+        parts += ["", "### Predicted vs true", "", "\n".join(images)]
+    return "\n".join(parts)
+
+
+def usage_section(facts: CardFacts, code_files: Sequence[str], model_ref: str) -> str:
+    """How to use a multi-label or regression model with `pipeline()`, and with the toolkit's own predict."""
+    image = facts.task == "image-classification"
+    trust = bool(code_files) or facts.model.name == "simple_cnn" or facts.model.trust_remote_code
+    lines = ["## How to use", "", "```python", "from transformers import pipeline", ""]
+    if trust:
+        lines.append("# The model's code is in the repo, beside its weights: trust_remote_code=True runs it (read it).")
+    extra = ", trust_remote_code=True" if trust else ""
+    example = '"photo.jpg"' if image else f'"{TEXT_EXAMPLE}"'
+    if facts.data.label_format == "multi_label":
+        lines += [
+            f'tagger = pipeline("{facts.task}", model="{model_ref}"{extra})',
+            f"scores = tagger({example}, top_k=None)  # every label with its sigmoid score, best first",
+            "thresholds = tagger.model.config.label_thresholds  # tuned per label when the model was trained",
+            'labels = [s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]',
+            "```",
+            "",
+            "`pipeline()` applies the sigmoid (the config says `problem_type: multi_label_classification`) but knows "
+            "no thresholds: compare each score with `config.label_thresholds` as above. `hf-finetune predict` does "
+            "that and lists the labels above their thresholds.",
+        ]
+    else:
+        lines += [
+            f'regressor = pipeline("{facts.task}", model="{model_ref}"{extra})',
+            f'value = regressor({example}, function_to_apply="none")[0]["score"]  # the predicted '
+            f"{facts.label_names[0] if facts.label_names else 'value'}",
+            "```",
+            "",
+            "For `problem_type: regression` `pipeline()` already returns the raw output (no sigmoid or softmax) as "
+            'the one entry\'s `"score"`, under the target\'s name as `"label"`; `function_to_apply="none"` only '
+            "says so. The value is in the target's own units.",
+        ]
+    return "\n".join(lines)
+
+
+def _format_limitations(facts: CardFacts) -> list[str]:
+    """Caveats of a multi-label or regression run, from its own numbers, then the general ones."""
+    splits = facts.splits
+    headline = _headline(splits)
+    name = SPLIT_OF_PREFIX[headline] if headline else ""
+    m = splits[headline] if headline else {}
+    notes = []
+    if "test" not in splits and "eval" in splits:
+        notes.append("There is no separate test split: the numbers come from the validation split, which also chose "
+                     "the thresholds or the checkpoint, so they are optimistic.")  # fmt: skip
+    if facts.data.label_format == "multi_label":
+        few = [r["label"] for r in m.get("per_class") or [] if r.get("support", 0) < 10]
+        if few:
+            shown = ", ".join(map(str, few[:5])) + ("…" if len(few) > 5 else "")
+            notes.append(f"Some labels have fewer than 10 positive {name} rows ({shown}): their numbers are very "
+                         "uncertain.")  # fmt: skip
+        validation_rows = ((facts.run.get("splits") or {}).get("validation") or {}).get("rows")
+        if (facts.run.get("thresholds") or {}).get("mode") == "tune" and validation_rows and validation_rows < 200:
+            notes.append(f"The thresholds were tuned on {validation_rows} validation rows: with so few, a label's "
+                         "best threshold is itself uncertain.")  # fmt: skip
+        b = _baseline(m, "baseline") or {}
+        if _finite(m.get("f1_micro")) and _finite(b.get("f1_micro")) and m["f1_micro"] <= b["f1_micro"] + 0.05:
+            notes.append(f"Micro F1 ({m['f1_micro']:.3f}) is barely above answering the frequent labels always "
+                         f"({b['f1_micro']:.3f}): the model has learned little.")  # fmt: skip
+        notes.append("Labels are predicted independently: the model can give a row labels that never occur together.")
+    else:
+        if _finite(m.get("r2")) and m["r2"] <= 0:
+            notes.append(f"R² on the {name} split is {m['r2']:.3f}: the model does no better than always answering "
+                         "the training mean.")  # fmt: skip
+        summary = ((facts.run.get("splits") or {}).get("train") or {}).get("target") or {}
+        if _finite(summary.get("min")) and _finite(summary.get("max")):
+            notes.append(f"The training targets range from {summary['min']:.4g} to {summary['max']:.4g}: "
+                         "predictions outside that range are extrapolation.")  # fmt: skip
+    kind = "texts" if facts.task == "text-classification" else "images"
+    notes.append(f"The metrics hold for {kind} like the evaluation data; other sources can score lower.")
+    return notes

@@ -309,3 +309,67 @@ def test_every_transfer_strategy_trains_both_formats_on_a_transformers_model(
             assert test["baseline_linear"]["same_as"]
             probe = json.loads((out / "metrics.json").read_text())["run"]["probe"]
             assert ("C" in probe) if fmt == "multi_label" else ("alpha" in probe)
+
+
+def _card_snippet(out: Path, image: Path) -> str:
+    """The card's "How to use" code, pointed at one image: what a reader of the card would run."""
+    card = (out / "README.md").read_text(encoding="utf-8")
+    usage = card.split("## How to use", 1)[1]
+    code = usage.split("```python", 1)[1].split("```", 1)[0]
+    return code.replace('"photo.jpg"', repr(str(image)))
+
+
+def _run_without_hf_finetune(code: str, tmp_path: Path) -> str:
+    from tests.test_portable import NO_HF_FINETUNE, _plain_env
+
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir(exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_HF_FINETUNE + code],
+        cwd=cwd,
+        env=_plain_env(tmp_path / "home"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done.stdout
+
+
+def test_multi_label_card_shows_thresholds_and_its_snippet_gives_predicts_labels(
+    multi_label_run: Path, digit_table: Path, tmp_path: Path
+):
+    from huggingface_hub import ModelCard
+
+    card = (multi_label_run / "README.md").read_text(encoding="utf-8")
+    thresholds = json.loads((multi_label_run / "config.json").read_text())["label_thresholds"]
+    assert "An image tagger" in card and "### Decision thresholds" in card and "### Per label (test split)" in card
+    for name, value in thresholds.items():
+        assert f"| {name} |" in card and f"| {value:.3f} |" in card
+    assert "Confusion matrix" not in card and "nan" not in card.lower()
+    results = ModelCard.load(multi_label_run / "README.md").data.eval_results
+    saved = json.loads((multi_label_run / "metrics.json").read_text())["test"]
+    micro = next(r for r in results if r.dataset_split == "test" and r.metric_config == "micro")
+    assert micro.metric_value == pytest.approx(saved["f1_micro"], abs=1e-4)
+    image = sorted((digit_table / "img").glob("test_*.png"))[7]
+    code = _card_snippet(multi_label_run, image) + "\nprint('LABELS', json.dumps(labels))\n"
+    printed = _run_without_hf_finetune("import json\n" + code, tmp_path)
+    from_card = json.loads(printed.rsplit("LABELS ", 1)[1])
+    proc = _cli("predict", str(multi_label_run), str(image))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert from_card == [p["label"] for p in json.loads(proc.stdout)["labels"]]
+
+
+def test_regression_card_embeds_the_plots_and_its_snippet_gives_predicts_value(
+    regression_run: Path, digit_table: Path, tmp_path: Path
+):
+    card = (regression_run / "README.md").read_text(encoding="utf-8")
+    assert "An image regressor: it predicts value" in card
+    assert "![Predicted vs true, test split](regression_scatter_test.png)" in card
+    assert "folded in, so it outputs the original units" in card and "## Labels" not in card
+    image = sorted((digit_table / "img").glob("test_*.png"))[3]
+    printed = _run_without_hf_finetune(_card_snippet(regression_run, image) + "\nprint('VALUE', value)\n", tmp_path)
+    proc = _cli("predict", str(regression_run), str(image))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(printed.rsplit("VALUE ", 1)[1]) == pytest.approx(json.loads(proc.stdout)["value"], rel=1e-5)
