@@ -853,7 +853,9 @@ def usage_section(facts: CardFacts, code_files: Sequence[str], model_ref: str) -
     if facts.data.label_format == "multi_label":
         lines += [
             f'tagger = pipeline("{facts.task}", model="{model_ref}"{extra})',
-            f"scores = tagger({example}, top_k=None)  # every label with its sigmoid score, best first",
+            # the image pipeline caps top_k=None at 5 labels; the text one returns all with None
+            f"scores = tagger({example}, top_k={len(facts.label_names) if image else None})"
+            "  # every label with its sigmoid score, best first",
             "thresholds = tagger.model.config.label_thresholds  # tuned per label when the model was trained",
             'labels = [s["label"] for s in scores if s["score"] >= thresholds[s["label"]]]',
             "```",
