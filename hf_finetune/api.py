@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from .data.sources import LoadedData
-    from .metrics import ClassificationMetrics
+    from .metrics import SingleLabelMetrics
     from .multilabel_metrics import MultiLabelMetrics, ThresholdChoice
     from .outputs import OutputPlan
     from .probe import LinearBaseline, ProbeFit
@@ -115,13 +115,14 @@ class _Parts:
     plan: TransferPlan
     transfer_callbacks: list[TrainerCallback]
     prepared: Prepared  # the Trainer-ready splits and their collator
-    compute_metrics: ClassificationMetrics | MultiLabelMetrics | RegressionMetrics  # as data.label_format says
+    compute_metrics: SingleLabelMetrics | MultiLabelMetrics | RegressionMetrics  # as data.label_format says
     loss: Callable[..., torch.Tensor] | None  # None: the model's own loss
     mixup: BatchMixer | None
     probe: ProbeFit | None = None  # set by _fit_on_frozen_features when the strategy fits its head
     baseline: LinearBaseline | None = None  # metrics.baseline linear, set by _fit_on_frozen_features
     thresholds: ThresholdChoice | None = None  # multi_label: chosen on the validation split after training
-    plots: dict[str, PlotSample] = field(default_factory=dict)  # regression: each evaluated split's points
+    # each evaluated split's plot input: regression's points, single-label's score report (reliability diagram)
+    plots: dict[str, PlotSample | dict[str, Any]] = field(default_factory=dict)
 
 
 def _check_output_dir(recipe: Recipe, recipe_file: Path | None) -> OutputPlan:
@@ -147,13 +148,13 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     it, and seeding only when Trainer starts would give two runs of one recipe different starting weights."""
     from transformers import enable_full_determinism, set_seed
 
-    from .formats import batched
+    from .formats import batch_eval_metrics
     from .recipe import best_metric
     from .trainer import build_training_args, log_distribution, mixed_precision, training_defaults
 
     precision = mixed_precision(recipe.training, dict(os.environ))
-    # multi-label and regression metrics accumulate batch by batch (gathered across processes): bounded memory
-    task_defaults = {**task.training_defaults(), "batch_eval_metrics": batched(recipe.data.label_format)}
+    # every format's metrics accumulate batch by batch (gathered across processes): bounded memory
+    task_defaults = {**task.training_defaults(), "batch_eval_metrics": batch_eval_metrics(recipe)}
     defaults = training_defaults(recipe.training, task_defaults, best_metric(recipe))
     args = build_training_args(recipe.training, defaults)
     _refuse_what_processes_cannot_run(recipe, args.world_size)
@@ -353,7 +354,6 @@ def _probe_class_weight(recipe: Recipe) -> dict[int, float] | str | None:
 def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[TrainerCallback]) -> Trainer:
     from . import transfer
     from .checkpoints import CheckpointMarker, ResumeWeightsCheck
-    from .formats import preprocess_logits
     from .trainer import avoid_single_sample_last_batch, build_trainer
 
     model, plan, mixing = parts.built.model, parts.plan, parts.mixup is not None
@@ -369,7 +369,7 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
         collate=parts.prepared.collate,
         processor=parts.built.processor,
         compute_metrics=parts.compute_metrics,
-        preprocess_logits=preprocess_logits(parts.data.label_format, parts.compute_metrics),
+        preprocess_logits=None,  # every format's metrics read the full logits
         callbacks=[*run_callbacks, *parts.transfer_callbacks, *callbacks],
         param_groups=(
             (lambda m, decay: transfer.param_groups(m, plan, args.learning_rate, args.weight_decay, decay))
@@ -417,8 +417,9 @@ def _evaluate_splits(trainer: Trainer, recipe: Recipe, parts: _Parts) -> dict[st
         prefix = METRIC_PREFIX[split]
         scalars = trainer.evaluate(ds, metric_key_prefix=prefix)
         results[prefix] = formats.split_metrics(scalars, prefix, fmt, parts.compute_metrics.last_report)
-        if fmt == "regression" and parts.compute_metrics.last_plot_sample is not None:
-            parts.plots[prefix] = parts.compute_metrics.last_plot_sample
+        sample = formats.plot_sample(fmt, parts.compute_metrics)
+        if sample is not None:
+            parts.plots[prefix] = sample
         results[prefix]["baseline"] = formats.constant_baseline(
             fmt, data.splits["train"], data.splits[split], data.label_names, data.target_scaler
         )
@@ -637,7 +638,7 @@ def _score(
             label_smoothing_factor=smoothing,
             dataloader_pin_memory=torch.cuda.is_available(),
             report_to="none",
-            batch_eval_metrics=formats.batched(fmt),
+            batch_eval_metrics=formats.batch_eval_metrics(recipe),
             **task.training_defaults(),
         )
         trainer = build_trainer(
@@ -648,7 +649,7 @@ def _score(
             collate=prepared.collate,
             processor=None,
             compute_metrics=compute_metrics,
-            preprocess_logits=formats.preprocess_logits(fmt, compute_metrics),
+            preprocess_logits=None,
             loss=loss,
         )
         scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)

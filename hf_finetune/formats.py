@@ -1,9 +1,12 @@
 """What each `data.label_format` changes in a run: its compute_metrics, loss, constant baseline, per-label
 thresholds, run-info counts and plots. `api.py` asks this module instead of branching on the format itself.
 
-- single: `ClassificationMetrics` on top-k indices (`make_preprocess_logits`), cross entropy, majority class.
-- multi_label: `MultiLabelMetrics` on the full logits, accumulated batch by batch (Trainer's `batch_eval_metrics`,
-  gathered across processes), BCE with logits (`loss.pos_weight`), the prevalence baseline, thresholds tuned on
+Every format's metrics take the full logits batch by batch (Trainer's `batch_eval_metrics`, each batch gathered
+across processes: bounded memory), or all at once where the recipe sets `training.batch_eval_metrics: false`.
+
+- single: `SingleLabelMetrics` (accuracy, F1…, top-k, extras, and the score metrics: ROC/PR-AUC, log loss, Brier,
+  ECE, with a reliability diagram per evaluated split), cross entropy, majority class.
+- multi_label: `MultiLabelMetrics`, BCE with logits (`loss.pos_weight`), the prevalence baseline, thresholds tuned on
   the validation split (`metrics.thresholds`) and saved in the model's config.
 - regression: `RegressionMetrics` in the targets' own units (undoing `data.standardize_targets`), MSE or Huber, the
   train-mean baseline, the scatter and residual plots.
@@ -17,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .names import LABEL_THRESHOLDS_KEY, TARGET_SCALER_KEY, regression_plot_files
+from .names import LABEL_THRESHOLDS_KEY, TARGET_SCALER_KEY, regression_plot_files, reliability_diagram_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,25 +57,17 @@ def make_metrics(recipe: Recipe, label_names: list[str], target_scaler: Mapping[
         from .regression_metrics import RegressionMetrics
 
         return RegressionMetrics(label_names, target_scaler=target_scaler)
-    from .metrics import ClassificationMetrics
+    from .metrics import make_single_label_metrics
 
-    compute_metrics = ClassificationMetrics(label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
+    compute_metrics = make_single_label_metrics(label_names, top_k=recipe.metrics.top_k, extra=recipe.metrics.extra)
     compute_metrics.load()  # an unavailable extra metric fails before training, not after it
     return compute_metrics
 
 
-def preprocess_logits(fmt: str, compute_metrics: Any) -> Callable[..., Any] | None:
-    """Single-label metrics need only the top-k class ids; the other formats need every logit."""
-    if fmt != "single":
-        return None
-    from .metrics import make_preprocess_logits
-
-    return make_preprocess_logits(compute_metrics.max_k)
-
-
-def batched(fmt: str) -> bool:
-    """Whether evaluation streams batches into the metrics (memory bounded) instead of keeping every logit."""
-    return fmt != "single"
+def batch_eval_metrics(recipe: Recipe) -> bool:
+    """Whether evaluation streams batches into the metrics (memory bounded; the default) or hands them every logit
+    at once (`training.batch_eval_metrics: false`, honoured: the metrics give the same numbers either way)."""
+    return bool(recipe.training.get("batch_eval_metrics", True))
 
 
 def make_loss(
@@ -250,8 +245,24 @@ def _summary(t: np.ndarray) -> dict[str, float | None]:
     return {"mean": float(t.mean()), "std": float(t.std()), "min": float(t.min()), "max": float(t.max())}
 
 
-def write_plots(out: Path, prefix: str, sample: PlotSample, title: str) -> dict[str, str]:
-    """Regression: the scatter and residual PNGs of one evaluated split's points; their file names."""
+def plot_sample(fmt: str, compute_metrics: Any) -> PlotSample | Mapping[str, Any] | None:
+    """What the last evaluation leaves to plot: regression's points, single-label's score report (reliability)."""
+    if fmt == "regression":
+        return compute_metrics.last_plot_sample
+    if fmt == "single":
+        return compute_metrics.score_report
+    return None
+
+
+def write_plots(out: Path, prefix: str, sample: PlotSample | Mapping[str, Any], title: str) -> dict[str, str]:
+    """One evaluated split's PNGs and their file names: the reliability diagram (single-label, from its score
+    report), or the scatter and residual plots (regression, from its points)."""
+    if isinstance(sample, Mapping):
+        from .score_metrics import write_reliability_diagram
+
+        name = reliability_diagram_file(prefix)
+        write_reliability_diagram(sample, out / name, title=title)
+        return {"reliability": name}
     from .regression_metrics import write_regression_plots
 
     scatter, residuals = regression_plot_files(prefix)

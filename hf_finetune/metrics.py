@@ -1,8 +1,11 @@
 """Evaluation metrics for classifiers trained with the Hugging Face Trainer.
 
 - `make_preprocess_logits(k)` shrinks logits to top-k class indices before Trainer gathers them.
-- `ClassificationMetrics` is a `compute_metrics` callable: it returns scalars for logging and keeps the
-  full report (per-class rows, confusion matrix) of its last call in `last_report`.
+- `ClassificationMetrics` is a `compute_metrics` callable, with or without Trainer's ``batch_eval_metrics``: it
+  returns scalars for logging and keeps the full report (per-class rows, confusion matrix) of its last evaluation
+  in `last_report`. It keeps each row's top-k class indices (int64), never the logits.
+- `SingleLabelMetrics` (`make_single_label_metrics`) is what a single-label run evaluates with: those metrics and
+  `hf_finetune.score_metrics.ScoreMetrics` (ROC/PR-AUC, log loss, Brier, ECE) on the same streamed logits.
 - `per_class_table` and `write_confusion_matrix` turn that report into text, CSV and PNG.
 
 The numbers come from the `classification_report` evaluate module shipped in `hf_finetune/metric_modules/`,
@@ -252,6 +255,11 @@ class ClassificationMetrics:
 
     Predictions may be class indices [N], top-k indices [N, k] from `make_preprocess_logits` (needs k >= max(top_k)),
     or raw float logits [N, C]. Rows whose label is negative (e.g. -100 padding) are dropped and counted.
+
+    Called as ``metrics(eval_pred, compute_result=False)`` it only accumulates (Trainer's ``batch_eval_metrics``);
+    with ``compute_result=True`` (the default, hence also a plain whole-array call) it accumulates, returns the
+    scalars and starts over. Batched or whole, the numbers are the same: the report is computed once, on every
+    accumulated row. Memory: ``8 · (max_k + 1)`` bytes per evaluated row.
     """
 
     def __init__(self, label_names: list[str], top_k: Sequence[int] = (), extra: Sequence[str] = ()) -> None:
@@ -268,6 +276,10 @@ class ClassificationMetrics:
         self.extra: tuple[str, ...] = tuple(extra)
         self.last_report: dict[str, Any] | None = None
         self._extra_modules: list[tuple[str, str, Any]] | None = None
+        # keys another metric reports beside these (SingleLabelMetrics' score keys): an extra metric's key is
+        # renamed off them as off this class's own
+        self.reserved_keys: frozenset[str] = frozenset()
+        self.reset()
 
     @property
     def max_k(self) -> int:
@@ -291,14 +303,50 @@ class ClassificationMetrics:
                 modules.append((name, _metric_name(name, module), module))
             self._extra_modules = modules
 
-    def __call__(self, eval_pred: EvalPrediction) -> dict[str, float]:
-        self.load()
-        labels = _label_vector(eval_pred.label_ids)
-        need_columns = max(self.top_k, default=1)
-        preds = _prediction_matrix(eval_pred.predictions, need_columns)
+    def reset(self) -> None:
+        """Forget the batches accumulated for the evaluation in progress."""
+        self._batches: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def update(self, predictions: Any, label_ids: Any) -> None:
+        """Add one batch (Trainer's ``batch_eval_metrics``): predictions as `__call__` takes them, labels [n].
+
+        Only each row's top ``max_k`` class indices and its label are kept (int64), so an evaluation holds
+        ``8 · (max_k + 1)`` bytes per row, never the logits."""
+        from hf_finetune.multilabel_metrics import to_numpy
+
+        labels = _label_vector(to_numpy(label_ids))
+        preds = _prediction_matrix(to_numpy(predictions), max(self.top_k, default=1))
         if preds.shape[0] != labels.shape[0]:
             raise MetricError(f"got {preds.shape[0]} predictions but {labels.shape[0]} labels")
+        self._batches.append((preds, labels))
 
+    def compute(self) -> dict[str, float]:
+        """The scalars of every batch added since the last `reset` (sets `last_report`; does not reset)."""
+        import numpy as np
+
+        if not self._batches:
+            return self._score(np.zeros((0, 1), dtype=np.int64), np.zeros(0, dtype=np.int64))
+        width = min(p.shape[1] for p, _ in self._batches)
+        preds = np.concatenate([p[:, :width] for p, _ in self._batches])
+        return self._score(preds, np.concatenate([y for _, y in self._batches]))
+
+    def __call__(self, eval_pred: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
+        """Trainer's compute_metrics, with or without ``batch_eval_metrics``: ``compute_result=False`` only adds
+        the batch; True (a plain whole-array call too) adds it, returns the scalars and starts over."""
+        self.load()
+        try:
+            self.update(eval_pred.predictions, eval_pred.label_ids)
+        except Exception:
+            self.reset()  # a failed evaluation must not leak its batches into the next one
+            raise
+        if not compute_result:
+            return {}
+        try:
+            return self.compute()
+        finally:
+            self.reset()
+
+    def _score(self, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         keep = labels >= 0
         num_ignored = int((~keep).sum())
         labels, preds = labels[keep], preds[keep]
@@ -353,9 +401,10 @@ class ClassificationMetrics:
                 number = _as_float(value)
                 if number is None:
                     continue
-                out_key = key if key not in scalars else f"{metric_name}_{key}"
+                taken = scalars.keys() | self.reserved_keys
+                out_key = key if key not in taken else f"{metric_name}_{key}"
                 suffix = 2
-                while out_key in scalars:
+                while out_key in taken:
                     out_key = f"{metric_name}_{key}_{suffix}"
                     suffix += 1
                 scalars[out_key] = number
@@ -375,6 +424,91 @@ class ClassificationMetrics:
             )
         hits = (preds[:, :k] == labels[:, None]).any(axis=1)
         return float(hits.mean())
+
+
+class SingleLabelMetrics:
+    """The single-label run's `compute_metrics`: `ClassificationMetrics` and `ScoreMetrics` fed the same logits.
+
+    Takes float logits [N, C] (a model's output) and class indices [N] (-100 rows dropped), batch by batch under
+    Trainer's ``batch_eval_metrics`` (each batch gathered across processes, so several processes give the numbers
+    of one) or all at once without it. Returns the classification scalars (`SCALAR_KEYS`, top-k, extras) followed
+    by the score scalars (`hf_finetune.score_metrics.SCALAR_KEYS`, plus ``roc_auc``/``pr_auc`` for two classes);
+    an extra metric's key that clashes with a score key is renamed as for any clash. `last_report` is the
+    classification report with the score report under ``"scores"``.
+
+    Memory: the classification side keeps each row's top ``max_k`` class indices and label (``8 · (max_k + 1)``
+    bytes a row, what Trainer used to gather); the score side keeps a fixed number of counters (`ScoreMetrics`).
+    No logits outlive their batch, except that Trainer itself keeps them all when ``batch_eval_metrics`` is false.
+    """
+
+    def __init__(self, classification: ClassificationMetrics, scores: Any) -> None:
+        self.classification = classification
+        self.scores = scores
+        classification.reserved_keys = frozenset(scores.keys)
+        self.last_report: dict[str, Any] | None = None
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.classification.label_names
+
+    @property
+    def max_k(self) -> int:
+        return self.classification.max_k
+
+    @property
+    def score_report(self) -> dict[str, Any] | None:
+        """The score report (calibration table included) of the last evaluation."""
+        return None if self.last_report is None else self.last_report.get("scores")
+
+    def load(self) -> None:
+        """See `ClassificationMetrics.load`."""
+        self.classification.load()
+
+    def reset(self) -> None:
+        self.classification.reset()
+        self.scores.reset()
+
+    def __call__(self, eval_pred: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
+        """Trainer's compute_metrics with or without ``batch_eval_metrics`` (see `ClassificationMetrics.__call__`)."""
+        import numpy as np
+
+        from hf_finetune.multilabel_metrics import to_numpy
+
+        self.load()
+        try:
+            logits = to_numpy(eval_pred.predictions)
+            if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating):
+                raise MetricError(
+                    f"single-label score metrics need the model's float logits [N, num_classes], got shape "
+                    f"{logits.shape} and dtype {logits.dtype}; do not reduce them with preprocess_logits_for_metrics"
+                )
+            labels = to_numpy(eval_pred.label_ids)
+            self.classification.update(logits, labels)
+            self.scores.update(logits, labels)
+        except Exception:
+            self.reset()  # a failed evaluation must not leak its batches into the next one
+            raise
+        if not compute_result:
+            return {}
+        try:
+            scalars = self.classification.compute()
+            score_scalars = self.scores.compute()
+        finally:
+            self.reset()
+        report = dict(self.classification.last_report or {})
+        report["scores"] = self.scores.last_report
+        self.last_report = report
+        return {**scalars, **score_scalars}
+
+
+def make_single_label_metrics(
+    label_names: list[str], top_k: Sequence[int] = (), extra: Sequence[str] = ()
+) -> SingleLabelMetrics:
+    """`SingleLabelMetrics` for `label_names` (at least two: score metrics need a negative class)."""
+    from hf_finetune.score_metrics import ScoreMetrics
+
+    classification = ClassificationMetrics(label_names, top_k=top_k, extra=extra)
+    return SingleLabelMetrics(classification, ScoreMetrics(len(label_names), label_names=label_names))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

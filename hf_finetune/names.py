@@ -38,6 +38,11 @@ def confusion_matrix_files(prefix: str) -> tuple[str, str]:
     return f"{stem}.csv", f"{stem}.png"
 
 
+def reliability_diagram_file(prefix: str) -> str:
+    """The reliability diagram (PNG) of one evaluated single-label split (`prefix` as in metrics.json: eval, test)."""
+    return f"reliability_diagram_{prefix}.png"
+
+
 # data.label_format → the transformers `config.problem_type` the model is built with (pipeline() reads it: softmax,
 # sigmoid, or the raw output).
 PROBLEM_TYPES = {
