@@ -123,6 +123,7 @@ class _Parts:
     thresholds: ThresholdChoice | None = None  # multi_label: chosen on the validation split after training
     # each evaluated split's plot input: regression's points, single-label's score report (reliability diagram)
     plots: dict[str, PlotSample | dict[str, Any]] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # metrics.calibration temperature: metrics.json's run.calibration
 
 
 def _check_output_dir(recipe: Recipe, recipe_file: Path | None) -> OutputPlan:
@@ -221,6 +222,8 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
         plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
         if recipe.metrics.baseline == "linear":
             check_baseline_head(built.model)
+        if recipe.metrics.calibration == "temperature":  # refused before the output folder is touched
+            _calibrated_linear(built.model)
         seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
         prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
     mixup = None  # mixing is refused for multi_label and regression (recipe check)
@@ -400,16 +403,29 @@ def _train(trainer: Trainer, parts: _Parts, output_dir: Path) -> tuple[dict[str,
 def _evaluate_splits(trainer: Trainer, recipe: Recipe, parts: _Parts) -> dict[str, dict[str, Any]]:
     """Metrics of every split but train, keyed as in metrics.json (`eval`, `test`), each beside its constant baseline
     (formats.constant_baseline). Multi-label thresholds are chosen first, on a validation pass of the final model,
-    and every split is then scored with them (validation's scores are optimistic: it chose them)."""
+    and every split is then scored with them (validation's scores are optimistic: it chose them). With
+    metrics.calibration temperature (single-label) every split is scored again once T is folded into the head, and
+    those numbers (the saved model's) are the splits'; run.calibration holds both passes' log loss, ECE and Brier."""
     from . import formats
     from .multilabel_metrics import TUNE
 
-    fmt, data = parts.data.label_format, parts.data
+    fmt = parts.data.label_format
     if fmt == "multi_label":
         setting = formats.threshold_setting(recipe)
         if setting == TUNE:
             trainer.evaluate(parts.prepared.splits["validation"], metric_key_prefix="thresholds")
         parts.thresholds = formats.choose_thresholds(parts.compute_metrics, setting)
+    results = _score_splits(trainer, parts)
+    if fmt == "single" and recipe.metrics.calibration == "temperature":
+        results = _calibrate(trainer, parts, results)
+    return results
+
+
+def _score_splits(trainer: Trainer, parts: _Parts) -> dict[str, dict[str, Any]]:
+    """One evaluation of every split but train with the model as it is now (see `_evaluate_splits`)."""
+    from . import formats
+
+    fmt, data = parts.data.label_format, parts.data
     results = {}
     for split, ds in parts.prepared.splits.items():
         if split == "train":
@@ -426,6 +442,51 @@ def _evaluate_splits(trainer: Trainer, recipe: Recipe, parts: _Parts) -> dict[st
         if parts.baseline is not None:  # metrics.baseline linear: fitted before training, on the pretrained features
             results[prefix]["baseline_linear"] = parts.baseline.for_split(split, results[prefix])
     return results
+
+
+# what metrics.json's run.calibration reports of each evaluated split, before and after the temperature
+_CALIBRATION_SCORES = ("log_loss", "ece", "brier", "loss")
+
+
+def _calibrated_linear(model: torch.nn.Module) -> torch.nn.Linear:
+    from .probe import output_linear
+
+    return output_linear(
+        model,
+        "metrics.calibration temperature: the temperature",
+        "set metrics.calibration none (the temperature divides the logits, so the head must end in one Linear)",
+    )
+
+
+def _calibrate(trainer: Trainer, parts: _Parts, before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """metrics.calibration temperature: fit T on the final model's validation logits (one pass, held in memory:
+    8·N·C bytes), fold it into the head's output Linear, and score every split again with the calibrated model,
+    which is the one saved. Every process fits on the same gathered logits, so all fold the same T."""
+    from .calibration import CONFIG_KEY, fit_temperature, fold_temperature
+    from .metrics import first_output
+
+    output = trainer.predict(parts.prepared.splits["validation"], metric_key_prefix="calibration")
+    fit = fit_temperature(first_output(output.predictions), first_output(output.label_ids))
+    fold_temperature(_calibrated_linear(parts.built.model), fit.temperature)
+    setattr(parts.built.model.config, CONFIG_KEY, fit.temperature)
+    logger.info(
+        "calibration: temperature %.6g fitted on %d validation rows (NLL %.4f -> %.4f)%s",
+        fit.temperature,
+        fit.rows,
+        fit.nll_before,
+        fit.nll_after,
+        "" if fit.converged else f" ({fit.method}: clamped)",
+    )
+    after = _score_splits(trainer, parts)
+    parts.calibration = {
+        "method": "temperature",
+        "fitted_on": "validation",
+        **{k: v for k, v in fit.to_json().items() if k != "method"},
+        "solver": fit.method,  # brentq, or the bound T was clamped to
+        "before": {p: {k: before[p][k] for k in _CALIBRATION_SCORES if k in before[p]} for p in before},
+        "after": {p: {k: after[p][k] for k in _CALIBRATION_SCORES if k in after[p]} for p in after},
+    }
+    return after
 
 
 def _save(
@@ -461,6 +522,8 @@ def _save(
         run["probe"] = parts.probe.info()
     if parts.baseline is not None:
         run["baseline_linear"] = parts.baseline.info
+    if parts.calibration is not None:
+        run["calibration"] = parts.calibration
     files = _write_results(out, recipe, args, parts, results, run)
     if recipe.hub.push:
         _push(out, recipe.hub)

@@ -496,7 +496,7 @@ def fold_affine(model: nn.Module, scale: float, shift: float) -> None:
 
     if not (math.isfinite(scale) and math.isfinite(shift)) or scale == 0:
         raise ValueError(f"fold_affine needs a finite, non-zero scale and a finite shift, got {scale!r}, {shift!r}")
-    linear = _output_linear(model)
+    linear = output_linear(model, "data.standardize_targets: the target scaling", "set data.standardize_targets false")
     if linear.bias is None:
         raise ModelError(
             f"{type(model).__name__}'s output layer {linear} has no bias, so the target mean cannot be folded into it; "
@@ -509,7 +509,10 @@ def fold_affine(model: nn.Module, scale: float, shift: float) -> None:
         linear.bias.copy_(bias.to(linear.bias.dtype))
 
 
-def _output_linear(model: nn.Module) -> nn.Linear:
+def output_linear(model: nn.Module, setting: str, fix: str) -> nn.Linear:
+    """The head's one Linear producing the model's `num_labels` outputs (see `fold_affine`); a ModelError starting
+    with `setting` (the recipe key that needs it, and what it folds) and ending with `fix` when there is not exactly
+    one."""
     import torch
 
     from .errors import ModelError
@@ -529,9 +532,8 @@ def _output_linear(model: nn.Module) -> nn.Linear:
     if len(candidates) != 1:
         found = ", ".join(f"{type(m).__name__}(out={getattr(m, 'out_features', '?')})" for m in candidates) or "none"
         raise ModelError(
-            f"data.standardize_targets: the target scaling is folded into the Linear that produces the model's "
-            f"{outputs} output(s), and {type(model).__name__}'s head has not exactly one ({found}); set "
-            "data.standardize_targets false"
+            f"{setting} is folded into the Linear that produces the model's {outputs} output(s), and "
+            f"{type(model).__name__}'s head has not exactly one ({found}); {fix}"
         )
     return candidates[0]
 

@@ -430,6 +430,9 @@ class MetricsSpec:
     # majority: the majority-class baseline only (always there); linear: also a logistic regression fitted on the
     # pretrained model's frozen features before training (hf_finetune/probe.py), scored on every evaluated split
     baseline: Literal["majority", "linear"] = field(default="majority", metadata=_expects("'majority' or 'linear'"))
+    # single: temperature scales the logits by one T fitted on the validation split after training, folded into the
+    # head's output Linear (hf_finetune/calibration.py) and recorded in config.json; none: the logits as trained
+    calibration: Literal["temperature", "none"] = field(default="none", metadata=_expects("'temperature' or 'none'"))
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
@@ -1145,6 +1148,7 @@ def _label_format_problems(recipe: Recipe) -> list[str]:
     out = []
     only = [
         ("metrics.thresholds", recipe.metrics.thresholds is not None, "multi_label"),
+        ("metrics.calibration", recipe.metrics.calibration != "none", "single"),
         ("loss.pos_weight", recipe.loss.pos_weight is not None, "multi_label"),
         ("loss.regression", recipe.loss.regression != "mse", "regression"),
         ("loss.huber_delta", recipe.loss.huber_delta != 1.0, "regression"),

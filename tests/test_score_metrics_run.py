@@ -253,3 +253,102 @@ def test_top_k_indices_instead_of_logits_are_refused_by_name():
         metrics(EvalPrediction(np.array([[0], [2]]), np.array([0, 2])))
     logits, labels = _toy(10, 3, 2)  # the failed evaluation left nothing behind
     assert metrics(EvalPrediction(logits, labels))["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+
+
+# --- metrics.calibration temperature (issue 14 item 2) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(digits_folder: Path, tmp_path_factory) -> Path:
+    """The streamed run's recipe with metrics.calibration temperature, given as a CLI override."""
+    work = tmp_path_factory.mktemp("calibrated")
+    out = work / "out"
+    recipe = _recipe(digits_folder, out)
+    (work / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    proc = _cli("train", str(work / "r.yaml"), "metrics.calibration=temperature", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "calibration: temperature" in proc.stderr
+    return out
+
+
+def _saved_logits(out: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The saved model's logits on one split as the run formed it (the carved validation split too)."""
+    import torch
+
+    from hf_finetune.data.sources import load_data
+    from hf_finetune.recipe import load_saved_recipe
+    from hf_finetune.tasks.image_classification import load_trained
+
+    built = load_trained(out)
+    names = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
+    recipe = load_saved_recipe(out, "image-classification")
+    ds = load_data(recipe.data, {"image": "image_column"}, label_names=names).splits[split]
+    inputs = built.processor(images=[img.convert("RGB") for img in ds["image"]], return_tensors="pt")
+    built.model.eval()
+    with torch.no_grad():
+        logits = built.model(pixel_values=inputs["pixel_values"]).logits.double().numpy()
+    return logits, np.asarray(ds["label"])
+
+
+def test_calibration_folds_the_validation_fitted_temperature_into_the_saved_head(calibrated_run: Path):
+    from hf_finetune.calibration import CONFIG_KEY, METHOD_BRENTQ, fit_temperature
+
+    metrics = json.loads((calibrated_run / "metrics.json").read_text())
+    calibration = metrics["run"]["calibration"]
+    t = calibration["temperature"]
+    config = json.loads((calibrated_run / "config.json").read_text())
+    assert config[CONFIG_KEY] == t and calibration["converged"] and t != pytest.approx(1.0, abs=1e-3)
+    assert calibration["method"] == "temperature" and calibration["solver"] == METHOD_BRENTQ
+
+    val_logits, val_labels = _saved_logits(calibrated_run, "validation")
+    assert calibration["rows"] == len(val_labels) == metrics["eval"]["num_samples"]
+    # the saved head outputs logits / T: times T they are the trained model's, whose NLL-optimal temperature is T
+    uncalibrated = val_logits * t
+    assert fit_temperature(uncalibrated, val_labels).temperature == pytest.approx(t, rel=1e-5)
+    assert fit_temperature(val_logits, val_labels).temperature == pytest.approx(1.0, rel=1e-5)
+    assert calibration["nll_before"] == pytest.approx(log_loss(val_labels, softmax(uncalibrated, 1)), rel=1e-5)
+    assert calibration["nll_after"] == pytest.approx(log_loss(val_labels, softmax(val_logits, 1)), rel=1e-5)
+    assert calibration["nll_after"] <= calibration["nll_before"]
+
+    # before/after: the trained model's and the saved (calibrated) model's test scores; the split metrics are the
+    # saved model's, so `hf-finetune eval` reproduces them
+    test_logits, test_labels = _saved_logits(calibrated_run, "test")
+    for logits, when in ((test_logits * t, "before"), (test_logits, "after")):
+        probs = softmax(logits, 1)
+        scores = calibration[when]["test"]
+        assert scores["log_loss"] == pytest.approx(log_loss(test_labels, probs, labels=[0, 1, 2]), rel=1e-5), when
+        assert scores["ece"] == pytest.approx(_ece(probs, test_labels), abs=1e-5), when
+    assert metrics["test"]["log_loss"] == calibration["after"]["test"]["log_loss"]
+    assert metrics["test"]["accuracy"] == pytest.approx(np.mean(test_logits.argmax(1) == test_labels), abs=1e-12)
+
+    from hf_finetune import evaluate
+
+    again = evaluate(calibrated_run, split="test")
+    for key in (*SCORE_NAMES, "accuracy"):
+        assert again[key] == pytest.approx(metrics["test"][key], rel=1e-6, abs=1e-9), key
+
+
+def test_calibration_is_refused_where_it_would_be_ignored_or_cannot_fold():
+    from torch import nn
+
+    from hf_finetune.api import _calibrated_linear
+    from hf_finetune.errors import ModelError, RecipeError
+    from hf_finetune.recipe import load_recipe
+
+    base = {"model": {"name": "simple_cnn"}, "data": {"source": "builtin:digits"}}
+    assert load_recipe({**base, "metrics": {"calibration": "temperature"}}).metrics.calibration == "temperature"
+    with pytest.raises(RecipeError, match=r"metrics.calibration: applies to data.label_format single only"):
+        load_recipe(
+            {**base, "data": {**base["data"], "label_format": "regression"}, "metrics": {"calibration": "temperature"}}
+        )
+    with pytest.raises(RecipeError, match=r"metrics.calibration.*'temperature' or 'none'"):
+        load_recipe({**base, "metrics": {"calibration": "platt"}})
+
+    class TwoOutputLayers(nn.Module):  # two Linears producing num_labels outputs: which one the logits are is unclear
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = type("Config", (), {"num_labels": 3})()
+            self.classifier = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))
+
+    with pytest.raises(ModelError, match=r"metrics.calibration temperature: .*set metrics.calibration none"):
+        _calibrated_linear(TwoOutputLayers())
