@@ -685,7 +685,7 @@ def _score(
     from transformers import TrainingArguments
 
     from . import formats
-    from .trainer import build_trainer
+    from .trainer import _has_accelerator, build_trainer
 
     fmt = recipe.data.label_format
     compute_metrics = formats.make_metrics(recipe, labels)
@@ -700,6 +700,9 @@ def _score(
             per_device_eval_batch_size=batch_size or recipe.training.get("per_device_eval_batch_size", 8),
             label_smoothing_factor=smoothing,
             dataloader_pin_memory=torch.cuda.is_available(),
+            # as in training (trainer.training_defaults): without it, processes on a CPU-only machine (accelerate
+            # launch) do not form one distributed evaluation, and each would score the whole split alone
+            use_cpu=not _has_accelerator(),
             report_to="none",
             batch_eval_metrics=formats.batch_eval_metrics(recipe),
             **task.training_defaults(),

@@ -352,3 +352,29 @@ def test_calibration_is_refused_where_it_would_be_ignored_or_cannot_fold():
 
     with pytest.raises(ModelError, match=r"metrics.calibration temperature: .*set metrics.calibration none"):
         _calibrated_linear(TwoOutputLayers())
+
+
+@pytest.mark.slow
+def test_two_ranks_score_single_label_exactly_as_one(streamed_run: Path):
+    # 30 test rows in batches of 4 on 2 ranks: the last step is padded with 2 repeated rows, which Trainer's gather
+    # drops before the streaming metrics see them (counted twice they would move log loss by ~1e-2). The ranks' batches
+    # hold other rows than one process's, so the float32 forward pass rounds logits differently (~1e-8 relative in
+    # log loss): the class counts are identical, the scores agree to that rounding.
+    from hf_finetune import evaluate
+
+    single = evaluate(streamed_run, split="test", batch_size=4)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        "-m", "hf_finetune", "eval", str(streamed_run), "--split", "test", "--batch-size", "4",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    distributed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert distributed["num_samples"] == single["num_samples"] == 30
+    for key in CLASSIFICATION_KEYS:
+        assert distributed[key] == single[key], key
+    for key in SCORE_NAMES:
+        assert distributed[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
+    assert distributed["confusion_matrix"] == single["confusion_matrix"]
