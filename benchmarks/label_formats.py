@@ -31,8 +31,8 @@ import _common
 RECIPES = ("digits-multilabel", "digits-regression", "tweets-multilabel", "tweets-regression")
 MULTI_KEYS = ("f1_micro", "f1_macro", "map", "subset_accuracy", "hamming_loss")
 REGRESSION_KEYS = ("mae", "rmse", "r2", "pearson", "spearman")
-C_GRID = (0.01, 0.1, 1.0, 10.0)
-ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+C_GRID = (1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0)  # wide enough that no choice sits on an edge of the grid
+ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 1e4, 1e5)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
