@@ -80,16 +80,16 @@ def test_known_case_predictions_jsonl_row_by_row(tmp_path):
         assert record["predicted"] == NAMES[int(np.argmax(LOGITS[i]))]
         assert record["correct"] is (i not in WRONG)
         expected_loss = log_loss([LABELS[i]], probs[i : i + 1], labels=[0, 1, 2])
-        assert record["loss"] == pytest.approx(expected_loss, abs=1e-9)
-        assert record["loss"] == pytest.approx(-math.log(probs[i, LABELS[i]]), abs=1e-12)
-        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-12)
+        assert record["loss"] == pytest.approx(expected_loss, rel=0, abs=1e-9)
+        assert record["loss"] == pytest.approx(-math.log(probs[i, LABELS[i]]), rel=0, abs=1e-12)
+        assert sum(record["probabilities"].values()) == pytest.approx(1.0, rel=0, abs=1e-12)
         assert list(record["probabilities"]) == NAMES
         for name, p in record["probabilities"].items():
-            assert p == pytest.approx(probs[i, NAMES.index(name)], abs=1e-12)
+            assert p == pytest.approx(probs[i, NAMES.index(name)], rel=0, abs=1e-12)
         # top_k: the two most probable, highest first, label order on ties (rows 1, 2, 4: cat and fox tie)
         order = sorted(range(3), key=lambda j: (-probs[i, j], j))[:2]
         assert [entry["label"] for entry in record["top_k"]] == [NAMES[j] for j in order]
-        assert [entry["probability"] for entry in record["top_k"]] == pytest.approx(probs[i, order], abs=1e-12)
+        assert [entry["probability"] for entry in record["top_k"]] == pytest.approx(probs[i, order], rel=0, abs=1e-12)
     assert [e["label"] for e in records[2]["top_k"]] == ["dog", "cat"]  # tie cat/fox broken by label order
     assert result.n_errors == 3 and result.accuracy == pytest.approx(5 / 8)
 
@@ -109,9 +109,9 @@ def test_known_case_markdown_tables(tmp_path):
     for row in worst:
         i = int(row[0])
         pred = int(np.argmax(LOGITS[i]))
-        assert float(row[5]) == pytest.approx(probs[i, LABELS[i]], abs=5e-5)
-        assert float(row[6]) == pytest.approx(probs[i, pred], abs=5e-5)
-        assert float(row[7]) == pytest.approx(losses[i], abs=5e-5)
+        assert float(row[5]) == pytest.approx(probs[i, LABELS[i]], rel=0, abs=5e-5)
+        assert float(row[6]) == pytest.approx(probs[i, pred], rel=0, abs=5e-5)
+        assert float(row[7]) == pytest.approx(losses[i], rel=0, abs=5e-5)
 
     unsure = _section(md, "Least-confident correct")
     correct = [i for i in range(8) if i not in WRONG]
@@ -136,7 +136,8 @@ def test_random_case_matches_sklearn_and_orders_ties_by_label(tmp_path):
     rng = np.random.default_rng(0)
     n, c = 600, 6
     labels = rng.integers(0, c, n)
-    logits = rng.normal(size=(n, c)).astype(np.float32) + 1.5 * np.eye(c)[labels]
+    logits = (rng.normal(size=(n, c)) + 1.5 * np.eye(c)[labels]).astype(np.float32)  # as a model returns them
+    assert logits.dtype == np.float32
     names = [f"class{j}" for j in range(c)]
     result = write_error_analysis(tmp_path, "test", _text_rows(n), logits, labels, names, kind="text", worst=5)
     cm = confusion_matrix(labels, logits.argmax(1), labels=list(range(c)))
@@ -148,7 +149,7 @@ def test_random_case_matches_sklearn_and_orders_ties_by_label(tmp_path):
     assert any(a[2] == b[2] for a, b in itertools.pairwise(expected))  # the case does exercise ties
     records = _jsonl(result.predictions_path)
     expected_losses = -log_softmax(logits.astype(np.float64), axis=1)[np.arange(n), labels]
-    assert [r["loss"] for r in records] == pytest.approx(expected_losses, abs=1e-9)
+    assert [r["loss"] for r in records] == pytest.approx(expected_losses, rel=0, abs=1e-9)
     assert result.n_errors == int((logits.argmax(1) != labels).sum())
     md = result.markdown_path.read_text(encoding="utf-8")
     shown = _section(md, "Most-confused pairs")
@@ -166,7 +167,7 @@ def test_image_grid_size_unreadable_noted_and_paths_stay_relative(tmp_path, monk
     rows = []
     for i in range(len(LABELS)):
         Image.new("RGB", (20 + i, 16), (30 * i, 100, 200)).save(images / f"{i}.png")
-        rows.append(RowRef(id=i, path=f"images/{i}.png"))
+        rows.append(RowRef(id=np.int64(i), path=f"images/{i}.png"))  # a numpy id, as a dataset index gives
     (images / "2.png").write_bytes(b"not an image")  # the worst row: unreadable
     rows[1] = RowRef(id=1, path=None)  # second worst: no path
     out = tmp_path / "out"
@@ -188,6 +189,7 @@ def test_image_grid_size_unreadable_noted_and_paths_stay_relative(tmp_path, monk
     assert "id 2 (images/2.png) is unreadable" in md and "id 1 has no path" in md
     records = _jsonl(result.predictions_path)
     assert [r["path"] for r in records] == [row.path for row in rows]
+    assert [r["id"] for r in records] == list(range(len(LABELS)))
     assert all("text" not in r for r in records)
     assert str(tmp_path) not in md and str(tmp_path) not in result.predictions_path.read_text(encoding="utf-8")
 
@@ -227,8 +229,8 @@ def test_probabilities_omitted_above_class_cap(tmp_path):
     for record, p in zip(_jsonl(capped.predictions_path), softmax(logits, axis=1), strict=True):
         assert "probabilities" not in record
         assert len(record["top_k"]) == 4  # min(top_k=5, C=4)
-        assert sum(e["probability"] for e in record["top_k"]) == pytest.approx(1.0, abs=1e-12)
-        assert [e["probability"] for e in record["top_k"]] == pytest.approx(np.sort(p)[::-1], abs=1e-12)
+        assert sum(e["probability"] for e in record["top_k"]) == pytest.approx(1.0, rel=0, abs=1e-12)
+        assert [e["probability"] for e in record["top_k"]] == pytest.approx(np.sort(p)[::-1], rel=0, abs=1e-12)
     full = write_error_analysis(
         tmp_path, "full", _text_rows(10), logits, labels, names, kind="text", full_probabilities_up_to=4
     )
