@@ -302,6 +302,7 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "labels": [{"id": i, "name": _cell(n)} for i, n in enumerate(facts.label_names)],
         "label_format": fmt,
         "format_section": format_section(out, facts) if fmt != "single" else "",
+        "score_section": score_section(out, facts) if fmt == "single" else "",
         "usage_section": usage_section(facts, code_files, facts.model_ref or str(out)) if fmt != "single" else "",
         # the single-label tables; the other formats' results are in format_section
         "metric_rows": [_metric_row(p, m) for p, m in splits.items()] if fmt == "single" else [],
@@ -717,6 +718,63 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# single-label score metrics (score_metrics.ScoreMetrics): metrics.json key, column title
+SCORE_COLUMNS = (
+    ("roc_auc_macro", "ROC-AUC (macro)"),
+    ("pr_auc_macro", "PR-AUC (macro)"),
+    ("log_loss", "log loss"),
+    ("brier", "Brier"),
+    ("ece", "ECE"),
+)
+
+
+def score_section(out: Path, facts: CardFacts) -> str:
+    """How far a single-label model's probabilities can be trusted: ranking (ROC/PR-AUC), proper scores (log loss,
+    Brier), calibration (ECE, reliability diagrams) and, with metrics.calibration, the temperature and its effect."""
+    from .names import reliability_diagram_file
+
+    splits = facts.splits
+    rows = [
+        [SPLIT_OF_PREFIX[p], *(_num(m.get(k)) for k, _ in SCORE_COLUMNS)]
+        for p, m in splits.items()
+        if any(k in m for k, _ in SCORE_COLUMNS)
+    ]
+    if not rows:
+        return ""
+    parts = [
+        "### Scores and calibration",
+        "",
+        _table(["split", *(title for _, title in SCORE_COLUMNS)], rows),
+        "",
+        "ROC-AUC and PR-AUC are one-vs-rest, averaged over classes; log loss and Brier score the probabilities "
+        "themselves (lower is better); ECE is the expected calibration error of the top class's probability over "
+        "equal-width confidence bins (0: a probability of 0.8 is right 80% of the time).",
+    ]
+    calibration = facts.run.get("calibration")
+    if calibration:
+        line = (
+            f"The probabilities are calibrated by temperature scaling: T = {float(calibration['temperature']):.4g}, "
+            f"fitted on {calibration.get('rows')} validation rows and folded into the classifier's last layer, so "
+            "`pipeline()` and any other loader already see calibrated probabilities (config.json records "
+            "`calibration_temperature`; do not divide by it again)."
+        )
+        before, after = calibration.get("before", {}), calibration.get("after", {})
+        split = "test" if "test" in after else next(iter(after), None)
+        if split is not None:
+            b, a = before.get(split, {}), after.get(split, {})
+            line += (
+                f" On the {SPLIT_OF_PREFIX.get(split, split)} split: log loss {_num(b.get('log_loss'))} → "
+                f"{_num(a.get('log_loss'))}, ECE {_num(b.get('ece'))} → {_num(a.get('ece'))}."
+            )
+        parts += ["", line]
+    images = [p for p in splits if (Path(out) / reliability_diagram_file(p)).is_file()]
+    if images:
+        parts += [""] + [
+            f"![Reliability diagram, {SPLIT_OF_PREFIX[p]} split]({reliability_diagram_file(p)})" for p in images
+        ]
+    return "\n".join(parts)
 
 
 def format_section(out: Path, facts: CardFacts) -> str:

@@ -378,3 +378,34 @@ def test_two_ranks_score_single_label_exactly_as_one(streamed_run: Path):
     for key in SCORE_NAMES:
         assert distributed[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
     assert distributed["confusion_matrix"] == single["confusion_matrix"]
+
+
+def _card_score_rows(card: str) -> dict[str, list[str]]:
+    section = card.split("### Scores and calibration", 1)[1].split("\n\n", 2)[1]
+    rows = [line.strip("|").split("|") for line in section.splitlines()[2:]]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def test_card_shows_each_splits_scores_and_reliability_diagram(streamed_run: Path):
+    card = (streamed_run / "README.md").read_text()
+    metrics = json.loads((streamed_run / "metrics.json").read_text())
+    rows = _card_score_rows(card)
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        m = metrics[prefix]
+        expected = [f"{m[k]:.4f}" for k in ("roc_auc_macro", "pr_auc_macro", "log_loss", "brier", "ece")]
+        assert rows[split] == expected
+        assert f"![Reliability diagram, {split} split](reliability_diagram_{prefix}.png)" in card
+    assert "calibrated by temperature scaling" not in card
+
+
+def test_card_of_a_calibrated_run_states_the_temperature_and_its_effect(calibrated_run: Path):
+    card = (calibrated_run / "README.md").read_text()
+    cal = json.loads((calibrated_run / "metrics.json").read_text())["run"]["calibration"]
+    before, after = cal["before"]["test"], cal["after"]["test"]
+    assert f"T = {cal['temperature']:.4g}, fitted on {cal['rows']} validation rows" in card
+    assert (
+        f"On the test split: log loss {before['log_loss']:.4f} → {after['log_loss']:.4f}, "
+        f"ECE {before['ece']:.4f} → {after['ece']:.4f}."
+    ) in card
+    # the table shows the saved (calibrated) model's scores
+    assert _card_score_rows(card)["test"][2] == f"{after['log_loss']:.4f}"
