@@ -356,24 +356,9 @@ class MultiLabelMetrics(BatchedMetrics):
         (c+a)/(c+d+a+b); the bound sums a·(that width) over bins, over the label's positives (0 for bins of one
         sample). Labels without positives get NaN in both.
         """
-        import numpy as np
+        from .score_metrics import average_precision  # one implementation for both streaming metrics
 
-        pos = self.positive_histogram[:, ::-1]
-        neg = self.negative_histogram[:, ::-1]
-        tp_cum = np.cumsum(pos, axis=1)
-        fp_cum = np.cumsum(neg, axis=1)
-        precision = _divide(tp_cum, tp_cum + fp_cum)
-        above_tp, above_fp = tp_cum - pos, fp_cum - neg
-        highest = _divide(tp_cum, tp_cum + above_fp)
-        lowest = _divide(above_tp + 1, above_tp + fp_cum + 1)
-        positives = tp_cum[:, -1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap = (pos * precision).sum(axis=1) / positives
-            bound = (pos * np.clip(highest - lowest, 0.0, None)).sum(axis=1) / positives
-        missing = positives == 0
-        ap[missing] = np.nan
-        bound[missing] = np.nan
-        return ap, bound
+        return average_precision(self.positive_histogram, self.negative_histogram)
 
     def compute(self) -> dict[str, float]:
         """The scalars (`SCALAR_KEYS`) of every sample seen so far; also sets `last_report`. Does not reset."""

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from hf_finetune.errors import MetricError, listed
 from hf_finetune.files import atomic_output
-from hf_finetune.multilabel_metrics import BatchedMetrics, to_numpy
+from hf_finetune.multilabel_metrics import BatchedMetrics, _divide, to_numpy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -119,16 +119,6 @@ def _grouped_exact_sums(values: np.ndarray, groups: np.ndarray, count: int) -> l
 def _exact_ratio(units: int, count: int) -> float:
     """units · 2**-_SCALE_BITS / count, correctly rounded (Python's int division is)."""
     return units / (count << _SCALE_BITS) if count else math.nan
-
-
-def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    import numpy as np
-
-    num = np.asarray(numerator, dtype="float64")
-    den = np.asarray(denominator, dtype="float64")
-    out = np.zeros(np.broadcast(num, den).shape)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
 
 
 def _softmax_parts(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
