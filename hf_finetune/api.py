@@ -124,6 +124,8 @@ class _Parts:
     # each evaluated split's plot input: regression's points, single-label's score report (reliability diagram)
     plots: dict[str, PlotSample | dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # metrics.calibration temperature: metrics.json's run.calibration
+    # single-label: each evaluated split's final logits and labels (N×C, for the error analysis), by prefix
+    logits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def _check_output_dir(recipe: Recipe, recipe_file: Path | None) -> OutputPlan:
@@ -431,7 +433,10 @@ def _score_splits(trainer: Trainer, parts: _Parts) -> dict[str, dict[str, Any]]:
         if split == "train":
             continue
         prefix = METRIC_PREFIX[split]
-        scalars = trainer.evaluate(ds, metric_key_prefix=prefix)
+        if fmt == "single":
+            scalars, parts.logits[prefix] = _scores_and_logits(trainer, ds, prefix)
+        else:
+            scalars = trainer.evaluate(ds, metric_key_prefix=prefix)
         results[prefix] = formats.split_metrics(scalars, prefix, fmt, parts.compute_metrics.last_report)
         sample = formats.plot_sample(fmt, parts.compute_metrics)
         if sample is not None:
@@ -442,6 +447,17 @@ def _score_splits(trainer: Trainer, parts: _Parts) -> dict[str, dict[str, Any]]:
         if parts.baseline is not None:  # metrics.baseline linear: fitted before training, on the pretrained features
             results[prefix]["baseline_linear"] = parts.baseline.for_split(split, results[prefix])
     return results
+
+
+def _scores_and_logits(trainer: Trainer, ds: Any, prefix: str) -> tuple[dict[str, float], tuple[Any, Any]]:
+    """One pass that gives both the metrics (the same, batched or not, as `Trainer.evaluate`) and the logits and
+    labels the error analysis needs: `Trainer.predict` keeps them where `evaluate` with batch_eval_metrics drops
+    them. Its metrics are logged as `evaluate` logs them, so the log and the trackers see the final scores."""
+    from .metrics import first_output
+
+    output = trainer.predict(ds, metric_key_prefix=prefix)
+    trainer.log(output.metrics)
+    return output.metrics, (first_output(output.predictions), first_output(output.label_ids))
 
 
 # what metrics.json's run.calibration reports of each evaluated split, before and after the temperature
@@ -561,12 +577,28 @@ def _write_results(
         written = write_plots(out, prefix, sample, f"{recipe.name or 'model'}: {SPLIT_OF_PREFIX[prefix]}")
         results[prefix]["plots"] = written
         files += written.values()
+    files += _write_error_analyses(out, parts, results)  # before metrics.json, which summarises them
     files = [write_recipe(out, recipe), write_metrics(out, labels, results, run), *files]
     if data.label_format == "single":
         files += write_confusion_matrices(out, results, labels, recipe.name or "model")
     facts = CardFacts.from_run(recipe, args, labels, results, data.description, parts.built.description, run)
     files.append(write_model_card(out, facts).name)
     return finish_manifest(out, files, before=before)
+
+
+def _write_error_analyses(out: Path, parts: _Parts, results: dict[str, Any]) -> list[str]:
+    """Single-label: each evaluated split's predictions_<split>.jsonl, errors_<split>.md (and the image grid), from
+    the final pass's logits; metrics.json gets each split's summary (`error_analysis`), the card's "Where the model
+    fails" section reads it."""
+    from .error_analysis import analyse_split
+
+    files: list[str] = []
+    for prefix, (logits, labels) in parts.logits.items():
+        split = SPLIT_OF_PREFIX[prefix]
+        analysis = analyse_split(out, split, parts.data.splits[split], logits, labels, parts.data.label_names)
+        results[prefix]["error_analysis"] = analysis.to_json()
+        files += analysis.to_json()["files"]
+    return files
 
 
 def _push(out: Path, hub: HubSpec) -> None:
@@ -591,13 +623,21 @@ def evaluate(
     data: str | None = None,
     split: str | None = None,
     batch_size: int | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a saved model — nothing is written.
+    """Metrics of a saved model; the trained folder is never written.
 
     On the recipe's own data (its splits, caps and carved validation split, as in training) the numbers are those
     training wrote to metrics.json: same loss settings (class weights, label smoothing), `metrics.top_k` and
     `metrics.extra`. `data` (any source a recipe takes) is evaluated whole: no row caps, no carving; its split is
     reported by the data's name (`new.csv`, or `new_folder:test` for a folder or dataset with several splits).
+
+    `output` (single-label models): a folder, outside the trained one, that gets the split's error analysis —
+    ``predictions_<name>.jsonl``, ``errors_<name>.md``, for images ``errors_<name>.png`` (`error_analysis`) — and
+    ``eval_metrics.json`` (what this returns). `<name>` is the split (test, validation) on the recipe's data; on
+    `data`, the data's split name when it has several, else ``data``. Files of those names already there are
+    refused unless `overwrite`; nothing else in the folder is touched.
     """
     from . import formats
     from .data import checks, sources
@@ -608,6 +648,8 @@ def evaluate(
     output_dir = Path(output_dir)
     task = get_task(task_of_saved(output_dir))
     recipe = load_saved_recipe(output_dir, task.NAME)
+    if output is not None:
+        _refuse_eval_output(recipe, output_dir, Path(output), overwrite)  # before anything is loaded
     built = task.load_trained(output_dir)
     labels = [built.model.config.id2label[i] for i in range(built.model.config.num_labels)]
     spec = recipe.data if data is None else _whole(recipe.data, data)
@@ -615,6 +657,9 @@ def evaluate(
     spec = replace(spec, standardize_targets=False)
     loaded = sources.load_data(spec, task.INPUTS, label_names=labels, carve_validation=data is None)
     split = _split_to_score(loaded, split)
+    name = split if data is None or len(loaded.splits) > 1 else "data"  # eval --output's files: <kind>_<name>.*
+    if output is not None:  # before the pass: a refusal costs no evaluation
+        _check_eval_files(output_dir, Path(output), name, overwrite)
     chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
     checks.check_inputs(chosen, task.INPUTS, spec)  # a truncated file is named here, not a traceback mid-evaluation
     settings = PrepareSettings(recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training))
@@ -624,10 +669,60 @@ def evaluate(
     train = loaded.splits["train"] if data is None and "train" in loaded.splits else None
     loss = formats.saved_loss(recipe, output_dir, train, labels, built.model.config)
     prefix = METRIC_PREFIX.get(split, split) if data is None else "eval"
-    result = _score(recipe, task, built, labels, prepared, "eval", prefix, loss, batch_size)
+    result, scored = _score(recipe, task, built, labels, prepared, "eval", prefix, loss, batch_size)
     result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))
     result["data"] = loaded.description
+    if output is not None and _is_main_process():  # under several processes every one has the gathered logits
+        result["files"] = _write_eval_output(Path(output), name, chosen[split], scored, labels, result)
+        result["output"] = str(output)
     return result
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+EVAL_METRICS_FILE = "eval_metrics.json"  # what `eval --output` writes beside the error analysis
+
+
+def _refuse_eval_output(recipe: Recipe, trained: Path, output: Path, overwrite: bool) -> None:
+    """What `eval --output` could not do, refused before the data and the model are loaded."""
+    from .outputs import check_eval_output
+
+    if recipe.data.label_format != "single":
+        raise HFFinetuneError(
+            f"--output writes the error analysis of a single-label classifier; this model is "
+            f"{recipe.data.label_format}. Drop --output (eval prints the metrics), or write each row's prediction "
+            "with `hf-finetune predict ... --output rows.jsonl`"
+        )
+    # the names are known only once the data is loaded; here the folder itself is checked
+    check_eval_output(trained, output, [], overwrite)
+
+
+def _check_eval_files(trained: Path, output: Path, name: str, overwrite: bool) -> None:
+    from .names import error_analysis_files
+    from .outputs import check_eval_output
+
+    check_eval_output(trained, output, [*error_analysis_files(name), EVAL_METRICS_FILE], overwrite)
+
+
+def _write_eval_output(
+    output: Path, name: str, ds: Any, scored: tuple[Any, Any] | None, label_names: list[str], result: dict[str, Any]
+) -> list[str]:
+    """`eval --output`: the split's error analysis (from the pass's logits and labels) and eval_metrics.json."""
+    from .error_analysis import analyse_split
+    from .files import write_json
+
+    if scored is None:
+        raise HFFinetuneError("the evaluation kept no logits to analyse (a bug: single-label scoring keeps them)")
+    output.mkdir(parents=True, exist_ok=True)
+    analysis = analyse_split(output, name, ds, scored[0], scored[1], label_names)
+    result["error_analysis"] = analysis.to_json()
+    files = [*analysis.to_json()["files"], EVAL_METRICS_FILE]
+    write_json(output / EVAL_METRICS_FILE, result)
+    return files
 
 
 def _whole(spec: DataSpec, data: str) -> DataSpec:
@@ -676,9 +771,10 @@ def _score(
     prefix: str,
     loss: Callable[..., torch.Tensor] | None,
     batch_size: int | None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[Any, Any] | None]:
     """One evaluation pass with the run's own loss (`formats.saved_loss`), metrics settings (`metrics.top_k`,
-    `metrics.extra`; a multi-label model's saved thresholds), in a throwaway Trainer folder."""
+    `metrics.extra`; a multi-label model's saved thresholds), in a throwaway Trainer folder. Returns the split's
+    metrics and, for a single-label model, the pass's logits and labels (else None)."""
     import tempfile
 
     import torch
@@ -718,8 +814,12 @@ def _score(
             preprocess_logits=None,
             loss=loss,
         )
-        scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
-    return formats.split_metrics(scalars, prefix, fmt, compute_metrics.last_report)
+        scored = None
+        if fmt == "single":
+            scalars, scored = _scores_and_logits(trainer, prepared.splits[split], prefix)
+        else:
+            scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
+    return formats.split_metrics(scalars, prefix, fmt, compute_metrics.last_report), scored
 
 
 def predict(

@@ -303,6 +303,7 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "label_format": fmt,
         "format_section": format_section(out, facts) if fmt != "single" else "",
         "score_section": score_section(out, facts) if fmt == "single" else "",
+        "failure_section": failure_section(facts) if fmt == "single" else "",
         "usage_section": usage_section(facts, code_files, facts.model_ref or str(out)) if fmt != "single" else "",
         # the single-label tables; the other formats' results are in format_section
         "metric_rows": [_metric_row(p, m) for p, m in splits.items()] if fmt == "single" else [],
@@ -774,6 +775,28 @@ def score_section(out: Path, facts: CardFacts) -> str:
         parts += [""] + [
             f"![Reliability diagram, {SPLIT_OF_PREFIX[p]} split]({reliability_diagram_file(p)})" for p in images
         ]
+    return "\n".join(parts)
+
+
+def failure_section(facts: CardFacts) -> str:
+    """ "Where the model fails": each evaluated split's accuracy, most-confused pairs and their share of the errors
+    (from metrics.json's `error_analysis`), and where the row-level files are. Those files hold the data's rows, so
+    `push` keeps them local unless asked: the card names them but does not link or embed them."""
+    from .error_analysis import summary_lines
+
+    analysed = {p: m["error_analysis"] for p, m in facts.splits.items() if isinstance(m.get("error_analysis"), dict)}
+    if not analysed:
+        return ""
+    parts = ["### Where the model fails", ""]
+    for prefix, info in analysed.items():
+        parts += [f"- {line}" for line in summary_lines(SPLIT_OF_PREFIX[prefix], info)]
+    files = ", ".join(f"`{name}`" for info in analysed.values() for name in info.get("files", []))
+    parts += [
+        "",
+        f"Each row's prediction, its loss, the highest-loss examples and the least-confident correct ones are in "
+        f"the training output folder ({files}); `hf-finetune push` leaves them out unless named with `--include`, "
+        "as they hold the evaluated data's rows.",
+    ]
     return "\n".join(parts)
 
 

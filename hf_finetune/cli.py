@@ -84,13 +84,20 @@ def _add_validate(sub: Commands) -> None:
 
 
 def _add_eval(sub: Commands) -> None:
-    ev = sub.add_parser("eval", help="metrics of a trained model (nothing is written)")
+    ev = sub.add_parser("eval", help="metrics of a trained model (its folder is never written)")
     ev.add_argument("output_dir", help="a folder written by `hf-finetune train`")
     ev.add_argument("--data", help="another data source (any data.source a recipe takes); default: the recipe's")
     ev.add_argument("--split", help="split to evaluate; default: test, else validation")
     ev.add_argument(
         "--batch-size", type=_positive_int, help="default: the recipe's training.per_device_eval_batch_size"
     )
+    ev.add_argument(
+        "--output",
+        metavar="DIR",
+        help="also write the error analysis (predictions_<split>.jsonl, errors_<split>.md, for images "
+        "errors_<split>.png) and eval_metrics.json into DIR, a folder outside the trained one (single-label models)",
+    )
+    ev.add_argument("--overwrite", action="store_true", help="replace those files if DIR already has them")
 
 
 def _add_predict(sub: Commands) -> None:
@@ -358,9 +365,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .files import finite_only
     from .formats import saved_label_format, summary_lines
 
-    result = evaluate(args.output_dir, data=args.data, split=args.split, batch_size=args.batch_size)
+    result = evaluate(
+        args.output_dir,
+        data=args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        output=args.output,
+        overwrite=args.overwrite,
+    )
     lines = summary_lines(saved_label_format(args.output_dir), result["split"], result, table=True)
     lines[0] += f" of {result['data']}"
+    if result.get("files"):
+        lines.append(f"error analysis in {args.output}: {', '.join(result['files'])}")
     print("\n".join(lines), file=sys.stderr)
     print(json.dumps(finite_only(result), allow_nan=False))
     return 0

@@ -4,9 +4,9 @@
 and integer labels [N], and writes into `out_dir`, each file atomically (`hf_finetune.files.atomic_output`):
 
 - ``predictions_<split>.jsonl``: one JSON object per row, in row order, with ``id``, ``path`` (image) or ``text``
-  (text), ``label`` (true label name), ``predicted``, ``top_k`` (``[{"label", "probability"}]``, most probable
-  first, ``min(top_k, C)`` entries), ``probabilities`` (label → probability, only when ``C <=
-  full_probabilities_up_to``), ``loss`` (the row's cross-entropy) and ``correct``.
+  (text; and ``text_pair`` for sentence pairs), ``label`` (true label name), ``predicted``, ``top_k``
+  (``[{"label", "probability"}]``, most probable first, ``min(top_k, C)`` entries), ``probabilities`` (label →
+  probability, only when ``C <= full_probabilities_up_to``), ``loss`` (the row's cross-entropy) and ``correct``.
 - ``errors_<split>.md``: the accuracy, the most-confused (true → predicted) pairs, the highest-loss rows and the
   least-confident correct rows, as Markdown tables.
 - ``errors_<split>.png`` (images only): a grid of the `worst` highest-loss images, `GRID_COLUMNS` per row.
@@ -19,9 +19,10 @@ Conventions.
   p(predicted) ascending (ties: earlier row first); confused pairs by count descending, then by the true label's
   index, then by the predicted label's index. The Markdown shows the first `CONFUSED_PAIRS_SHOWN` pairs;
   `ErrorAnalysis.confused_pairs` holds every off-diagonal pair with a nonzero count in that order.
-- Paths are written exactly as given (a relative path stays relative); images are only opened to draw the grid,
-  relative paths from `image_root` when given, else from the current directory. A row whose path is None or whose
-  image cannot be read is left out of the grid and listed in the Markdown.
+- Paths are written exactly as given (a relative path stays relative); images are only opened to draw the grid:
+  by `image_loader(row_index)` when given (a dataset's own decoding, which also serves images stored as bytes),
+  else from the path, a relative one from `image_root` when given, else from the current directory. A row whose
+  image cannot be had (no path and no loader, or unreadable) is left out of the grid and listed in the Markdown.
 - In Markdown cells, ``|`` is escaped as ``\\|`` and line breaks become ``<br>``; texts longer than
   `TEXT_CELL_CHARS` characters are cut to that many, the last one an ellipsis (``…``), before escaping.
 - JSON floats are plain finite numbers: non-finite logits are refused, and so are rows whose logit spread
@@ -40,16 +41,19 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hf_finetune.errors import MetricError, listed
 from hf_finetune.files import atomic_output, write_text_atomic
+from hf_finetune.names import error_analysis_files
 
 if TYPE_CHECKING:
     import numpy as np
+    from datasets import Dataset
+    from PIL.Image import Image as PILImage
 
 CONFUSED_PAIRS_SHOWN = 10
 SUMMARY_PAIRS = 3
@@ -68,6 +72,7 @@ class RowRef:
     id: str | int
     path: str | None = None
     text: str | None = None
+    text_pair: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,27 +91,48 @@ class ErrorAnalysis:
     n_rows: int
     n_errors: int
 
+    def to_json(self) -> dict[str, object]:
+        """What metrics.json keeps of the analysis (the card's "Where the model fails" is drawn from it): file
+        names, counts and the most-confused pairs; no row's content."""
+        return {
+            "rows": self.n_rows,
+            "errors": self.n_errors,
+            "most_confused": [
+                {"true": t, "predicted": p, "count": n} for t, p, n in self.confused_pairs[:CONFUSED_PAIRS_SHOWN]
+            ],
+            "files": [
+                path.name for path in (self.predictions_path, self.markdown_path, self.image_path) if path is not None
+            ],
+        }
+
     @property
     def accuracy(self) -> float:
         return (self.n_rows - self.n_errors) / self.n_rows
 
     def summary_lines(self) -> list[str]:
         """Two or three plain-text lines for a model card's "Where the model fails" (no paths)."""
-        lines = [
-            f"Accuracy on the {self.split} split: {self.accuracy:.4f} "
-            f"({self.n_rows - self.n_errors} of {self.n_rows} rows correct, {_plural(self.n_errors, 'error')})."
-        ]
-        if not self.n_errors:
-            lines.append("No row is misclassified, so there is no confused pair to report.")
-            return lines
-        top = self.confused_pairs[:SUMMARY_PAIRS]
-        lines.append("Most confused (true → predicted): " + ", ".join(f"{t} → {p} ({n})" for t, p, n in top) + ".")
-        covered = sum(n for _, _, n in top)
-        lines.append(
-            f"{'This pair covers' if len(top) == 1 else f'These {len(top)} pairs cover'} {covered} of the "
-            f"{_plural(self.n_errors, 'error')} ({100.0 * covered / self.n_errors:.1f}%)."
-        )
+        return summary_lines(self.split, self.to_json())
+
+
+def summary_lines(split: str, info: Mapping[str, Any]) -> list[str]:
+    """The "Where the model fails" lines of one split from its `ErrorAnalysis.to_json()` (as metrics.json keeps it):
+    accuracy, the `SUMMARY_PAIRS` most-confused pairs and the share of the errors they cover. No row's content."""
+    rows, errors = int(info["rows"]), int(info["errors"])
+    lines = [
+        f"Accuracy on the {split} split: {(rows - errors) / rows:.4f} "
+        f"({rows - errors} of {rows} rows correct, {_plural(errors, 'error')})."
+    ]
+    if not errors:
+        lines.append("No row is misclassified, so there is no confused pair to report.")
         return lines
+    top = [(p["true"], p["predicted"], int(p["count"])) for p in info["most_confused"][:SUMMARY_PAIRS]]
+    lines.append("Most confused (true → predicted): " + ", ".join(f"{t} → {p} ({n})" for t, p, n in top) + ".")
+    covered = sum(n for _, _, n in top)
+    lines.append(
+        f"{'This pair covers' if len(top) == 1 else f'These {len(top)} pairs cover'} {covered} of the "
+        f"{_plural(errors, 'error')} ({100.0 * covered / errors:.1f}%)."
+    )
+    return lines
 
 
 def write_error_analysis(
@@ -122,6 +148,7 @@ def write_error_analysis(
     full_probabilities_up_to: int = 20,
     worst: int = 16,
     image_root: Path | None = None,
+    image_loader: Callable[[int], PILImage] | None = None,
 ) -> ErrorAnalysis:
     """Write ``predictions_<split>.jsonl``, ``errors_<split>.md`` and, for images, ``errors_<split>.png`` into
     `out_dir` (module docstring for their content and conventions) and return what was written.
@@ -143,7 +170,8 @@ def write_error_analysis(
     p_true = np.empty(n, dtype=np.float64)
     p_pred = np.empty(n, dtype=np.float64)
 
-    predictions_path = out_dir / f"predictions_{split}.jsonl"
+    predictions_name, markdown_name, grid_name = error_analysis_files(split)
+    predictions_path = out_dir / predictions_name
     with atomic_output(predictions_path) as handle:
         for start in range(0, n, _BLOCK_ROWS):
             stop = min(start + _BLOCK_ROWS, n)
@@ -167,6 +195,8 @@ def write_error_analysis(
                     record["path"] = None if row.path is None else os.fspath(row.path)
                 else:
                     record["text"] = None if row.text is None else str(row.text)
+                    if row.text_pair is not None:
+                        record["text_pair"] = str(row.text_pair)
                 record["label"] = label_names[int(y[i])]
                 record["predicted"] = label_names[int(pred[i])]
                 record["top_k"] = [{"label": label_names[int(j)], "probability": float(prob[i, j])} for j in order[i]]
@@ -195,12 +225,14 @@ def write_error_analysis(
     left_out: list[str] = []
     if kind == "image" and worst_rows.size:
         image_path, left_out = _write_grid(
-            out_dir / f"errors_{split}.png",
-            [rows[int(i)] for i in worst_rows],
+            out_dir / grid_name,
+            [int(i) for i in worst_rows],
+            rows,
             [label_names[int(labels[i])] for i in worst_rows],
             [label_names[int(predicted[i])] for i in worst_rows],
             [float(p_pred[i]) for i in worst_rows],
             image_root,
+            image_loader,
         )
 
     n_errors = int(n - correct.sum())
@@ -233,7 +265,7 @@ def write_error_analysis(
             lines += ["", f"Not drawn in the image grid ({len(left_out)}): " + "; ".join(left_out) + "."]
     lines += ["", "## Least-confident correct", ""]
     lines += table.lines(unsure_rows) if unsure_rows.size else ["No row is classified correctly."]
-    markdown_path = out_dir / f"errors_{split}.md"
+    markdown_path = out_dir / markdown_name
     write_text_atomic(markdown_path, "\n".join(lines) + "\n")
 
     return ErrorAnalysis(
@@ -279,32 +311,40 @@ class _RowTable:
 
 def _write_grid(
     target: Path,
-    rows: list[RowRef],
+    which: list[int],
+    rows: Sequence[RowRef],
     true_names: list[str],
     pred_names: list[str],
     p_pred: list[float],
     image_root: Path | None,
+    image_loader: Callable[[int], PILImage] | None,
 ) -> tuple[Path | None, list[str]]:
-    """Draw the readable images of `rows` in a grid; return the PNG's path (None if none drew) and the rows left
-    out, described for the Markdown."""
+    """Draw the readable images of the rows `which` in a grid; return the PNG's path (None if none drew) and the
+    rows left out, described for the Markdown."""
     from PIL import Image
 
     drawn = []
     left_out = []
-    for row, t, p, prob in zip(rows, true_names, pred_names, p_pred, strict=True):
-        if row.path is None:
+    for index, t, p, prob in zip(which, true_names, pred_names, p_pred, strict=True):
+        row = rows[index]
+        if row.path is None and image_loader is None:
             left_out.append(f"id {_cell(str(row.id))} has no path")
             continue
-        location = Path(row.path)
-        if image_root is not None and not location.is_absolute():
-            location = Path(image_root) / location
         try:
-            with Image.open(location) as image:
+            if image_loader is not None:
+                image = image_loader(index)
+            else:
+                location = Path(row.path)
+                if image_root is not None and not location.is_absolute():
+                    location = Path(image_root) / location
+                image = Image.open(location)
+            with image:
                 image.draft("RGB", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
                 thumb = image.convert("RGB")
                 thumb.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            left_out.append(f"id {_cell(str(row.id))} ({_cell(row.path)}) is unreadable: {_cell(type(error).__name__)}")
+            where = f" ({_cell(row.path)})" if row.path is not None else ""
+            left_out.append(f"id {_cell(str(row.id))}{where} is unreadable: {_cell(type(error).__name__)}")
             continue
         drawn.append((thumb, f"true: {t} / pred: {p} (p={prob:.2f})"))
     if not drawn:
@@ -436,3 +476,57 @@ def _cell(text: str) -> str:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+ID_COLUMNS = ("id", "idx")  # a split's own row id, when it has one (GLUE's idx); else the row's index in the split
+
+
+def rows_of(ds: Dataset, kind: Literal["image", "text"]) -> list[RowRef]:
+    """The `RowRef`s of a loaded split (canonical columns: ``image``, or ``text`` and ``text_pair``), in row order.
+
+    The id is the split's ``id``/``idx`` column when it has one, else the row's index. Image paths are read without
+    decoding (the ``Image`` feature cast to ``decode=False``), a block of rows at a time, so no image is decoded and
+    embedded bytes are not all held at once; an image stored only as bytes has no path (None)."""
+    import datasets
+
+    id_column = next((c for c in ID_COLUMNS if c in ds.column_names), None)
+    ids: list[str | int] = list(ds[id_column]) if id_column else list(range(len(ds)))
+    if kind == "text":
+        texts = ds["text"]
+        pairs = ds["text_pair"] if "text_pair" in ds.column_names else [None] * len(ds)
+        return [RowRef(id=i, text=t, text_pair=p) for i, t, p in zip(ids, texts, pairs, strict=True)]
+    column = ds.select_columns(["image"])
+    if isinstance(column.features["image"], datasets.Image):
+        column = column.cast_column("image", datasets.Image(decode=False))
+    paths: list[str | None] = []
+    for batch in column.iter(batch_size=1024):
+        paths += [value.get("path") if isinstance(value, dict) else None for value in batch["image"]]
+    return [RowRef(id=i, path=p) for i, p in zip(ids, paths, strict=True)]
+
+
+def dataset_image_loader(ds: Dataset) -> Callable[[int], PILImage]:
+    """`image_loader` for `write_error_analysis`: row `i`'s image as the split decodes it (paths and bytes alike)."""
+    column = ds.select_columns(["image"])
+
+    def load(index: int) -> PILImage:
+        return column[index]["image"]
+
+    return load
+
+
+def analyse_split(
+    out_dir: Path, split: str, ds: Dataset, logits: np.ndarray, labels: np.ndarray, label_names: list[str]
+) -> ErrorAnalysis:
+    """`write_error_analysis` for one loaded split (`ds`, its rows in the order of `logits`): image or text from
+    its columns, ids and paths from `rows_of`, the grid's images decoded by the split itself."""
+    kind: Literal["image", "text"] = "image" if "image" in ds.column_names else "text"
+    return write_error_analysis(
+        out_dir,
+        split,
+        rows_of(ds, kind),
+        logits,
+        labels,
+        label_names,
+        kind=kind,
+        image_loader=dataset_image_loader(ds) if kind == "image" else None,
+    )

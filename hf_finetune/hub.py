@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import HubError
-from .names import CARD_FILE, EVALUATED_PREFIXES, METRICS_FILE, PUSH_MANIFEST_FILE, RECIPE_FILE
+from .names import (
+    CARD_FILE,
+    ERROR_ANALYSIS_PATTERNS,
+    EVALUATED_PREFIXES,
+    METRICS_FILE,
+    PUSH_MANIFEST_FILE,
+    RECIPE_FILE,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -52,7 +59,8 @@ MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
 EARLIER_PUSH = re.compile(
     r"(checkpoint-\d+/.*|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|pytorch_model.*\.bin"
     rf"|pytorch_model\.bin\.index\.json|training_args\.bin|{re.escape(RECIPE_FILE)}|{re.escape(METRICS_FILE)}"
-    rf"|confusion_matrix_({'|'.join(EVALUATED_PREFIXES)})\.\w+)"
+    rf"|(confusion_matrix|reliability_diagram|regression_scatter|regression_residuals)_"
+    rf"({'|'.join(EVALUATED_PREFIXES)})\.\w+)"
 )
 # Files whose absolute local paths (data source, model folder, output folder) are rewritten in the pushed copy.
 PROVENANCE_FILES = re.compile(
@@ -77,7 +85,8 @@ def push_folder(
 
     `revision` is a branch (created from main if missing). `checkpoint-*` folders stay local unless
     `include_checkpoints`; pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`, `*.ckpt`: optimizer and scheduler
-    state, `training_args.bin`) stay local unless a pattern of `include` names them; links that lead out of the
+    state, `training_args.bin`) and the error analysis (`predictions_*.jsonl`, `errors_*.md`, `errors_*.png`: the
+    evaluated data's rows) stay local unless a pattern of `include` names them; links that lead out of the
     folder are never followed. Absolute local paths in the pushed card, metrics and recipe are rewritten (the output
     folder by its name, other folders as `.../NAME`, the home folder as `~`); the local files are only read.
 
@@ -199,13 +208,16 @@ def stage_folder(
     _check_include(out, include, found, outside, include_checkpoints)
     _refuse_outside_model_files(out, outside)
     paths = _LocalPaths(out)
-    staged, pickles, checkpoints = [], [], set()
+    staged, pickles, checkpoints, row_level = [], [], set(), []
     for name, path in found:
         if name.startswith("checkpoint-") and not include_checkpoints:
             checkpoints.add(name.split("/")[0])
             continue
         if Path(name).suffix.lower() in PICKLE_SUFFIXES and not _named(name, include):
             pickles.append(name)
+            continue
+        if "/" not in name and _named(name, ERROR_ANALYSIS_PATTERNS) and not _named(name, include):
+            row_level.append(name)
             continue
         dest = staging / name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +235,12 @@ def stage_folder(
             "(hub.include) to push it anyway",
             len(pickles),
             _listing(pickles),
+        )
+    if row_level:
+        logger.info(
+            "hub: left out the error analysis (%s): it holds the evaluated data's rows (texts, image paths and "
+            "thumbnails). Name it with --include PATTERN (hub.include) to publish it",
+            _listing(row_level),
         )
     for name, target in outside:
         logger.warning("hub: not pushed: %s is a link to %s, outside %s", name, target, out)

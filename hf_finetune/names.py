@@ -43,6 +43,16 @@ def reliability_diagram_file(prefix: str) -> str:
     return f"reliability_diagram_{prefix}.png"
 
 
+def error_analysis_files(split: str) -> tuple[str, str, str]:
+    """A single-label split's error analysis: the per-row JSON lines, the Markdown summary and the image grid of the
+    highest-loss images (`split` as the data names it: validation, test). Row-level: never pushed unless asked."""
+    return f"predictions_{split}.jsonl", f"errors_{split}.md", f"errors_{split}.png"
+
+
+# Globs of the row-level files above: they hold the evaluated data's rows (texts, image paths, thumbnails).
+ERROR_ANALYSIS_PATTERNS = ("predictions_*.jsonl", "errors_*.md", "errors_*.png")
+
+
 # data.label_format → the transformers `config.problem_type` the model is built with (pipeline() reads it: softmax,
 # sigmoid, or the raw output).
 PROBLEM_TYPES = {

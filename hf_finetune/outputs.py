@@ -22,7 +22,11 @@ from .names import (
     MANIFEST_FILE,
     METRICS_FILE,
     RECIPE_FILE,
+    SPLIT_OF_PREFIX,
     confusion_matrix_files,
+    error_analysis_files,
+    regression_plot_files,
+    reliability_diagram_file,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +50,9 @@ _COMMON_NAMES = frozenset(
         METRICS_FILE,
         CARD_FILE,
         *(name for prefix in EVALUATED_PREFIXES for name in confusion_matrix_files(prefix)),
+        *(reliability_diagram_file(prefix) for prefix in EVALUATED_PREFIXES),
+        *(name for prefix in EVALUATED_PREFIXES for name in regression_plot_files(prefix)),
+        *(name for prefix in EVALUATED_PREFIXES for name in error_analysis_files(SPLIT_OF_PREFIX[prefix])),
         "config.json",
         "model.safetensors",
         "model.safetensors.index.json",
@@ -329,6 +336,30 @@ def _within(child: Path, parent: Path) -> bool:
 def _some(names: Sequence[str], n: int = 5) -> str:
     shown = ", ".join(names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def check_eval_output(trained: Path, target: Path, names: Sequence[str], overwrite: bool) -> None:
+    """May `hf-finetune eval --output` write `names` into `target`? Never into the trained folder (or a folder
+    inside it: eval leaves what training wrote as it was), never over a file already there unless `overwrite`, and
+    nothing else in `target` is touched. Only checks: the caller creates the folder when it writes."""
+    target = Path(target).expanduser()
+    trained_real = Path(trained).expanduser().resolve()
+    if _within(target, trained_real):
+        raise OutputDirError(
+            f"--output {str(target)!r} is inside the trained folder {str(trained)!r}, which eval never modifies; "
+            "name a folder outside it (e.g. eval_new_data)"
+        )
+    if target.exists() and not target.is_dir():
+        raise OutputDirError(f"--output {str(target)!r} is a file; name a folder (it is created if missing)")
+    taken = [name for name in names if (target / name).exists() or (target / name).is_symlink()]
+    if taken and not overwrite:
+        raise OutputDirError(
+            f"--output {str(target)!r} already holds {_some(taken)}; add --overwrite to replace those files "
+            "(nothing else in the folder is touched), or name another folder"
+        )
+    blocking = next((p for p in target.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise OutputDirError(f"--output {str(target)!r}: {str(blocking)!r} is a file, so no folder can be made there")
 
 
 # --------------------------------------------------------------------------------------------- the run's results

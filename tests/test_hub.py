@@ -452,9 +452,12 @@ def test_files_added_on_the_hub_survive_a_push_and_delete_missing_removes_them(t
     assert everything.returncode == 0, everything.stderr[-3000:]
     files = hub.files(repo_id)
     assert "notes.md" not in files and "images/cover.png" not in files
-    # checkpoints stay local; pickles and hidden files (the run's own list of what it wrote) are never pushed
+    # checkpoints stay local; pickles and hidden files (the run's own list of what it wrote) are never pushed, nor
+    # the per-row error analysis (the evaluation data's own rows) unless named with --include
     assert set(files) == {".gitattributes", ".hf_finetune_push.json", *_digest(second)} - {
-        f for f in _digest(second) if f.startswith(("checkpoint-", ".")) or f == "training_args.bin"
+        f
+        for f in _digest(second)
+        if f.startswith(("checkpoint-", ".", "predictions_", "errors_")) or f == "training_args.bin"
     }
 
 
