@@ -517,6 +517,7 @@ def _save(
     """The model (every process: FSDP gathers the shards; only the main one writes), then on the main process the
     results, the card and, if asked, the push. Returns the result files written."""
     from .outputs import recording, run_info
+    from .tracking import log_final_results
 
     out, data = recipe.output_dir, parts.data
     _settle_outputs(parts)  # thresholds into the config; standardised targets folded into the head
@@ -541,6 +542,8 @@ def _save(
     if parts.calibration is not None:
         run["calibration"] = parts.calibration
     files = _write_results(out, recipe, args, parts, results, run)
+    with recording(out):  # report_to tensorboard; with no training (linear_probe) its folder appears only now
+        log_final_results(trainer, out)
     if recipe.hub.push:
         _push(out, recipe.hub)
     return files

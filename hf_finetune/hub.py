@@ -35,6 +35,7 @@ from .names import (
     METRICS_FILE,
     PUSH_MANIFEST_FILE,
     RECIPE_FILE,
+    TENSORBOARD_DIR,
 )
 
 if TYPE_CHECKING:
@@ -85,10 +86,11 @@ def push_folder(
 
     `revision` is a branch (created from main if missing). `checkpoint-*` folders stay local unless
     `include_checkpoints`; pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`, `*.ckpt`: optimizer and scheduler
-    state, `training_args.bin`) and the error analysis (`predictions_*.jsonl`, `errors_*.md`, `errors_*.png`: the
-    evaluated data's rows) stay local unless a pattern of `include` names them; links that lead out of the
-    folder are never followed. Absolute local paths in the pushed card, metrics and recipe are rewritten (the output
-    folder by its name, other folders as `.../NAME`, the home folder as `~`); the local files are only read.
+    state, `training_args.bin`), the error analysis (`predictions_*.jsonl`, `errors_*.md`, `errors_*.png`: the
+    evaluated data's rows) and TensorBoard's event files (`runs/`) stay local unless a pattern of `include` names
+    them; links that lead out of the folder are never followed. Absolute local paths in the pushed card, metrics and
+    recipe are rewritten (the output folder by its name, other folders as `.../NAME`, the home folder as `~`); the
+    local files are only read.
 
     Files an earlier push of this toolkit left on the branch (named in its manifest, `.hf_finetune_push.json`, or on
     a branch without one: weights, checkpoints and result files) are deleted in the same commit when this push does
@@ -200,18 +202,21 @@ def stage_folder(
     copies of metrics.json and recipe.yaml without absolute local paths; returns their paths in the repo.
 
     Links, not copies, so pushing a model of several GB costs no disk space; `out` itself is only read. What is
-    left out (hidden files, checkpoints, pickles, links out of the folder) is said in the log; an `include` pattern
-    that names nothing, or names a link out of the folder, is a `HubError`.
+    left out (hidden files, checkpoints, pickles, TensorBoard's `runs/`, links out of the folder) is said in the log;
+    an `include` pattern that names nothing, or names a link out of the folder, is a `HubError`.
     """
     out = Path(out)
     found, outside = _walk(out)
     _check_include(out, include, found, outside, include_checkpoints)
     _refuse_outside_model_files(out, outside)
     paths = _LocalPaths(out)
-    staged, pickles, checkpoints, row_level = [], [], set(), []
+    staged, pickles, checkpoints, row_level, tracker = [], [], set(), [], []
     for name, path in found:
         if name.startswith("checkpoint-") and not include_checkpoints:
             checkpoints.add(name.split("/")[0])
+            continue
+        if name.startswith(f"{TENSORBOARD_DIR}/") and not _named(name, include):
+            tracker.append(name)
             continue
         if Path(name).suffix.lower() in PICKLE_SUFFIXES and not _named(name, include):
             pickles.append(name)
@@ -241,6 +246,14 @@ def stage_folder(
             "hub: left out the error analysis (%s): it holds the evaluated data's rows (texts, image paths and "
             "thumbnails). Name it with --include PATTERN (hub.include) to publish it",
             _listing(row_level),
+        )
+    if tracker:
+        logger.info(
+            "hub: left out %s/ (%d TensorBoard file(s): binary, so this machine's paths and host name in them cannot "
+            "be rewritten). Add --include '%s/*' (hub.include) to push them",
+            TENSORBOARD_DIR,
+            len(tracker),
+            TENSORBOARD_DIR,
         )
     for name, target in outside:
         logger.warning("hub: not pushed: %s is a link to %s, outside %s", name, target, out)

@@ -28,6 +28,9 @@ ONNX_DIR = "onnx"
 ONNX_MODEL_FILE = "model.onnx"
 ONNX_QUANTIZED_FILE = "model_quantized.onnx"
 ONNX_FIGURES_FILE = "export.json"  # labels, inputs, preprocessing and the verification figures, as plain JSON
+# report_to tensorboard: Trainer's event files, in `runs/<date>_<host>/` (transformers' default_logdir()); kept out of
+# a push unless --include names them (hub.py)
+TENSORBOARD_DIR = "runs"
 # Inside a checkpoint folder, written once every process has saved its part.
 COMPLETE_MARKER = "hf_finetune_complete.json"
 

@@ -23,6 +23,7 @@ from .names import (
     METRICS_FILE,
     RECIPE_FILE,
     SPLIT_OF_PREFIX,
+    TENSORBOARD_DIR,
     confusion_matrix_files,
     error_analysis_files,
     regression_plot_files,
@@ -180,8 +181,13 @@ def finish_manifest(path: Path, written: Sequence[str], *, before: set[str]) -> 
     """All results are written (`written`, and whatever else appeared since the listing `before`): the folder now
     blocks a plain re-run (only overwrite or resume go on). Returns `written`."""
     manifest = _read_manifest(path) or {"entries": []}
-    manifest.pop("listing_at_start", None)
-    entries = set(manifest["entries"]) | set(written) | (listing(path) - before - {MANIFEST_FILE})
+    at_start = manifest.pop("listing_at_start", None)
+    now = listing(path)
+    entries = set(manifest["entries"]) | set(written) | (now - before - {MANIFEST_FILE})
+    if isinstance(at_start, list):
+        # what training wrote beside its checkpoints (report_to tensorboard: `runs/`), found as a killed run's is;
+        # checkpoints are told by their names (and rotate)
+        entries |= {e for e in now - set(at_start) if _looks_ours(e) and not _RUN_FOLDER.fullmatch(e)}
     _write_manifest(path, {**manifest, "entries": sorted(entries), "finished": True})
     return list(written)
 
@@ -212,7 +218,9 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 
 def _looks_ours(name: str) -> bool:
     """A name hf_finetune or Trainer writes whatever the model (a run's folders, the common model files)."""
-    return name in _COMMON_NAMES or name == "runs" or bool(_RUN_FOLDER.fullmatch(name) or _SHARD.fullmatch(name))
+    return (
+        name in _COMMON_NAMES or name == TENSORBOARD_DIR or bool(_RUN_FOLDER.fullmatch(name) or _SHARD.fullmatch(name))
+    )
 
 
 def _entries_we_wrote(path: Path, entries: list[str]) -> tuple[set[str], dict[str, Any] | None]:

@@ -1073,8 +1073,18 @@ def _report_to_problems(names: list[Any]) -> list[str]:
                 f"training.report_to: {name!r} is not a tracker transformers knows{_did_you_mean(str(name), known)}"
             )
         else:
-            out.append(f"training.report_to: {name!r} is not installed; pip install it, or set report_to: none")
+            command = f"pip install {_TRACKER_PACKAGES.get(name, name)}"
+            out.append(f"training.report_to: {name!r} is not installed; {command}, or set report_to: none")
     return out
+
+
+# report_to name -> what to pip install where it is not the name itself (tensorboard: hf_finetune's extra)
+_TRACKER_PACKAGES = {
+    "tensorboard": '"hf_finetune[tensorboard]"',
+    "azure_ml": "azureml-core",
+    "dagshub": "dagshub mlflow",
+    "flyte": "flytekit flytekitplugins-deck-standard",
+}
 
 
 def _scheduler_kwargs_problems(name: Any, kwargs: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainerCallback
 
 from .errors import HFFinetuneError, RecipeError
 from .models.weights import sync_with_checkpoint
+from .tracking import use_training_tensorboard
 
 if TYPE_CHECKING:
     import datasets
@@ -254,7 +255,7 @@ def build_trainer(
 
     `loss(outputs, labels)` replaces the model's loss (class weights, soft targets; see `loss.classification_loss`).
     """
-    return ClassificationTrainer(
+    trainer = ClassificationTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -268,6 +269,9 @@ def build_trainer(
         param_groups=param_groups,
         mixup=mixup,
     )
+    # report_to tensorboard: the evaluations after training are logged once, as final/… (tracking.log_final_results)
+    use_training_tensorboard(trainer)
+    return trainer
 
 
 def mix_batch(mixer: BatchMixer, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
