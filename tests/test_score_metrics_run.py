@@ -320,6 +320,10 @@ def test_calibration_folds_the_validation_fitted_temperature_into_the_saved_head
         assert scores["ece"] == pytest.approx(_ece(probs, test_labels), abs=1e-5), when
     assert metrics["test"]["log_loss"] == calibration["after"]["test"]["log_loss"]
     assert metrics["test"]["accuracy"] == pytest.approx(np.mean(test_logits.argmax(1) == test_labels), abs=1e-12)
+    # the error analysis is the saved (calibrated) model's too: its per-row probabilities are softmax(logits / T)
+    rows = [json.loads(line) for line in (calibrated_run / "predictions_test.jsonl").read_text().splitlines()]
+    written = np.array([[row["probabilities"][name] for name in metrics["label_names"]] for row in rows])
+    np.testing.assert_allclose(written, softmax(test_logits, 1), rtol=1e-5, atol=1e-7)
 
     from hf_finetune import evaluate
 
