@@ -124,6 +124,7 @@ class _Parts:
     # each evaluated split's plot input: regression's points, single-label's score report (reliability diagram)
     plots: dict[str, PlotSample | dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # metrics.calibration temperature: metrics.json's run.calibration
+    tta: dict[str, Any] | None = None  # metrics.tta flip|crops: metrics.json's run.tta
     # single-label: each evaluated split's final logits and labels (N×C, for the error analysis), by prefix
     logits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
@@ -407,7 +408,10 @@ def _evaluate_splits(trainer: Trainer, recipe: Recipe, parts: _Parts) -> dict[st
     (formats.constant_baseline). Multi-label thresholds are chosen first, on a validation pass of the final model,
     and every split is then scored with them (validation's scores are optimistic: it chose them). With
     metrics.calibration temperature (single-label) every split is scored again once T is folded into the head, and
-    those numbers (the saved model's) are the splits'; run.calibration holds both passes' log loss, ECE and Brier."""
+    those numbers (the saved model's) are the splits'; run.calibration holds both passes' log loss, ECE and Brier.
+    With metrics.tta (images) every split is scored once more, each batch averaged over its views (hf_finetune/tta.py),
+    and those are the splits' numbers; run.tta keeps the one-view scores beside them. Thresholds and the temperature
+    are chosen without TTA: they are saved with the model, which predict and pipeline() run on one view."""
     from . import formats
     from .multilabel_metrics import TUNE
 
@@ -420,6 +424,35 @@ def _evaluate_splits(trainer: Trainer, recipe: Recipe, parts: _Parts) -> dict[st
     results = _score_splits(trainer, parts)
     if fmt == "single" and recipe.metrics.calibration == "temperature":
         results = _calibrate(trainer, parts, results)
+    if recipe.metrics.tta != "none":
+        results = _with_tta(trainer, parts, recipe.metrics.tta, results)
+    return results
+
+
+# what metrics.json's run.tta keeps of each evaluated split's one-view scores
+_TTA_SCORES = ("accuracy", "f1_macro", "log_loss", "ece", "brier", "loss", "map", "f1_micro", "rmse", "mae", "r2")
+
+
+def _with_tta(trainer: Trainer, parts: _Parts, tta: str, plain: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """metrics.tta: every evaluated split scored again with the views averaged; those become the splits' metrics."""
+    from .tta import VIEW_COUNTS, applied
+
+    with applied(trainer, tta):
+        results = _score_splits(trainer, parts)
+    parts.tta = {
+        "views": tta,
+        "count": VIEW_COUNTS[tta],
+        "without": {p: {k: plain[p][k] for k in _TTA_SCORES if k in plain[p]} for p in plain},
+    }
+    logger.info(
+        "tta %s (%d views): %s",
+        tta,
+        VIEW_COUNTS[tta],
+        "; ".join(
+            f"{p} loss {plain[p].get('loss', float('nan')):.4f} -> {results[p].get('loss', float('nan')):.4f}"
+            for p in results
+        ),
+    )
     return results
 
 
@@ -541,6 +574,8 @@ def _save(
         run["baseline_linear"] = parts.baseline.info
     if parts.calibration is not None:
         run["calibration"] = parts.calibration
+    if parts.tta is not None:
+        run["tta"] = parts.tta
     files = _write_results(out, recipe, args, parts, results, run)
     with recording(out):  # report_to tensorboard; with no training (linear_probe) its folder appears only now
         log_final_results(trainer, out)
@@ -628,6 +663,7 @@ def evaluate(
     batch_size: int | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of a saved model; the trained folder is never written.
 
@@ -641,9 +677,13 @@ def evaluate(
     ``eval_metrics.json`` (what this returns). `<name>` is the split (test, validation) on the recipe's data; on
     `data`, the data's split name when it has several, else ``data``. Files of those names already there are
     refused unless `overwrite`; nothing else in the folder is touched.
+
+    `tta` (image models): none, flip or crops — each batch averaged over its views (hf_finetune/tta.py); None: the
+    recipe's metrics.tta, so that the recipe's own data gets the numbers training wrote. The result says which.
     """
     from . import formats
     from .data import checks, sources
+    from .tta import check_tta
 
     setup_logging()
     if batch_size is not None and not is_count(batch_size):
@@ -651,6 +691,7 @@ def evaluate(
     output_dir = Path(output_dir)
     task = get_task(task_of_saved(output_dir))
     recipe = load_saved_recipe(output_dir, task.NAME)
+    tta = check_tta(recipe.metrics.tta if tta is None else tta, task.NAME)
     if output is not None:
         _refuse_eval_output(recipe, output_dir, Path(output), overwrite)  # before anything is loaded
     built = task.load_trained(output_dir)
@@ -672,7 +713,8 @@ def evaluate(
     train = loaded.splits["train"] if data is None and "train" in loaded.splits else None
     loss = formats.saved_loss(recipe, output_dir, train, labels, built.model.config)
     prefix = METRIC_PREFIX.get(split, split) if data is None else "eval"
-    result, scored = _score(recipe, task, built, labels, prepared, "eval", prefix, loss, batch_size)
+    result, scored = _score(recipe, task, built, labels, prepared, "eval", prefix, loss, batch_size, tta)
+    result["tta"] = tta
     result["split"] = split if data is None else _data_split_name(data, split, list(loaded.splits))
     result["data"] = loaded.description
     if output is not None and _is_main_process():  # under several processes every one has the gathered logits
@@ -774,10 +816,11 @@ def _score(
     prefix: str,
     loss: Callable[..., torch.Tensor] | None,
     batch_size: int | None,
+    tta: str = "none",
 ) -> tuple[dict[str, Any], tuple[Any, Any] | None]:
     """One evaluation pass with the run's own loss (`formats.saved_loss`), metrics settings (`metrics.top_k`,
-    `metrics.extra`; a multi-label model's saved thresholds), in a throwaway Trainer folder. Returns the split's
-    metrics and, for a single-label model, the pass's logits and labels (else None)."""
+    `metrics.extra`; a multi-label model's saved thresholds) and `tta` views, in a throwaway Trainer folder. Returns
+    the split's metrics and, for a single-label model, the pass's logits and labels (else None)."""
     import tempfile
 
     import torch
@@ -785,6 +828,7 @@ def _score(
 
     from . import formats
     from .trainer import _has_accelerator, build_trainer
+    from .tta import applied
 
     fmt = recipe.data.label_format
     compute_metrics = formats.make_metrics(recipe, labels)
@@ -818,10 +862,11 @@ def _score(
             loss=loss,
         )
         scored = None
-        if fmt == "single":
-            scalars, scored = _scores_and_logits(trainer, prepared.splits[split], prefix)
-        else:
-            scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
+        with applied(trainer, tta):
+            if fmt == "single":
+                scalars, scored = _scores_and_logits(trainer, prepared.splits[split], prefix)
+            else:
+                scalars = trainer.evaluate(prepared.splits[split], metric_key_prefix=prefix)
     return formats.split_metrics(scalars, prefix, fmt, compute_metrics.last_report), scored
 
 
@@ -833,16 +878,20 @@ def predict(
     onnx: bool = False,
     batch_size: int = 32,
     device: str | None = None,
+    tta: str = "none",
 ) -> list[dict[str, Any]]:
     """Top-k labels and scores for each input — image files or texts, as the saved model's task takes — in order.
 
     A model trained on sentence pairs takes `(text, text_pair)` tuples. An input that cannot be read (a missing or
     broken image, an empty text) is a row with `"error"` and no predictions, not an exception. `onnx=True` runs the
     folder's ONNX export (`export`) with onnxruntime instead of the PyTorch model, after the same preprocessing.
-    `device`: cpu, cuda, mps or auto (None: the best available). `iter_predictions` yields the same rows lazily."""
+    `device`: cpu, cuda, mps or auto (None: the best available). `tta` (image models): flip or crops scores each
+    image as the average over its views (hf_finetune/tta.py); none, the default, is what pipeline() computes.
+    `iter_predictions` yields the same rows lazily."""
     from .prediction import iter_predictions
 
-    return list(iter_predictions(output_dir, inputs, top_k, onnx=onnx, batch_size=batch_size, device=device))
+    rows = iter_predictions(output_dir, inputs, top_k, onnx=onnx, batch_size=batch_size, device=device, tta=tta)
+    return list(rows)
 
 
 def _data_split_name(data: str, split: str, splits: list[str]) -> str:

@@ -310,6 +310,7 @@ def card_context(out: Path, facts: CardFacts) -> dict[str, Any]:
         "topk_names": sorted({k for m in splits.values() for k in m if re.fullmatch(r"top\d+_accuracy", k)}),
         "has_baseline": any(_baseline(m, "baseline") is not None for m in splits.values()),
         "linear_baseline": _linear_baseline_note(splits),
+        "tta_note": _tta_note(run),
         "per_class_split": SPLIT_OF_PREFIX[headline] if single and splits[headline].get("per_class") else None,
         "per_class": _per_class(splits[headline]) if single else [],
         "confusion_images": _confusion_images(Path(out), splits),
@@ -405,6 +406,32 @@ def _linear_baseline_note(splits: Mapping[str, Any]) -> str:
         f"The logistic-regression columns are a logistic regression{chosen} fitted on the pretrained model's frozen "
         "features before training: what fine-tuning has to beat to have paid off."
     )
+
+
+# what the TTA note compares, by label format: metrics.json key, its name in the card
+_TTA_HEADLINES = {"single": ("accuracy", "accuracy"), "multi_label": ("map", "mAP"), "regression": ("rmse", "RMSE")}
+
+
+def _tta_note(run: Mapping[str, Any]) -> str:
+    """metrics.tta: the results are averaged over views, which `pipeline()` does not do; say so, and what one view
+    scores (run.tta.without)."""
+    tta = run.get("tta")
+    if not isinstance(tta, dict):
+        return ""
+    key, name = _TTA_HEADLINES.get(run.get("label_format") or "single", _TTA_HEADLINES["single"])
+    without = tta.get("without") or {}
+    split = "test" if "test" in without else next(iter(without), None)
+    plain = without.get(split, {}).get(key) if split else None
+    how = "each image and its mirror" if tta.get("views") == "flip" else "each image and five 7/8 crops of it"
+    averaged = "outputs" if run.get("label_format") == "regression" else "probabilities"
+    line = (
+        f"These results use test-time augmentation ({tta.get('views')}: {tta.get('count')} views, {how}, "
+        f"{averaged} averaged). `pipeline()` and `hf-finetune predict` score one view unless asked "
+        f"(`hf-finetune predict --tta {tta.get('views')}`)"
+    )
+    if _finite(plain):
+        line += f"; with one view the {SPLIT_OF_PREFIX.get(split, split)} {name} is {float(plain):.4f}"
+    return line + "."
 
 
 def _fmt(value: float | None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HFFinetuneError
-from .names import EVALUATED_PREFIXES, METRIC_PREFIX, SPLIT_OF_PREFIX
+from .names import EVALUATED_PREFIXES, METRIC_PREFIX, SPLIT_OF_PREFIX, TTA_VIEWS
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -98,6 +98,12 @@ def _add_eval(sub: Commands) -> None:
         "errors_<split>.png) and eval_metrics.json into DIR, a folder outside the trained one (single-label models)",
     )
     ev.add_argument("--overwrite", action="store_true", help="replace those files if DIR already has them")
+    ev.add_argument(
+        "--tta",
+        choices=TTA_VIEWS,
+        help="image models: test-time augmentation, each image scored as the average over its views (flip: it and "
+        "its mirror; crops: it and five 7/8 crops); default: the recipe's metrics.tta (none unless it set one)",
+    )
 
 
 def _add_predict(sub: Commands) -> None:
@@ -150,6 +156,13 @@ def _add_predict(sub: Commands) -> None:
         "--onnx",
         action="store_true",
         help="run the folder's ONNX export (hf-finetune export) with onnxruntime (on CUDA with onnxruntime-gpu)",
+    )
+    pr.add_argument(
+        "--tta",
+        choices=TTA_VIEWS,
+        default="none",
+        help="image models: test-time augmentation, scores averaged over each image's views (flip: it and its "
+        "mirror; crops: it and five 7/8 crops); default none, as pipeline() scores",
     )
 
 
@@ -242,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Like `parse_args`, but KEY=VALUE overrides may also come after options (`train R --output-dir X a.b=1`), and
-    `--debug` is taken after any command. argparse stops filling a positional list at the first option."""
+    """Like `parse_args`, but KEY=VALUE overrides (`train R --output-dir X a.b=1`) and predict's images may also come
+    after options, and `--debug` is taken after any command. argparse stops filling a positional list at the first option."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if "--debug" in extra:
         args.debug = True
         extra = [e for e in extra if e != "--debug"]
+    if hasattr(args, "images"):  # predict: image paths may follow options too (`predict OUT --tta flip a.png`)
+        args.images = [*args.images, *(e for e in extra if not e.startswith("-"))]
+        extra = [e for e in extra if e.startswith("-")]
     takes_overrides = hasattr(args, "overrides")
     unknown = [e for e in extra if not (takes_overrides and _looks_like_override(e))]
     if unknown:
@@ -372,9 +388,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output=args.output,
         overwrite=args.overwrite,
+        tta=args.tta,
     )
     lines = summary_lines(saved_label_format(args.output_dir), result["split"], result, table=True)
-    lines[0] += f" of {result['data']}"
+    lines[0] += f" of {result['data']}" + (f" (tta {result['tta']})" if result["tta"] != "none" else "")
     if result.get("files"):
         lines.append(f"error analysis in {args.output}: {', '.join(result['files'])}")
     print("\n".join(lines), file=sys.stderr)

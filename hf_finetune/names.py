@@ -73,3 +73,7 @@ TARGET_SCALER_KEY = "target_scaler"
 def regression_plot_files(prefix: str) -> tuple[str, str]:
     """The predicted-vs-true scatter and the residual plot (PNG) of one evaluated split (`prefix`: eval, test)."""
     return f"regression_scatter_{prefix}.png", f"regression_residuals_{prefix}.png"
+
+
+# Test-time augmentation's views (hf_finetune/tta.py): `metrics.tta`, `eval --tta`, `predict --tta`.
+TTA_VIEWS = ("none", "flip", "crops")

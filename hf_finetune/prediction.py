@@ -76,16 +76,21 @@ def iter_predictions(
     onnx: bool = False,
     batch_size: int = 32,
     device: str | None = None,
+    tta: str = "none",
 ) -> Iterator[dict[str, Any]]:
     """Rows as `predict` returns them, lazily: `inputs` (any iterable, even an endless one) is read `batch_size` at
-    a time, and a batch's rows are yielded before the next batch is read. The model loads when this is called."""
+    a time, and a batch's rows are yielded before the next batch is read. The model loads when this is called.
+    `tta` (image models): flip or crops averages each image's scores over its views (hf_finetune/tta.py), with the
+    PyTorch model or the ONNX export alike."""
     from .recipe import is_count, load_saved_recipe
     from .tasks import get_task, task_of_saved
+    from .tta import check_tta, wrap
 
     for name, value in (("top_k", top_k), ("batch_size", batch_size)):
         if not is_count(value):
             raise HFFinetuneError(f"{name} {value!r}: give a whole number of at least 1")
     task = get_task(task_of_saved(output_dir))
+    tta = check_tta(tta, task.NAME)
     pair_column = None
     if "text_pair" in task.INPUTS:
         pair_column = load_saved_recipe(output_dir, task.NAME).data.text_pair_column
@@ -98,6 +103,7 @@ def iter_predictions(
         chosen = resolve_device("cpu")  # onnxruntime takes its inputs from CPU memory and places them itself
     else:
         built.model.to(chosen)
+    built = replace(built, model=wrap(built.model, tta))
     return _stream(task, built, iter(inputs), top_k, batch_size, chosen, (pair_column, Path(output_dir)))
 
 
@@ -457,7 +463,7 @@ def command(args: argparse.Namespace) -> int:
     fmt = check_output(args.output, args.format, args.overwrite)
     keys = (["text", "text_pair"] if pair_column else ["text"]) if text else ["image"]
     rows = iter_predictions(
-        output_dir, inputs, args.top_k, onnx=args.onnx, batch_size=args.batch_size, device=args.device
+        output_dir, inputs, args.top_k, onnx=args.onnx, batch_size=args.batch_size, device=args.device, tta=args.tta
     )
     try:
         # the CSV's predicted labels are joined as the training data's were (data.label_delimiter, default "|")

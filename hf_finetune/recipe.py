@@ -433,6 +433,9 @@ class MetricsSpec:
     # single: temperature scales the logits by one T fitted on the validation split after training, folded into the
     # head's output Linear (hf_finetune/calibration.py) and recorded in config.json; none: the logits as trained
     calibration: Literal["temperature", "none"] = field(default="none", metadata=_expects("'temperature' or 'none'"))
+    # images: the final evaluation's test-time augmentation (hf_finetune/tta.py): flip averages each image with its
+    # mirror, crops with five 7/8 crops; `eval` uses it too unless --tta says otherwise. none: one view
+    tta: Literal["none", "flip", "crops"] = field(default="none", metadata=_expects("'none', 'flip' or 'crops'"))
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
@@ -1132,6 +1135,11 @@ def _cross_section_problems(recipe: Recipe) -> list[str]:
         out.append("augmentation.mixup_alpha/cutmix_alpha: mixing applies to images only")
     if recipe.task == "text-classification" and a != AugmentationSpec():
         out.append("augmentation: image augmentation does not apply to text-classification; remove the section")
+    if recipe.task == "text-classification" and recipe.metrics.tta != "none":
+        out.append(
+            f"metrics.tta: {recipe.metrics.tta!r} averages over flipped or cropped views of an image; a text has "
+            "none, so it does not apply to text-classification; remove it"
+        )
     # mixup/CutMix mixes each sample with another one of its batch: a batch of one cannot be mixed
     batch = recipe.training.get("per_device_train_batch_size", 8)  # TrainingArguments' default
     if a.mixes and isinstance(batch, int) and batch < 2:
