@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Like `parse_args`, but KEY=VALUE overrides (`train R --output-dir X a.b=1`) and predict's images may also come
-    after options, and `--debug` is taken after any command. argparse stops filling a positional list at the first option."""
+    after options, and `--debug` is taken after any command. argparse stops filling a positional list at the first
+    option."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if "--debug" in extra:
