@@ -97,6 +97,16 @@ def test_simple_cnn_export_verify_quantize_card_predict_reexport_and_overwrite(t
         assert [p["label"] for p in got["predictions"]] == [p["label"] for p in want["predictions"]]
         for g, w in zip(got["predictions"], want["predictions"], strict=True):
             assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+    # test-time augmentation runs the export on every view, as it runs the PyTorch model
+    tta_onnx = [
+        json.loads(line) for line in _ok(_cli("predict", out, *images, "--onnx", "--tta", "crops")).splitlines()
+    ]
+    tta_torch = predict(out, images, tta="crops")
+    assert tta_torch != by_torch
+    for got, want in zip(tta_onnx, tta_torch, strict=True):
+        assert {p["label"]: p["score"] for p in got["predictions"]} == pytest.approx(
+            {p["label"]: p["score"] for p in want["predictions"]}, abs=1e-5
+        )
 
     # a second export replaces the first whole: no stale int8 model, one Export section, now without int8
     again = _export(out)
