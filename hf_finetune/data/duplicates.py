@@ -1,0 +1,417 @@
+"""Exact and near duplicates, within and across splits, and the same input under different labels (issue 15).
+
+What inflates a score is a test image that training has already seen: Fashion-MNIST's own tracker lists duplicates
+across its train and test sets. Every row gets two keys, computed once with `datasets.Dataset.map` (in parallel with
+`num_proc`; module-level functions, so it works under the `spawn` start method):
+
+- images: `exact`, a BLAKE2b digest of the decoded RGB pixels and the size (the same pixels saved as PNG and BMP are
+  one image; a re-encoded JPEG is not), and `near`, a 64-bit difference hash (dHash: the grayscale image at 9×8,
+  each bit whether a pixel is brighter than its right neighbour), which survives resizing and re-encoding;
+- texts: `exact`, a digest of the text after NFKC, casefolding and collapsing whitespace, and `near`, a MinHash
+  signature of its word 3-grams (character 5-grams for texts under three words).
+
+Near-duplicate search is not quadratic. Images: two 64-bit hashes within Hamming distance r agree exactly on at
+least one of r + 1 bit bands (pigeonhole), so hashes are bucketed by band and compared only within a bucket. Texts:
+locality-sensitive hashing on bands of the MinHash signature proposes pairs, and each is kept only if the Jaccard
+similarity of the two texts' shingle sets is at least the threshold. Distinct keys are compared, not rows, so a
+thousand copies of one blank image cost one comparison, not half a million.
+
+Rows linked by either relation form one group (three copies are one group, not three pairs). A group is `exact` when
+all its rows share the exact key, else `near`; `cross_split` when it spans splits; `conflicting` when its rows carry
+different labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from ..errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+Kind = Literal["image", "text"]
+# splits from the most protected to the least: a duplicate across splits keeps its test copy, then validation's
+KEEP_ORDER = ("test", "validation", "train")
+MINHASH_PERMUTATIONS = 128
+# of 4 rows each: a pair at Jaccard 0.7 becomes a candidate with probability 1 - (1 - 0.7⁴)³² > 0.9999
+MINHASH_BANDS = 32
+_PRIME = (1 << 61) - 1
+_MINHASH_PRIME = (1 << 31) - 1
+_WHITESPACE = re.compile(r"\s+")
+
+
+# --------------------------------------------------------------------------------------------- keys
+
+
+def normalise_text(text: str) -> str:
+    """What "the same text" means here: Unicode-compatible forms (NFKC: ﬁ → fi), case and whitespace ignored."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def shingles(text: str) -> set[str]:
+    """The normalised text's word 3-grams; its character 5-grams when it has fewer than three words."""
+    norm = normalise_text(text)
+    words = norm.split(" ")
+    if len(words) >= 3:
+        return {" ".join(words[i : i + 3]) for i in range(len(words) - 2)}
+    return {norm[i : i + 5] for i in range(max(1, len(norm) - 4))}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _stable_hash(text: str) -> int:
+    """A 61-bit hash of a shingle that is the same in every process (Python's `hash` is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") % _PRIME
+
+
+def _minhash_family() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(20261203)  # fixed: signatures must agree across processes and runs
+    # modulo the Mersenne prime 2³¹ - 1: a, b, x < 2³¹, so a·x + b < 2⁶² never wraps numpy's uint64, and the mod
+    # folds it many times (a modulus far above a·x + b would leave x's order nearly intact: no mixing at all)
+    a = rng.integers(1, _MINHASH_PRIME, MINHASH_PERMUTATIONS, dtype=np.uint64)
+    b = rng.integers(0, _MINHASH_PRIME, MINHASH_PERMUTATIONS, dtype=np.uint64)
+    return a, b
+
+
+def minhash(items: set[str]) -> list[int]:
+    """The MinHash signature of a shingle set: for each of the fixed hash functions (a·x + b mod p), the minimum
+    over the set's 32-bit shingle hashes."""
+    a, b = _minhash_family()
+    x = np.array(sorted(_stable_hash(s) for s in items), dtype=np.uint64) % np.uint64(_MINHASH_PRIME)
+    values = (a[:, None] * x[None, :] + b[:, None]) % np.uint64(_MINHASH_PRIME)
+    return values.min(axis=1).astype(np.int64).tolist()
+
+
+def dhash(image: Any) -> int:
+    """The 64-bit difference hash of a PIL image."""
+    from PIL import Image
+
+    small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def _open(value: Any) -> Any:
+    from PIL import Image
+
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        return Image.open(io.BytesIO(data)) if data else Image.open(path)
+    if isinstance(value, str):
+        return Image.open(value)
+    return value  # already a PIL image
+
+
+def image_keys(batch: dict[str, list[Any]], column: str) -> dict[str, list[Any]]:
+    """`Dataset.map` function: each image's exact digest, dHash (as a signed 64-bit int) and decode error."""
+    exact, near, errors = [], [], []
+    for value in batch[column]:
+        try:
+            with _open(value) as img:
+                img.load()
+                rgb = img.convert("RGB")
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError… for broken files
+            exact.append("")
+            near.append(0)
+            errors.append(f"{type(err).__name__}: {err}")
+            continue
+        exact.append(_digest(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()))
+        near.append(int(np.int64(np.uint64(dhash(rgb)).view(np.int64))))
+        errors.append("")
+    return {"exact": exact, "near": near, "error": errors}
+
+
+def text_keys(batch: dict[str, list[Any]], column: str) -> dict[str, list[Any]]:
+    """`Dataset.map` function: each text's normalised digest and MinHash signature."""
+    exact, near = [], []
+    for text in batch[column]:
+        text = "" if text is None else str(text)
+        exact.append(_digest(normalise_text(text).encode("utf-8")))
+        near.append(minhash(shingles(text)))
+    return {"exact": exact, "near": near, "error": [""] * len(exact)}
+
+
+def _keys(ds: Dataset, kind: Kind, column: str, num_proc: int | None) -> Dataset:
+    import datasets
+
+    if kind == "image":
+        ds = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        function = image_keys
+    else:
+        ds = ds.select_columns([column])
+        function = text_keys
+    return ds.map(
+        function,
+        batched=True,
+        batch_size=256,
+        fn_kwargs={"column": column},
+        remove_columns=[column],
+        num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
+        desc=f"hashing {kind}s",
+    )
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return int(root)
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    return np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def _near_image_pairs(hashes: np.ndarray, radius: int) -> tuple[list[tuple[int, int]], int]:
+    """Pairs (i, j) of distinct hashes within `radius` bits, by pigeonhole banding; and the comparisons made."""
+    if radius <= 0 or len(hashes) < 2:
+        return [], 0
+    unsigned = hashes.view(np.uint64)
+    bands = radius + 1
+    edges = np.linspace(0, 64, bands + 1).astype(int)
+    pairs: set[tuple[int, int]] = set()
+    comparisons = 0
+    for lo, hi in itertools.pairwise(edges):
+        mask = np.uint64(((1 << (hi - lo)) - 1) << lo)
+        band = unsigned & mask
+        order = np.argsort(band, kind="stable")
+        sorted_band = band[order]
+        starts = np.flatnonzero(np.r_[True, sorted_band[1:] != sorted_band[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        for start, end in zip(starts, ends, strict=True):
+            if end - start < 2:
+                continue
+            members = order[start:end]
+            for k, i in enumerate(members[:-1]):
+                rest = members[k + 1 :]
+                comparisons += len(rest)
+                close = rest[_popcount(unsigned[rest] ^ unsigned[i]) <= radius]
+                pairs.update((int(min(i, j)), int(max(i, j))) for j in close)
+    return sorted(pairs), comparisons
+
+
+def _near_text_pairs(signatures: np.ndarray, texts: Sequence[str], jaccard: float) -> tuple[list[tuple[int, int]], int]:
+    """Candidate pairs from LSH bands of the MinHash signatures, kept when their shingle sets' Jaccard >= jaccard."""
+    if len(signatures) < 2:
+        return [], 0
+    rows = MINHASH_PERMUTATIONS // MINHASH_BANDS
+    candidates: set[tuple[int, int]] = set()
+    for band in range(MINHASH_BANDS):
+        buckets: dict[bytes, list[int]] = defaultdict(list)
+        for i, sig in enumerate(signatures[:, band * rows : (band + 1) * rows]):
+            buckets[sig.tobytes()].append(i)
+        for members in buckets.values():
+            candidates.update((a, b) for k, a in enumerate(members) for b in members[k + 1 :])
+    sets = {}
+    pairs = []
+    for a, b in sorted(candidates):
+        sa = sets.setdefault(a, shingles(texts[a]))
+        sb = sets.setdefault(b, shingles(texts[b]))
+        if len(sa & sb) / max(1, len(sa | sb)) >= jaccard:
+            pairs.append((a, b))
+    return pairs, len(candidates)
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Member:
+    split: str
+    row: int  # the row's index in its split
+    id: str  # the file path when the data has one, else split[row]
+    label: Any
+
+
+@dataclass(frozen=True)
+class Group:
+    members: tuple[Member, ...]
+    exact: bool  # every member has the same exact key (the same decoded pixels / normalised text)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({m.split for m in self.members}, key=_split_order)
+
+    @property
+    def cross_split(self) -> bool:
+        return len(self.splits) > 1
+
+    @property
+    def conflicting(self) -> bool:
+        labels = {_hashable(m.label) for m in self.members if m.label is not None}
+        return len(labels) > 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "exact" if self.exact else "near",
+            "cross_split": self.cross_split,
+            "conflicting": self.conflicting,
+            "members": [{"split": m.split, "row": m.row, "id": m.id, "label": m.label} for m in self.members],
+        }
+
+    def line(self) -> str:
+        kind = "exact duplicate" if self.exact else "near duplicate"
+        where = f"across {' and '.join(self.splits)}" if self.cross_split else f"within {self.splits[0]}"
+        labels = ", ".join(str(m.label) for m in self.members)
+        conflict = "conflicting labels " if self.conflicting else "labels "
+        return f"{kind} {where}: {' == '.join(m.id for m in self.members)} ({conflict}{labels})"
+
+
+def _hashable(label: Any) -> Any:
+    return tuple(label) if isinstance(label, list) else label
+
+
+def _split_order(split: str) -> int:
+    order = ("train", "validation", "test")
+    return order.index(split) if split in order else len(order)
+
+
+@dataclass
+class DuplicateReport:
+    groups: list[Group]
+    rows: dict[str, int]  # rows checked per split
+    comparisons: int = 0  # near-duplicate comparisons made (far below n²/2: the search is bucketed)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def _count(self, exact: bool, cross: bool) -> int:
+        return sum(1 for g in self.groups if g.exact == exact and g.cross_split == cross)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "exact_within": self._count(True, False),
+            "exact_cross": self._count(True, True),
+            "near_within": self._count(False, False),
+            "near_cross": self._count(False, True),
+            "conflicting": sum(1 for g in self.groups if g.conflicting),
+            "rows_in_groups": sum(len(g.members) for g in self.groups),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "counts": self.counts,
+            "comparisons": self.comparisons,
+            "settings": self.settings,
+            "groups": [g.to_json() for g in self.groups],
+        }
+
+    def lines(self, limit: int = 10) -> list[str]:
+        """A count line, then the worst groups first (conflicting, then cross-split, then the rest)."""
+        c = self.counts
+        head = (
+            f"duplicates: {c['exact_cross']} exact and {c['near_cross']} near across splits, {c['exact_within']} "
+            f"exact and {c['near_within']} near within a split, {c['conflicting']} with conflicting labels "
+            f"({c['rows_in_groups']} of {sum(self.rows.values())} rows)"
+        )
+        ranked = sorted(self.groups, key=lambda g: (not g.conflicting, not g.cross_split, not g.exact))
+        out = [head, *(g.line() for g in ranked[:limit])]
+        if len(ranked) > limit:
+            out.append(f"… and {len(ranked) - limit} more groups")
+        return out
+
+    def drop_plan(self, keep_order: Sequence[str] = KEEP_ORDER) -> dict[str, list[int]]:
+        """{split: sorted rows to drop} keeping one copy of each group: in the most protected split it appears in
+        (test before validation before train: the evaluation stays intact, training loses the copy), and there its
+        first row. Conflicting groups are treated alike: which label is right is the user's call, so they are
+        reported, and one copy (the kept split's first) stays."""
+        rank = {s: i for i, s in enumerate(keep_order)}
+        drop: dict[str, list[int]] = defaultdict(list)
+        for g in self.groups:
+            keep = min(g.members, key=lambda m: (rank.get(m.split, len(rank)), m.row))
+            for m in g.members:
+                if m != keep:
+                    drop[m.split].append(m.row)
+        return {s: sorted(rows) for s, rows in drop.items()}
+
+
+def find_duplicates(
+    splits: Mapping[str, Dataset],
+    kind: Kind,
+    *,
+    input_column: str | None = None,
+    label_column: str | None = "label",
+    near: bool = True,
+    hamming_radius: int = 4,
+    jaccard: float = 0.7,
+    num_proc: int | None = None,
+    row_ids: Mapping[str, Sequence[str]] | None = None,
+) -> DuplicateReport:
+    """Every group of duplicates in `splits` (see the module docstring). An image that cannot be decoded raises one
+    DataError naming every such row."""
+    column = input_column or kind
+    keyed = {split: _keys(ds, kind, column, num_proc) for split, ds in splits.items()}
+    bad = [f"{split} row {i}: {err}" for split, ds in keyed.items() for i, err in enumerate(ds["error"]) if err]
+    if bad:
+        more = f"\n  … and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(
+            f"{len(bad)} image(s) cannot be decoded for the duplicate check:\n  " + "\n  ".join(bad[:10]) + more
+        )
+    members: list[Member] = []
+    texts_of: dict[str, list[Any]] = {}
+    exact_keys: list[str] = []
+    near_keys: list[Any] = []
+    for split, ds in keyed.items():
+        source = splits[split]
+        labels = source[label_column] if label_column and label_column in source.column_names else [None] * len(ds)
+        if kind == "text":
+            texts_of[split] = source[column]
+        ids = row_ids.get(split) if row_ids else None
+        for i in range(len(ds)):
+            members.append(Member(split, i, str(ids[i]) if ids is not None else f"{split}[{i}]", labels[i]))
+        exact_keys += ds["exact"]
+        near_keys += ds["near"]
+    union = _UnionFind(len(members))
+    first_of: dict[str, int] = {}
+    for i, key in enumerate(exact_keys):
+        union.union(first_of.setdefault(key, i), i)
+    comparisons = 0
+    if near and first_of:
+        distinct = list(first_of.values())  # one row per exact key: copies were joined above
+        if kind == "image":
+            pairs, comparisons = _near_image_pairs(np.array([near_keys[i] for i in distinct], np.int64), hamming_radius)
+        else:
+            texts = [texts_of[members[i].split][members[i].row] or "" for i in distinct]
+            signatures = np.array([near_keys[i] for i in distinct], dtype=np.int64)
+            pairs, comparisons = _near_text_pairs(signatures, texts, jaccard)
+        for a, b in pairs:
+            union.union(distinct[a], distinct[b])
+    components: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(members)):
+        components[union.find(i)].append(i)
+    groups = [
+        Group(tuple(members[i] for i in rows), len({exact_keys[i] for i in rows}) == 1)
+        for rows in components.values()
+        if len(rows) > 1
+    ]
+    groups.sort(key=lambda g: (_split_order(g.members[0].split), g.members[0].row))
+    settings = {"kind": kind, "near": near}
+    settings |= {"hamming_radius": hamming_radius} if kind == "image" else {"jaccard": jaccard}
+    return DuplicateReport(groups, {s: len(ds) for s, ds in splits.items()}, comparisons, settings)
