@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
+    from .data.duplicates import DuplicateReport
     from .data.sources import LoadedData
     from .metrics import SingleLabelMetrics
     from .multilabel_metrics import MultiLabelMetrics, ThresholdChoice
@@ -125,6 +126,8 @@ class _Parts:
     plots: dict[str, PlotSample | dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # metrics.calibration temperature: metrics.json's run.calibration
     tta: dict[str, Any] | None = None  # metrics.tta flip|crops: metrics.json's run.tta
+    duplicates: DuplicateReport | None = None  # data.duplicates (not off): every group found
+    duplicates_info: dict[str, Any] | None = None  # ... and metrics.json's run.duplicates
     # single-label: each evaluated split's final logits and labels (N×C, for the error analysis), by prefix
     logits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
@@ -221,6 +224,7 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
         data = sources.load_data(recipe.data, task.INPUTS)
         if args.process_index == 0:
             checks.check_inputs(data.splits, task.INPUTS, recipe.data)
+        data, found = _check_duplicates(data, recipe, task)
         built = task.build_model(recipe.model, data.label_names, label_format=data.label_format)
         plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
         if recipe.metrics.baseline == "linear":
@@ -235,7 +239,25 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
     train = data.splits["train"]
     loss = formats.make_loss(recipe, train, data.label_names, args.label_smoothing_factor, mixup is not None)
     compute_metrics = formats.make_metrics(recipe, data.label_names, data.target_scaler)
-    return _Parts(resume, data, built, plan, transfer_callbacks, prepared, compute_metrics, loss, mixup)
+    parts = _Parts(resume, data, built, plan, transfer_callbacks, prepared, compute_metrics, loss, mixup)
+    parts.duplicates, parts.duplicates_info = found
+    return parts
+
+
+def _check_duplicates(
+    data: LoadedData, recipe: Recipe, task: Task
+) -> tuple[LoadedData, tuple[DuplicateReport | None, dict[str, Any] | None]]:
+    """data.duplicates on the splits as they will train and be scored (after carving and caps). Every process runs
+    it (the drop must be the same everywhere, and it is deterministic); hashing is parallel on large data."""
+    import datasets
+
+    from .data.duplicates import apply_policy
+
+    rows = sum(len(ds) for ds in data.splits.values())
+    num_proc = min(8, os.cpu_count() or 1) if rows >= 20000 else None
+    kind = "image" if "image" in task.INPUTS else "text"
+    splits, report, info = apply_policy(data.splits, recipe.data.duplicates, kind, num_proc)
+    return replace(data, splits=datasets.DatasetDict(splits)), (report, info)
 
 
 def _claim_output_dir(recipe: Recipe, args: TrainingArguments, claim: OutputPlan, resume: str | None) -> None:
@@ -576,6 +598,8 @@ def _save(
         run["calibration"] = parts.calibration
     if parts.tta is not None:
         run["tta"] = parts.tta
+    if parts.duplicates_info is not None:
+        run["duplicates"] = parts.duplicates_info
     files = _write_results(out, recipe, args, parts, results, run)
     with recording(out):  # report_to tensorboard; with no training (linear_probe) its folder appears only now
         log_final_results(trainer, out)
@@ -616,6 +640,12 @@ def _write_results(
         results[prefix]["plots"] = written
         files += written.values()
     files += _write_error_analyses(out, parts, results)  # before metrics.json, which summarises them
+    if parts.duplicates is not None and parts.duplicates.groups:
+        from .files import write_json
+        from .names import DUPLICATES_FILE
+
+        write_json(out / DUPLICATES_FILE, parts.duplicates.to_json() | {"policy": recipe.data.duplicates})
+        files.append(DUPLICATES_FILE)
     files = [write_recipe(out, recipe), write_metrics(out, labels, results, run), *files]
     if data.label_format == "single":
         files += write_confusion_matrices(out, results, labels, recipe.name or "model")

@@ -511,7 +511,28 @@ def _data_notes(facts: CardFacts) -> list[str]:
         notes.append(f"image column `{d.image_column}`, label column `{d.label_column}`")
     if facts.loss.class_weights is not None:
         notes.append(f"loss class weights: {facts.loss.class_weights}")
+    duplicates = _duplicates_note(facts.run.get("duplicates"))
+    if duplicates:
+        notes.append(duplicates)
     return notes
+
+
+def _duplicates_note(info: Any) -> str:
+    """What the duplicate check (data.duplicates) found and dropped; empty when it did not run."""
+    if not isinstance(info, dict) or not isinstance(info.get("counts"), dict):
+        return ""
+    c = info["counts"]
+    line = (
+        f"duplicates (`data.duplicates: {info.get('policy')}`): {c.get('exact_cross', 0)} exact and "
+        f"{c.get('near_cross', 0)} near duplicate groups across splits, {c.get('exact_within', 0)} exact and "
+        f"{c.get('near_within', 0)} near within a split, {c.get('conflicting', 0)} with conflicting labels"
+    )
+    dropped = info.get("dropped") or {}
+    if dropped:
+        line += "; dropped before training: " + ", ".join(f"{n} {s} rows" for s, n in dropped.items())
+    elif c.get("exact_cross") or c.get("near_cross"):
+        line += "; kept, so the scores of the splits they span may be optimistic"
+    return line
 
 
 def _preprocessing(facts: CardFacts) -> list[str]:

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import HubError
 from .names import (
     CARD_FILE,
-    ERROR_ANALYSIS_PATTERNS,
     EVALUATED_PREFIXES,
     METRICS_FILE,
     PUSH_MANIFEST_FILE,
     RECIPE_FILE,
+    ROW_LEVEL_PATTERNS,
     TENSORBOARD_DIR,
 )
 
@@ -87,10 +87,10 @@ def push_folder(
     `revision` is a branch (created from main if missing). `checkpoint-*` folders stay local unless
     `include_checkpoints`; pickles (`*.bin`, `*.pt`, `*.pth`, `*.pkl`, `*.pickle`, `*.ckpt`: optimizer and scheduler
     state, `training_args.bin`), the error analysis (`predictions_*.jsonl`, `errors_*.md`, `errors_*.png`: the
-    evaluated data's rows) and TensorBoard's event files (`runs/`) stay local unless a pattern of `include` names
-    them; links that lead out of the folder are never followed. Absolute local paths in the pushed card, metrics and
-    recipe are rewritten (the output folder by its name, other folders as `.../NAME`, the home folder as `~`); the
-    local files are only read.
+    evaluated data's rows), the duplicate report (`duplicates.json`: the data's files) and TensorBoard's event
+    files (`runs/`) stay local unless a pattern of `include` names them; links that lead out of the folder are
+    never followed. Absolute local paths in the pushed card, metrics and recipe are rewritten (the output folder by
+    its name, other folders as `.../NAME`, the home folder as `~`); the local files are only read.
 
     Files an earlier push of this toolkit left on the branch (named in its manifest, `.hf_finetune_push.json`, or on
     a branch without one: weights, checkpoints and result files) are deleted in the same commit when this push does
@@ -221,7 +221,7 @@ def stage_folder(
         if Path(name).suffix.lower() in PICKLE_SUFFIXES and not _named(name, include):
             pickles.append(name)
             continue
-        if "/" not in name and _named(name, ERROR_ANALYSIS_PATTERNS) and not _named(name, include):
+        if "/" not in name and _named(name, ROW_LEVEL_PATTERNS) and not _named(name, include):
             row_level.append(name)
             continue
         dest = staging / name
@@ -243,7 +243,7 @@ def stage_folder(
         )
     if row_level:
         logger.info(
-            "hub: left out the error analysis (%s): it holds the evaluated data's rows (texts, image paths and "
+            "hub: left out the row-level files (%s): they hold the data's rows (texts, image paths and "
             "thumbnails). Name it with --include PATTERN (hub.include) to publish it",
             _listing(row_level),
         )

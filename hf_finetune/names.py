@@ -54,6 +54,10 @@ def error_analysis_files(split: str) -> tuple[str, str, str]:
 
 # Globs of the row-level files above: they hold the evaluated data's rows (texts, image paths, thumbnails).
 ERROR_ANALYSIS_PATTERNS = ("predictions_*.jsonl", "errors_*.md", "errors_*.png")
+# data.duplicates: every duplicate group the pre-flight found, naming the rows' files (row-level: never pushed
+# unless asked, like the error analysis)
+DUPLICATES_FILE = "duplicates.json"
+ROW_LEVEL_PATTERNS = (*ERROR_ANALYSIS_PATTERNS, DUPLICATES_FILE)
 
 
 # data.label_format → the transformers `config.problem_type` the model is built with (pipeline() reads it: softmax,

@@ -171,6 +171,12 @@ class DataSpec:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     check_images: bool = True  # open every image before training so a corrupt file fails fast, by name
+    # exact and near duplicates within and across splits, and inputs under conflicting labels (data/duplicates.py):
+    # warn (log and record them), error (stop on cross-split copies or conflicting labels), drop (keep one copy: in
+    # test before validation before train), off (no check)
+    duplicates: Literal["warn", "error", "drop", "off"] = field(
+        default="warn", metadata=_expects("'warn', 'error', 'drop' or 'off'")
+    )
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""

@@ -26,23 +26,29 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import logging
 import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ..errors import DataError
+from ..names import DUPLICATES_FILE
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
+logger = logging.getLogger(__name__)
+
 Kind = Literal["image", "text"]
 # splits from the most protected to the least: a duplicate across splits keeps its test copy, then validation's
 KEEP_ORDER = ("test", "validation", "train")
+SHOWN_MEMBERS = 6  # a report line names at most this many rows of a group
 MINHASH_PERMUTATIONS = 128
 # of 4 rows each: a pair at Jaccard 0.7 becomes a candidate with probability 1 - (1 - 0.7⁴)³² > 0.9999
 MINHASH_BANDS = 32
@@ -191,7 +197,7 @@ def _popcount(values: np.ndarray) -> np.ndarray:
 
 def _near_image_pairs(hashes: np.ndarray, radius: int) -> tuple[list[tuple[int, int]], int]:
     """Pairs (i, j) of distinct hashes within `radius` bits, by pigeonhole banding; and the comparisons made."""
-    if radius <= 0 or len(hashes) < 2:
+    if radius < 0 or len(hashes) < 2:
         return [], 0
     unsigned = hashes.view(np.uint64)
     bands = radius + 1
@@ -279,9 +285,11 @@ class Group:
     def line(self) -> str:
         kind = "exact duplicate" if self.exact else "near duplicate"
         where = f"across {' and '.join(self.splits)}" if self.cross_split else f"within {self.splits[0]}"
-        labels = ", ".join(str(m.label) for m in self.members)
+        shown = self.members[:SHOWN_MEMBERS]
+        more = f" == … {len(self.members) - len(shown)} more" if len(self.members) > len(shown) else ""
+        labels = ", ".join(str(m.label) for m in shown) + (", …" if more else "")
         conflict = "conflicting labels " if self.conflicting else "labels "
-        return f"{kind} {where}: {' == '.join(m.id for m in self.members)} ({conflict}{labels})"
+        return f"{kind} {where}: {' == '.join(m.id for m in shown)}{more} ({conflict}{labels})"
 
 
 def _hashable(label: Any) -> Any:
@@ -359,7 +367,7 @@ def find_duplicates(
     input_column: str | None = None,
     label_column: str | None = "label",
     near: bool = True,
-    hamming_radius: int = 4,
+    hamming_radius: int = 2,
     jaccard: float = 0.7,
     num_proc: int | None = None,
     row_ids: Mapping[str, Sequence[str]] | None = None,
@@ -415,3 +423,81 @@ def find_duplicates(
     settings = {"kind": kind, "near": near}
     settings |= {"hamming_radius": hamming_radius} if kind == "image" else {"jaccard": jaccard}
     return DuplicateReport(groups, {s: len(ds) for s, ds in splits.items()}, comparisons, settings)
+
+
+# --------------------------------------------------------------------------------------------- the recipe's policy
+
+POLICIES = ("warn", "error", "drop", "off")
+PAIR_SEPARATOR = "\n\u241e\n"  # joins a sentence pair into one key: a pair is a duplicate only as a whole
+
+
+def pair_text(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """`Dataset.map` function: a sentence pair as one text, so pairs that share only a premise are not duplicates."""
+    return {
+        "text": [f"{a or ''}{PAIR_SEPARATOR}{b or ''}" for a, b in zip(batch["text"], batch["text_pair"], strict=True)]
+    }
+
+
+def _row_ids(splits: Mapping[str, Dataset], kind: Kind) -> dict[str, list[str]]:
+    """How the report names rows: an image's file (its name under its class folder, never the absolute path), a
+    text's split row and first words."""
+    import datasets
+
+    out = {}
+    for split, ds in splits.items():
+        if kind == "image":
+            raw = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))["image"]
+            out[split] = [
+                "/".join(Path(v["path"]).parts[-2:]) if v and v.get("path") else f"{split}[{i}]"
+                for i, v in enumerate(raw)
+            ]
+        else:
+            out[split] = [f"{split}[{i}] {str(t or '')[:40]!r}" for i, t in enumerate(ds["text"])]
+    return out
+
+
+def apply_policy(
+    splits: Mapping[str, Dataset], policy: str, kind: Kind, num_proc: int | None = None
+) -> tuple[dict[str, Dataset], DuplicateReport | None, dict[str, Any] | None]:
+    """`data.duplicates` on the loaded splits: the splits to train on, the report and metrics.json's run.duplicates.
+
+    warn (the default): the groups are logged and recorded. error: a duplicate across splits or the same input
+    under different labels stops the run (duplicates within one split only warn: they weight a row twice but do not
+    leak). drop: one copy of each group is kept, in test before validation before train (`drop_plan`), the rest
+    dropped. off: no check. The default is not error because plain transformers trains on such data, and public
+    datasets (Fashion-MNIST among them) hold cross-split duplicates: a run that worked would stop working.
+    """
+    if policy == "off":
+        return dict(splits), None, None
+    checked = dict(splits)
+    if kind == "text" and all("text_pair" in ds.column_names for ds in checked.values()):
+        checked = {s: ds.select_columns(["text", "text_pair", "label"]).map(pair_text) for s, ds in checked.items()}
+    report = find_duplicates(checked, kind, num_proc=num_proc, row_ids=_row_ids(checked, kind))
+    info: dict[str, Any] = {"policy": policy, "counts": report.counts, "settings": report.settings}
+    if not report.groups:
+        logger.info("data: no duplicates within or across %s (%d rows)", ", ".join(splits), sum(report.rows.values()))
+        return dict(splits), report, info
+    leaking = [g for g in report.groups if g.cross_split or g.conflicting]
+    if policy == "error" and leaking:
+        raise DataError(
+            "\n  ".join(report.lines())
+            + "\nA test or validation row that training has seen (or the same input under two labels) inflates the "
+            "score. Remove the copies, or set data.duplicates: drop (keeps test intact, drops the train copies) or "
+            "warn"
+        )
+    out = dict(splits)
+    if policy == "drop":
+        plan = report.drop_plan()
+        for split, rows in plan.items():
+            gone = set(rows)
+            out[split] = splits[split].select([i for i in range(len(splits[split])) if i not in gone])
+        info["dropped"] = {split: len(rows) for split, rows in plan.items()}
+        logger.warning(
+            "data: dropped %s (data.duplicates: drop; listed in %s)",
+            ", ".join(f"{n} {s} rows" for s, n in info["dropped"].items()),
+            DUPLICATES_FILE,
+        )
+    level = logging.WARNING if leaking else logging.INFO
+    for line in report.lines():
+        logger.log(level, "data: %s", line)
+    return out, report, info
