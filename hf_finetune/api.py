@@ -256,7 +256,8 @@ def _check_duplicates(
     rows = sum(len(ds) for ds in data.splits.values())
     num_proc = min(8, os.cpu_count() or 1) if rows >= 20000 else None
     kind = "image" if "image" in task.INPUTS else "text"
-    splits, report, info = apply_policy(data.splits, recipe.data.duplicates, kind, num_proc)
+    skip = not recipe.data.check_images  # the user chose to meet broken files mid-run: the check does not stop on them
+    splits, report, info = apply_policy(data.splits, recipe.data.duplicates, kind, num_proc, skip_unreadable=skip)
     return replace(data, splits=datasets.DatasetDict(splits)), (report, info)
 
 

@@ -371,13 +371,20 @@ def find_duplicates(
     jaccard: float = 0.7,
     num_proc: int | None = None,
     row_ids: Mapping[str, Sequence[str]] | None = None,
+    skip_unreadable: bool = False,
 ) -> DuplicateReport:
     """Every group of duplicates in `splits` (see the module docstring). An image that cannot be decoded raises one
-    DataError naming every such row."""
+    DataError naming every such row; with `skip_unreadable` (data.check_images: false, where the user chose to meet
+    broken files mid-run) such rows are left out of the search and counted in `settings["unreadable"]`."""
     column = input_column or kind
     keyed = {split: _keys(ds, kind, column, num_proc) for split, ds in splits.items()}
-    bad = [f"{split} row {i}: {err}" for split, ds in keyed.items() for i, err in enumerate(ds["error"]) if err]
-    if bad:
+    bad = [
+        f"{split} row {i}" + (f" ({row_ids[split][i]})" if row_ids and split in row_ids else "") + f": {err}"
+        for split, ds in keyed.items()
+        for i, err in enumerate(ds["error"])
+        if err
+    ]
+    if bad and not skip_unreadable:
         more = f"\n  … and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise DataError(
             f"{len(bad)} image(s) cannot be decoded for the duplicate check:\n  " + "\n  ".join(bad[:10]) + more
@@ -399,7 +406,8 @@ def find_duplicates(
     union = _UnionFind(len(members))
     first_of: dict[str, int] = {}
     for i, key in enumerate(exact_keys):
-        union.union(first_of.setdefault(key, i), i)
+        if key:  # "" marks a row that could not be decoded (skip_unreadable)
+            union.union(first_of.setdefault(key, i), i)
     comparisons = 0
     if near and first_of:
         distinct = list(first_of.values())  # one row per exact key: copies were joined above
@@ -420,7 +428,9 @@ def find_duplicates(
         if len(rows) > 1
     ]
     groups.sort(key=lambda g: (_split_order(g.members[0].split), g.members[0].row))
-    settings = {"kind": kind, "near": near}
+    settings: dict[str, Any] = {"kind": kind, "near": near}
+    if bad:
+        settings["unreadable"] = len(bad)
     settings |= {"hamming_radius": hamming_radius} if kind == "image" else {"jaccard": jaccard}
     return DuplicateReport(groups, {s: len(ds) for s, ds in splits.items()}, comparisons, settings)
 
@@ -457,7 +467,7 @@ def _row_ids(splits: Mapping[str, Dataset], kind: Kind) -> dict[str, list[str]]:
 
 
 def apply_policy(
-    splits: Mapping[str, Dataset], policy: str, kind: Kind, num_proc: int | None = None
+    splits: Mapping[str, Dataset], policy: str, kind: Kind, num_proc: int | None = None, skip_unreadable: bool = False
 ) -> tuple[dict[str, Dataset], DuplicateReport | None, dict[str, Any] | None]:
     """`data.duplicates` on the loaded splits: the splits to train on, the report and metrics.json's run.duplicates.
 
@@ -472,7 +482,8 @@ def apply_policy(
     checked = dict(splits)
     if kind == "text" and all("text_pair" in ds.column_names for ds in checked.values()):
         checked = {s: ds.select_columns(["text", "text_pair", "label"]).map(pair_text) for s, ds in checked.items()}
-    report = find_duplicates(checked, kind, num_proc=num_proc, row_ids=_row_ids(checked, kind))
+    ids = _row_ids(checked, kind)
+    report = find_duplicates(checked, kind, num_proc=num_proc, row_ids=ids, skip_unreadable=skip_unreadable)
     info: dict[str, Any] = {"policy": policy, "counts": report.counts, "settings": report.settings}
     if not report.groups:
         logger.info("data: no duplicates within or across %s (%d rows)", ", ".join(splits), sum(report.rows.values()))
