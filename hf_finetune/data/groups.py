@@ -15,10 +15,14 @@ Stratification, as well as the groups allow:
   group's rows are placed together anyway, so a per-row stratum is enough to spread groups rich in a rare label;
 - regression: `StratifiedGroupKFold` on quantile bins of the target (as `labels.binned_split` does without groups).
 
-The fold whose size is closest to `n_holdout` is held out; single groups then move between the sides while that
-brings the size closer, each time the group whose move keeps the share of each class (label, bin) closest between
-the sides. When stratification is impossible (no strata, too few rows per stratum or too few groups for two folds)
-groups are picked at random, in a seeded order, and the log says so.
+The fold whose size is closest to `n_holdout` is held out. Single groups then move between the sides while that
+brings the size closer (each time the group whose move keeps the shares of the classes, labels or bins closest
+between the sides), and last a held group is swapped for a kept one while that evens the shares without moving the
+size away from `n_holdout`: StratifiedGroupKFold balances k folds at once, not the one fold against the rest. When
+stratification is impossible (no strata, fewer rows in every stratum than folds, too few rows for two bins) groups
+are picked at random in a seeded order, and a warning says so; the swaps still even the shares where there are any.
+Finding the subset of groups whose size is exactly `n_holdout` is a subset-sum problem and is not attempted: the
+result is within one group's size of it.
 """
 
 from __future__ import annotations
@@ -272,34 +276,86 @@ def _random_groups(sizes: np.ndarray, n_holdout: int, seed: int) -> np.ndarray:
 def _refine(
     held_groups: np.ndarray, sizes: np.ndarray, profile: np.ndarray | None, n_holdout: int, seed: int
 ) -> np.ndarray:
+    """Bring the held rows as close to `n_holdout` as single group moves can, then swap groups to get closer still
+    or to even the shares."""
+    rng = np.random.default_rng(seed)
+    held_groups = _resize(held_groups, sizes, profile, n_holdout, rng.random(len(sizes)))
+    return _swap(held_groups, sizes, profile, n_holdout, rng)
+
+
+def _imbalance(held_counts: np.ndarray, held_size: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:
+    """Sum over the profile's columns of (held share - kept share)², the last axis being the columns."""
+    h = held_size[..., None].astype(np.float64)
+    return (((held_counts / h) - (total - held_counts) / (n - h)) ** 2).sum(-1)
+
+
+def _resize(
+    held_groups: np.ndarray, sizes: np.ndarray, profile: np.ndarray | None, n_holdout: int, tie: np.ndarray
+) -> np.ndarray:
     """Move single groups across while that brings the held rows strictly closer to `n_holdout`: each time the move
-    that gets closest, then the one that leaves the profile's shares most alike on both sides, then a seeded choice.
-    Neither side is ever emptied. Ends within one group's size of `n_holdout` (when the held side is over by more
-    than its smallest group, removing that group gets closer; likewise for adding a kept group)."""
+    that gets closest, then the one that leaves the shares most alike on both sides, then a seeded choice. Neither
+    side is ever emptied. Ends within one group's size of `n_holdout` (a held side over by more than its smallest
+    group gets closer by giving that group back; likewise for one short of it)."""
     held_groups = held_groups.copy()
     n = int(sizes.sum())
-    total = profile.sum(0) if profile is not None else None
-    tie = np.random.default_rng(seed).random(len(sizes))
-    while True:
-        size = int(sizes[held_groups].sum())
-        if size == n_holdout:
-            return held_groups
+    while (size := int(sizes[held_groups].sum())) != n_holdout:
         sign = np.where(held_groups, -1, 1)
         new_size = size + sign * sizes
-        closer = np.abs(new_size - n_holdout) < abs(size - n_holdout)
-        closer &= (new_size > 0) & (new_size < n)
+        closer = (np.abs(new_size - n_holdout) < abs(size - n_holdout)) & (new_size > 0) & (new_size < n)
         if not closer.any():
-            return held_groups
+            break
         candidates = np.flatnonzero(closer)
         if profile is None:
             cost = np.zeros(len(candidates))
         else:
-            held_counts = profile[held_groups].sum(0)[None, :] + sign[candidates, None] * profile[candidates]
-            h = new_size[candidates, None].astype(np.float64)
-            cost = (((held_counts / h) - (total[None, :] - held_counts) / (n - h)) ** 2).sum(1)
-        order = np.lexsort((tie[candidates], cost, np.abs(new_size[candidates] - n_holdout)))
-        g = candidates[order[0]]
+            held_counts = profile[held_groups].sum(0) + sign[candidates, None] * profile[candidates]
+            cost = _imbalance(held_counts, new_size[candidates], profile.sum(0), n)
+        g = candidates[np.lexsort((tie[candidates], cost, np.abs(new_size[candidates] - n_holdout)))[0]]
         held_groups[g] = not held_groups[g]
+    return held_groups
+
+
+# pairs looked at per swap: a seeded sample of this many groups from each side, so a swap costs O(SWAP_POOL² × columns)
+SWAP_POOL = 200
+MAX_SWAPS = 200
+
+
+def _swap(
+    held_groups: np.ndarray, sizes: np.ndarray, profile: np.ndarray | None, n_holdout: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Swap a held group for a kept one while that brings the held rows closer to `n_holdout` (a move alone may not:
+    groups of 3 and 7 rows, 8 asked, start from the 3) or, at the same distance, evens the shares (StratifiedGroupKFold
+    balances k folds at once, not this one fold against the rest, and the moves above may have unbalanced it); each
+    time the best such swap, by distance and then by balance."""
+    held_groups = held_groups.copy()
+    n = int(sizes.sum())
+    total = profile.sum(0) if profile is not None else None
+    for _ in range(MAX_SWAPS):
+        size = int(sizes[held_groups].sum())
+        dev = abs(size - n_holdout)
+        inside, outside = np.flatnonzero(held_groups), np.flatnonzero(~held_groups)
+        if len(inside) > SWAP_POOL:
+            inside = np.sort(rng.choice(inside, SWAP_POOL, replace=False))
+        if len(outside) > SWAP_POOL:
+            outside = np.sort(rng.choice(outside, SWAP_POOL, replace=False))
+        new_size = size - sizes[inside][:, None] + sizes[outside][None, :]
+        new_dev = np.abs(new_size - n_holdout)
+        if profile is None:
+            now, cost = 0.0, np.zeros(new_size.shape)
+        else:
+            held_counts = profile[held_groups].sum(0)
+            now = float(_imbalance(held_counts, np.array(size), total, n))
+            counts = held_counts - profile[inside][:, None, :] + profile[outside][None, :, :]
+            cost = _imbalance(counts, new_size, total, n)
+        # a relative margin so that rounding noise never swaps back and forth
+        better = (new_dev < dev) | ((new_dev == dev) & (cost < now - 1e-12 * max(now, 1.0)))
+        better &= (new_size > 0) & (new_size < n)
+        if not better.any():
+            break
+        i, j = np.nonzero(better)
+        best = np.lexsort((cost[i, j], new_dev[i, j]))[0]
+        held_groups[inside[i[best]]], held_groups[outside[j[best]]] = False, True
+    return held_groups
 
 
 # --------------------------------------------------------------------------------------------- groups across splits
