@@ -17,8 +17,8 @@ Stratification, as well as the groups allow:
 
 The fold whose size is closest to `n_holdout` is held out. Single groups then move between the sides while that
 brings the size closer (each time the group whose move keeps the shares of the classes, labels or bins closest
-between the sides), and last a held group is swapped for a kept one while that evens the shares without moving the
-size away from `n_holdout`: StratifiedGroupKFold balances k folds at once, not the one fold against the rest. When
+between the sides), and last a held group is swapped for a kept one while that brings the size closer still or, at
+the same size, evens the shares: StratifiedGroupKFold balances k folds at once, not the one fold against the rest. When
 stratification is impossible (no strata, fewer rows in every stratum than folds, too few rows for two bins) groups
 are picked at random in a seeded order, and a warning says so; the swaps still even the shares where there are any.
 Finding the subset of groups whose size is exactly `n_holdout` is a subset-sum problem and is not attempted: the
@@ -46,7 +46,7 @@ MAX_BINS = 10
 LABEL_FORMATS = ("single", "multi_label", "regression")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value, so no generated __eq__
 class GroupSplit:
     """Row indices (sorted) of the part kept (train) and the part held out (validation or test); every group lies
     entirely in one of them. `how` is a sentence for the log."""
@@ -132,6 +132,8 @@ def is_missing(value: object) -> bool:
         return not value.strip()
     if isinstance(value, (float, np.floating)):
         return math.isnan(value)
+    if isinstance(value, (np.datetime64, np.timedelta64)):
+        return bool(np.isnat(value))
     return type(value).__name__ in ("NAType", "NaTType")
 
 
