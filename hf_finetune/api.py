@@ -601,6 +601,8 @@ def _save(
         run["tta"] = parts.tta
     if parts.duplicates_info is not None:
         run["duplicates"] = parts.duplicates_info
+    if data.group_overlap is not None:
+        run["groups_across_splits"] = data.group_overlap
     files = _write_results(out, recipe, args, parts, results, run)
     with recording(out):  # report_to tensorboard; with no training (linear_probe) its folder appears only now
         log_final_results(trainer, out)
@@ -812,6 +814,7 @@ def _whole(spec: DataSpec, data: str) -> DataSpec:
         train_split="train",
         max_train_samples=None,
         max_eval_samples=None,
+        group_column=None,  # new data is scored whole: no split is carved, so groups are not needed
     )
 
 

@@ -511,6 +511,17 @@ def _data_notes(facts: CardFacts) -> list[str]:
         notes.append(f"image column `{d.image_column}`, label column `{d.label_column}`")
     if facts.loss.class_weights is not None:
         notes.append(f"loss class weights: {facts.loss.class_weights}")
+    if d.group_column:
+        overlap = facts.run.get("groups_across_splits") or {}
+        rows = overlap.get("rows") or {}
+        notes.append(
+            f"groups: `{d.group_column}`; a carved validation split keeps each group whole"
+            + (
+                "; groups in more than one split: " + ", ".join(f"{n} {s} rows" for s, n in rows.items() if n)
+                if rows
+                else "; no group is in more than one split"
+            )
+        )
     duplicates = _duplicates_note(facts.run.get("duplicates"))
     if duplicates:
         notes.append(duplicates)

@@ -174,6 +174,9 @@ class DataSpec:
     # exact and near duplicates within and across splits, and inputs under conflicting labels (data/duplicates.py):
     # warn (log and record them), error (stop on cross-split copies or conflicting labels), drop (keep one copy: in
     # test before validation before train), off (no check)
+    # a column naming each row's group (patient, device, session): a carved validation split keeps every group whole,
+    # and groups found in more than one given split are reported (hf_finetune/data/groups.py)
+    group_column: str | None = None
     duplicates: Literal["warn", "error", "drop", "off"] = field(
         default="warn", metadata=_expects("'warn', 'error', 'drop' or 'off'")
     )

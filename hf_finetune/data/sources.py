@@ -31,6 +31,8 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 VALIDATION_NAMES = ("validation", "valid", "val", "dev")
 TEXT_COLUMNS = ("text", "text_pair")
+# data.group_column's canonical name while the splits are formed; dropped before the data leaves load_data
+GROUP = "__group"
 
 
 @dataclass
@@ -47,6 +49,8 @@ class LoadedData:
     # regression with data.standardize_targets: {"mean", "std"} fitted on train; the splits' targets are scaled by
     # it, so predictions are undone with labels.unstandardize(outputs, target_scaler). None otherwise.
     target_scaler: dict[str, float] | None = None
+    # data.group_column: the groups found in more than one split (groups.GroupOverlap.to_json()); None without it
+    group_overlap: dict[str, Any] | None = None
 
     @property
     def has_test(self) -> bool:
@@ -97,6 +101,9 @@ def load_data(
     if carve_validation:
         raw = _ensure_validation(raw, spec, label_names)
     raw = _limit(raw, spec)
+    group_overlap = None
+    if spec.group_column:
+        raw, group_overlap = _check_groups(raw, spec)
     if spec.label_format == "regression" and spec.standardize_targets:
         # last: fitted on the rows that train, never on the validation rows carved out of train
         raw, target_scaler = labels.standardize_splits(raw, target_scaler)
@@ -112,6 +119,7 @@ def load_data(
         unlabelled=unlabelled,
         label_format=spec.label_format,
         target_scaler=target_scaler,
+        group_overlap=group_overlap,
     )
 
 
@@ -350,6 +358,8 @@ def _canonical_columns(raw: Any, spec: DataSpec, inputs: dict[str, str], base_di
         wanted += [(column, "data.label_columns", LABEL_PART + column) for column in spec.label_columns]
     else:
         wanted.append((spec.label_column, "data.label_column", "label"))
+    if spec.group_column:
+        wanted.append((spec.group_column, "data.group_column", GROUP))
     out = {}
     for split, ds in raw.items():
         columns = ds.column_names
@@ -542,6 +552,8 @@ def _ensure_validation(raw: Any, spec: DataSpec, label_names: list[str] | None =
         )
     # An explicit count: datasets takes ceil(fraction × n), which turns 0.7 × 10 = 7.000000000000001 into 8.
     n_val = min(max(round(spec.validation_size * len(train)), 1), len(train) - 1)
+    if spec.group_column:
+        return _carve_by_group(raw, spec, n_val, label_names or [])
     if spec.label_format != "single":
         from .labels import carve_validation
 
@@ -573,6 +585,54 @@ def _ensure_validation(raw: Any, spec: DataSpec, label_names: list[str] | None =
     if TEST in raw:
         out[TEST] = raw[TEST]
     return datasets.DatasetDict(out)
+
+
+def _carve_by_group(raw: Any, spec: DataSpec, n_val: int, label_names: list[str]) -> Any:
+    """data.group_column: the carved validation split takes whole groups, stratified as well as they allow."""
+    import datasets
+    import numpy as np
+
+    from . import labels
+    from .groups import group_split
+
+    train = raw[TRAIN]
+    if spec.label_format == "multi_label":
+        strata: Any = labels.multi_hot(train)
+    elif spec.label_format == "regression":
+        strata = labels.targets(train)
+    else:
+        strata = np.asarray(train["label"])
+    chosen = group_split(
+        train[GROUP],
+        strata,
+        n_val,
+        spec.seed,
+        label_format=spec.label_format,
+        column=spec.group_column,
+        label_names=label_names,
+    )
+    logger.info(
+        "data: no validation split; carved %d train / %d validation rows from train with seed %d, %s",
+        len(chosen.kept),
+        len(chosen.held),
+        spec.seed,
+        chosen.how,
+    )
+    out = {TRAIN: train.select(chosen.kept), VALIDATION: train.select(chosen.held)}
+    if TEST in raw:
+        out[TEST] = raw[TEST]
+    return datasets.DatasetDict(out)
+
+
+def _check_groups(raw: Any, spec: DataSpec) -> tuple[Any, dict[str, Any] | None]:
+    """Groups in more than one split leak (the model has seen the patient): warn, naming them; then the group
+    column, which no model input uses, is dropped."""
+    from .groups import groups_across_splits
+
+    overlap = groups_across_splits({s: ds[GROUP] for s, ds in raw.items()}, column=spec.group_column)
+    for line in overlap.lines():
+        logger.warning("data: %s", line)
+    return raw.remove_columns(GROUP), (overlap.to_json() if overlap else None)
 
 
 def _limit(raw: Any, spec: DataSpec) -> Any:
