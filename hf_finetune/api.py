@@ -244,6 +244,62 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
     return parts
 
 
+def check_data(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """`hf-finetune check`: the data pre-flight a training run makes, without building a model or writing anything.
+
+    Loading (columns, labels, splits: its errors are raised as they are) then every check at once: images decode,
+    duplicates and conflicting labels (data.duplicates; as error only under `error`), groups in more than one
+    split (data.group_column). Returns {"lines": the report, "errors": what would stop a run, "duplicates": the
+    DuplicateReport's JSON or None}."""
+    from .data import checks, sources
+    from .data.duplicates import apply_policy
+
+    setup_logging()
+    recipe = load_recipe(recipe, list(overrides or []))
+    task = get_task(recipe.task)
+    data = sources.load_data(recipe.data, task.INPUTS)
+    lines = [f"data: {data.description}: " + ", ".join(f"{s} {len(ds)} rows" for s, ds in data.splits.items())]
+    lines.append(f"labels ({data.label_format}): {len(data.label_names)}: " + ", ".join(data.label_names[:20]))
+    errors: list[str] = []
+    unreadable = False
+    try:
+        checks.check_inputs(data.splits, task.INPUTS, recipe.data)
+        if "image" in task.INPUTS and recipe.data.check_images:
+            lines.append("images: every image decodes")
+    except DataError as err:
+        errors.append(str(err))
+        unreadable = True
+    report = None
+    if recipe.data.duplicates != "off":
+        kind = "image" if "image" in task.INPUTS else "text"
+        # a policy of drop only reports here: nothing is trained, so nothing is dropped
+        policy = "error" if recipe.data.duplicates == "error" else "warn"
+        try:
+            _, report, _ = apply_policy(data.splits, policy, kind, skip_unreadable=unreadable)
+        except DataError as err:
+            errors.append(str(err))
+        if report is not None:
+            lines += report.lines()
+    else:
+        lines.append("duplicates: not checked (data.duplicates: off)")
+    if recipe.data.group_column:
+        overlap = data.group_overlap
+        lines += [f"groups: {line}" for line in _overlap_lines(overlap)] or [
+            f"groups: no group of {recipe.data.group_column!r} is in more than one split"
+        ]
+    return {"lines": lines, "errors": errors, "duplicates": None if report is None else report.to_json()}
+
+
+def _overlap_lines(overlap: dict[str, Any] | None) -> list[str]:
+    if not overlap:
+        return []
+    return [
+        f"{len(entry['groups'])} groups in both {' and '.join(entry['splits'])}: "
+        + ", ".join(map(str, entry["groups"][:10]))
+        for entry in overlap.get("shared", [])
+    ]
+
+
 def _check_duplicates(
     data: LoadedData, recipe: Recipe, task: Task
 ) -> tuple[LoadedData, tuple[DuplicateReport | None, dict[str, Any] | None]]:

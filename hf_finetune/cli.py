@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add_command in (
         _add_train,
         _add_validate,
+        _add_check,
         _add_eval,
         _add_predict,
         _add_export,
@@ -79,6 +80,16 @@ def _add_train(sub: Commands) -> None:
 
 def _add_validate(sub: Commands) -> None:
     check = sub.add_parser("validate", help="check a recipe and print it fully resolved, without training")
+    check.add_argument("recipe")
+    check.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+
+def _add_check(sub: Commands) -> None:
+    check = sub.add_parser(
+        "check",
+        help="the whole data pre-flight (columns, labels, images, duplicates, groups) without training",
+        description="Prints one report. Exit status: 0 nothing is an error (warnings may be listed); 2 something is.",
+    )
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
@@ -377,6 +388,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .api import check_data
+
+    report = check_data(args.recipe, args.overrides)
+    print("\n".join(report["lines"]))
+    if report["errors"]:
+        raise HFFinetuneError(f"{len(report['errors'])} problem(s) in the data:\n" + "\n".join(report["errors"]))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate
     from .files import finite_only
@@ -486,6 +507,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "validate": cmd_validate,
+    "check": cmd_check,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,

@@ -115,3 +115,27 @@ def test_drop_keeps_test_intact_and_one_copy_of_each(data: Path, tmp_path: Path)
     # what stayed: the test copy of the leaked image, one of the two labelled copies
     predictions = [json.loads(x) for x in (out / "predictions_test.jsonl").read_text(encoding="utf-8").splitlines()]
     assert any(p["path"].endswith("test/red/0.png") for p in predictions)
+
+
+def test_check_reports_everything_at_once_without_training(data: Path, tmp_path: Path):
+    """`hf-finetune check`: one report; warnings only → exit 0; an error → exit 2; never an output folder."""
+    recipe = _recipe(tmp_path, data, None)
+    proc = _cli("check", str(recipe), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "images: every image decodes" in proc.stdout
+    assert proc.stdout.count("exact duplicate") == 2 and "conflicting labels" in proc.stdout
+    assert not (tmp_path / "out").exists()
+
+    refused = _cli("check", str(recipe), "data.duplicates=error", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "problem(s) in the data" in refused.stderr and "red/leak.png" in refused.stderr
+
+    # a broken image and the duplicates, in one report
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    (broken / "train" / "green" / "3.png").write_bytes(b"\x89PNG truncated")
+    both = _cli("check", str(_recipe(tmp_path, broken, None)), cwd=tmp_path)
+    assert both.returncode == 2 and "Traceback" not in both.stderr
+    assert "green/3.png" in both.stderr and "cannot be decoded" in both.stderr
+    assert both.stdout.count("exact duplicate") == 2
+    assert not (tmp_path / "out").exists()

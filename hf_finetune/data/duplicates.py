@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 Kind = Literal["image", "text"]
 # splits from the most protected to the least: a duplicate across splits keeps its test copy, then validation's
 KEEP_ORDER = ("test", "validation", "train")
+# near duplicates: a dHash alone (64 bits of left-right brightness order) matches many different small images on a
+# plain background (Fashion-MNIST: one chain of 12,000 garments at 2 bits); each candidate pair must also agree on a
+# 16×16 grayscale thumbnail, to within a mean absolute difference of NEAR_MAE grey levels (of 255)
+THUMB_SIDE = 16
+NEAR_MAE = 3.0
 SHOWN_MEMBERS = 6  # a report line names at most this many rows of a group
 MINHASH_PERMUTATIONS = 128
 # of 4 rows each: a pair at Jaccard 0.7 becomes a candidate with probability 1 - (1 - 0.7⁴)³² > 0.9999
@@ -122,8 +127,9 @@ def _open(value: Any) -> Any:
 
 
 def image_keys(batch: dict[str, list[Any]], column: str) -> dict[str, list[Any]]:
-    """`Dataset.map` function: each image's exact digest, dHash (as a signed 64-bit int) and decode error."""
-    exact, near, errors = [], [], []
+    """`Dataset.map` function: each image's exact digest, dHash (as a signed 64-bit int), grayscale thumbnail (the
+    near-duplicate check's second opinion) and decode error."""
+    exact, near, thumbs, errors = [], [], [], []
     for value in batch[column]:
         try:
             with _open(value) as img:
@@ -132,12 +138,21 @@ def image_keys(batch: dict[str, list[Any]], column: str) -> dict[str, list[Any]]
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError… for broken files
             exact.append("")
             near.append(0)
+            thumbs.append(bytes(THUMB_SIDE * THUMB_SIDE))
             errors.append(f"{type(err).__name__}: {err}")
             continue
         exact.append(_digest(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()))
         near.append(int(np.int64(np.uint64(dhash(rgb)).view(np.int64))))
+        thumbs.append(thumbnail(rgb))
         errors.append("")
-    return {"exact": exact, "near": near, "error": errors}
+    return {"exact": exact, "near": near, "thumb": thumbs, "error": errors}
+
+
+def thumbnail(image: Any) -> bytes:
+    """The image as THUMB_SIDE² grayscale bytes: what two near-duplicates must also agree on, pixel by pixel."""
+    from PIL import Image
+
+    return image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS).tobytes()
 
 
 def text_keys(batch: dict[str, list[Any]], column: str) -> dict[str, list[Any]]:
@@ -195,8 +210,11 @@ def _popcount(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
-def _near_image_pairs(hashes: np.ndarray, radius: int) -> tuple[list[tuple[int, int]], int]:
-    """Pairs (i, j) of distinct hashes within `radius` bits, by pigeonhole banding; and the comparisons made."""
+def _near_image_pairs(
+    hashes: np.ndarray, radius: int, thumbs: np.ndarray | None = None, max_mae: float = NEAR_MAE
+) -> tuple[list[tuple[int, int]], int]:
+    """Pairs (i, j) of distinct hashes within `radius` bits, by pigeonhole banding, whose thumbnails (rows of
+    `thumbs`, when given) differ by at most `max_mae` on average; and the hash comparisons made."""
     if radius < 0 or len(hashes) < 2:
         return [], 0
     unsigned = hashes.view(np.uint64)
@@ -219,6 +237,9 @@ def _near_image_pairs(hashes: np.ndarray, radius: int) -> tuple[list[tuple[int, 
                 rest = members[k + 1 :]
                 comparisons += len(rest)
                 close = rest[_popcount(unsigned[rest] ^ unsigned[i]) <= radius]
+                if thumbs is not None and len(close):
+                    mae = np.abs(thumbs[close].astype(np.int16) - thumbs[i].astype(np.int16)).mean(axis=1)
+                    close = close[mae <= max_mae]
                 pairs.update((int(min(i, j)), int(max(i, j))) for j in close)
     return sorted(pairs), comparisons
 
@@ -393,6 +414,7 @@ def find_duplicates(
     texts_of: dict[str, list[Any]] = {}
     exact_keys: list[str] = []
     near_keys: list[Any] = []
+    thumbs: list[bytes] = []
     for split, ds in keyed.items():
         source = splits[split]
         labels = source[label_column] if label_column and label_column in source.column_names else [None] * len(ds)
@@ -403,6 +425,8 @@ def find_duplicates(
             members.append(Member(split, i, str(ids[i]) if ids is not None else f"{split}[{i}]", labels[i]))
         exact_keys += ds["exact"]
         near_keys += ds["near"]
+        if kind == "image":
+            thumbs += ds["thumb"]
     union = _UnionFind(len(members))
     first_of: dict[str, int] = {}
     for i, key in enumerate(exact_keys):
@@ -412,7 +436,9 @@ def find_duplicates(
     if near and first_of:
         distinct = list(first_of.values())  # one row per exact key: copies were joined above
         if kind == "image":
-            pairs, comparisons = _near_image_pairs(np.array([near_keys[i] for i in distinct], np.int64), hamming_radius)
+            hashes = np.array([near_keys[i] for i in distinct], np.int64)
+            small = np.frombuffer(b"".join(thumbs[i] for i in distinct), np.uint8).reshape(len(distinct), -1)
+            pairs, comparisons = _near_image_pairs(hashes, hamming_radius, small)
         else:
             texts = [texts_of[members[i].split][members[i].row] or "" for i in distinct]
             signatures = np.array([near_keys[i] for i in distinct], dtype=np.int64)
