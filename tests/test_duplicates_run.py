@@ -112,6 +112,11 @@ def test_drop_keeps_test_intact_and_one_copy_of_each(data: Path, tmp_path: Path)
     assert run["splits"]["train"]["rows"] + run["splits"]["validation"]["rows"] == 26 - 2
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "dropped before training: " in card
+    # what was dropped is listed by file: the train copy of the test image, one of the two labelled copies
+    listed = json.loads((out / "duplicates.json").read_text(encoding="utf-8"))["dropped"]
+    names = sorted(name for rows in listed.values() for name in rows)
+    assert "test" not in listed and len(names) == 2 and "red/leak.png" in names
+    assert len({"green/0.png", "blue/twin.png"} & set(names)) == 1
     # what stayed: the test copy of the leaked image, one of the two labelled copies
     predictions = [json.loads(x) for x in (out / "predictions_test.jsonl").read_text(encoding="utf-8").splitlines()]
     assert any(p["path"].endswith("test/red/0.png") for p in predictions)

@@ -328,6 +328,7 @@ class DuplicateReport:
     rows: dict[str, int]  # rows checked per split
     comparisons: int = 0  # near-duplicate comparisons made (far below n²/2: the search is bucketed)
     settings: dict[str, Any] = field(default_factory=dict)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # data.duplicates drop: the ids of the rows dropped
 
     def _count(self, exact: bool, cross: bool) -> int:
         return sum(1 for g in self.groups if g.exact == exact and g.cross_split == cross)
@@ -349,6 +350,7 @@ class DuplicateReport:
             "counts": self.counts,
             "comparisons": self.comparisons,
             "settings": self.settings,
+            "dropped": self.dropped,
             "groups": [g.to_json() for g in self.groups],
         }
 
@@ -525,6 +527,8 @@ def apply_policy(
     out = dict(splits)
     if policy == "drop":
         plan = report.drop_plan()
+        ids = {(m.split, m.row): m.id for g in report.groups for m in g.members}
+        report.dropped = {split: [ids[split, i] for i in rows] for split, rows in plan.items()}
         for split, rows in plan.items():
             gone = set(rows)
             out[split] = splits[split].select([i for i in range(len(splits[split])) if i not in gone])
