@@ -216,3 +216,30 @@ def test_an_equal_dhash_is_not_enough_the_pixels_must_agree(tmp_path):
     assert bin(dhash(a) ^ dhash(b)).count("1") <= 2
     ds, ids = _images(tmp_path, "train", [("a.png", a, "x"), ("faded.png", b, "x")])
     assert find_duplicates({"train": ds}, "image", row_ids={"train": ids}).groups == []
+
+
+def test_keys_are_cached_by_fingerprint_and_a_replaced_file_is_hashed_again(tmp_path, monkeypatch):
+    """A re-run (and every process after the first) reads the keys instead of decoding the images again; an image
+    replaced under the same name is not served from the cache."""
+    import hf_finetune.data.duplicates as duplicates
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    a, b = Image.fromarray(_noise(1)), Image.fromarray(_noise(2))
+    ds, ids = _images(tmp_path, "train", [("a.png", a, "x"), ("copy.png", a, "x"), ("b.png", b, "y")])
+    first = find_duplicates({"train": ds}, "image", row_ids={"train": ids})
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the cached keys were not used")
+
+    monkeypatch.setattr(duplicates, "image_keys", no_decoding)
+    again = find_duplicates({"train": ds}, "image", row_ids={"train": ids})
+    assert again.to_json() == first.to_json() and len(again.groups) == 1
+
+    b.save(tmp_path / "train" / "copy.png")  # the copy replaced by another image, under the same name
+    with pytest.raises(AssertionError, match="cached keys were not used"):
+        find_duplicates({"train": ds}, "image", row_ids={"train": ids})
+    monkeypatch.undo()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    changed = find_duplicates({"train": ds}, "image", row_ids={"train": ids})
+    assert sorted(sorted(m.id for m in g.members) for g in changed.groups) == [["b.png", "copy.png"]]

@@ -27,6 +27,7 @@ import hashlib
 import io
 import itertools
 import logging
+import os
 import re
 import unicodedata
 from collections import defaultdict
@@ -165,16 +166,29 @@ def text_keys(batch: dict[str, list[Any]], column: str) -> dict[str, list[Any]]:
     return {"exact": exact, "near": near, "error": [""] * len(exact)}
 
 
-def _keys(ds: Dataset, kind: Kind, column: str, num_proc: int | None) -> Dataset:
+# bump when the keys change meaning: a cache written by another version is then never read
+KEYS_VERSION = 1
+
+
+def _keys(ds: Dataset, kind: Kind, column: str, num_proc: int | None) -> dict[str, Any]:
+    """Each row's keys (`image_keys` / `text_keys` columns), from the cache when this split was hashed before.
+
+    The cache is keyed by the split's `datasets` fingerprint (which follows its content and every transform, and is
+    the same in every process): a re-run, a `--resume` and the second and later processes of a distributed run read
+    the keys instead of decoding every image again. It lives under datasets' cache folder (HF_DATASETS_CACHE)."""
     import datasets
 
+    undecoded = ds.select_columns([column])
     if kind == "image":
-        ds = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-        function = image_keys
-    else:
-        ds = ds.select_columns([column])
-        function = text_keys
-    return ds.map(
+        undecoded = undecoded.cast_column(column, datasets.Image(decode=False))
+    path = _cache_path(undecoded, kind, column)
+    if path is not None and path.is_file():
+        try:
+            return _read_keys(path)
+        except (OSError, ValueError, KeyError):
+            logger.info("data: the duplicate check's cache %s is unreadable; hashing again", path)
+    function = image_keys if kind == "image" else text_keys
+    keyed = undecoded.map(
         function,
         batched=True,
         batch_size=256,
@@ -182,7 +196,70 @@ def _keys(ds: Dataset, kind: Kind, column: str, num_proc: int | None) -> Dataset
         remove_columns=[column],
         num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
         desc=f"hashing {kind}s",
+        keep_in_memory=True,  # the keys are cached below, in a form that is cheap to read back
     )
+    keys = {name: keyed[name] for name in keyed.column_names}
+    if path is not None:
+        _write_keys(path, keys)
+    return keys
+
+
+def _cache_path(ds: Dataset, kind: Kind, column: str) -> Path | None:
+    """Where `ds`'s keys are cached. Images stored as file paths add each file's size and modification time to the
+    key: the fingerprint follows the paths, not the files, so an image replaced under the same name is hashed again."""
+    import datasets
+
+    fingerprint = getattr(ds, "_fingerprint", None)
+    if not fingerprint:
+        return None
+    digest = hashlib.blake2b(f"{KEYS_VERSION}:{kind}:{column}:{fingerprint}".encode(), digest_size=12)
+    if kind == "image":
+        for value in ds.with_format("arrow")[column].to_pylist():
+            if value and not value.get("bytes") and value.get("path"):
+                try:
+                    stat = os.stat(value["path"])
+                except OSError:
+                    digest.update(b"missing")
+                    continue
+                digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    name = digest.hexdigest()
+    return Path(datasets.config.HF_DATASETS_CACHE) / "hf_finetune_duplicates" / f"{name}.npz"
+
+
+def _write_keys(path: Path, keys: dict[str, Any]) -> None:
+    """Written to a temporary name and renamed: a reader never sees half a file, and a failure only costs a rehash."""
+    import tempfile
+
+    arrays = {
+        "exact": np.array(keys["exact"], dtype=str),
+        "near": np.array(keys["near"], dtype=np.int64),
+        "error": np.array(keys["error"], dtype=str),
+    }
+    if "thumb" in keys:
+        thumbs = np.frombuffer(b"".join(keys["thumb"]), np.uint8)
+        arrays["thumb"] = thumbs.reshape(len(keys["thumb"]), THUMB_SIDE * THUMB_SIDE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only cache costs speed, never the run
+        logger.info("data: could not cache the duplicate check's keys in %s (%s)", path.parent, err)
+
+
+def _read_keys(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as saved:
+        keys: dict[str, Any] = {
+            "exact": saved["exact"].tolist(),
+            "near": saved["near"].tolist(),
+            "error": saved["error"].tolist(),
+        }
+        if "thumb" in saved.files:
+            keys["thumb"] = [row.tobytes() for row in saved["thumb"]]
+    if len(keys["exact"]) == 0 and len(keys["near"]):
+        raise ValueError("inconsistent cache")
+    return keys
 
 
 # --------------------------------------------------------------------------------------------- search
@@ -419,11 +496,12 @@ def find_duplicates(
     thumbs: list[bytes] = []
     for split, ds in keyed.items():
         source = splits[split]
-        labels = source[label_column] if label_column and label_column in source.column_names else [None] * len(ds)
+        n = len(ds["exact"])
+        labels = source[label_column] if label_column and label_column in source.column_names else [None] * n
         if kind == "text":
             texts_of[split] = source[column]
         ids = row_ids.get(split) if row_ids else None
-        for i in range(len(ds)):
+        for i in range(n):
             members.append(Member(split, i, str(ids[i]) if ids is not None else f"{split}[{i}]", labels[i]))
         exact_keys += ds["exact"]
         near_keys += ds["near"]
