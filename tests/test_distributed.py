@@ -320,3 +320,34 @@ def test_mixed_precision_is_set_in_one_place():
         mixed_precision({"fp16": True, "use_cpu": True}, {})
     with pytest.raises(RecipeError, match="mixed_precision=fp16: fp16 needs a GPU"):
         mixed_precision({}, {"ACCELERATE_MIXED_PRECISION": "fp16", "ACCELERATE_USE_CPU": "true"})
+
+
+def test_a_duplicate_error_ends_both_ranks_cleanly_and_drop_trains_on_the_same_rows(
+    tiny_recipe, digits_folder: Path, tmp_path: Path
+):
+    """data.duplicates under two processes: `error` ends every rank with the CLI's bad-input status and the report,
+    no traceback, nothing written; `drop` gives both ranks the same rows (one run, one set of results)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    leaked = next((data / "test" / "two").glob("*.png"))
+    shutil.copy(leaked, data / "train" / "two" / "leaked.png")
+    out = tmp_path / "out"
+    recipe = tiny_recipe(training={"num_train_epochs": 1, "output_dir": str(out)})
+    recipe["data"] = {"source": str(data), "duplicates": "error"}
+    proc = _launch(["-m", "hf_finetune", "train", str(_write(recipe, tmp_path / "r.yaml"))])
+    assert proc.returncode != 0
+    codes = [int(c) for c in re.findall(r"exitcode\s+:\s+(-?\d+)", proc.stderr)]
+    assert 2 in codes and set(codes) <= {2, -15}, proc.stderr[-4000:]
+    assert "two/leaked.png" in proc.stderr and "data.duplicates: drop" in proc.stderr
+    assert "hf_finetune/" not in proc.stderr  # no traceback
+    assert not out.exists()
+
+    recipe["data"]["duplicates"] = "drop"
+    proc = _launch(["-m", "hf_finetune", "train", str(_write(recipe, tmp_path / "r.yaml"))])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = json.loads((out / "metrics.json").read_text())["run"]
+    assert "test" not in run["duplicates"]["dropped"] and run["splits"]["test"]["rows"] == 30
+    dropped = json.loads((out / "duplicates.json").read_text())["dropped"]
+    assert "two/leaked.png" in [name for names in dropped.values() for name in names]

@@ -243,3 +243,20 @@ def test_keys_are_cached_by_fingerprint_and_a_replaced_file_is_hashed_again(tmp_
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     changed = find_duplicates({"train": ds}, "image", row_ids={"train": ids})
     assert sorted(sorted(m.id for m in g.members) for g in changed.groups) == [["b.png", "copy.png"]]
+
+
+def test_sentence_pairs_are_duplicates_only_as_a_whole():
+    """NLI data repeats a premise under many hypotheses: those rows are not copies; the same pair twice is."""
+    from hf_finetune.data.duplicates import apply_policy
+
+    premise = "a man is playing a guitar on a small stage in front of a quiet crowd tonight"
+    train = datasets.Dataset.from_dict(
+        {
+            "text": [premise, premise, premise],
+            "text_pair": ["he plays music", "nobody is on the stage", "he plays music"],
+            "label": [0, 1, 0],
+        }
+    )
+    splits, report, info = apply_policy({"train": train}, "warn", "text")
+    assert [[m.row for m in g.members] for g in report.groups] == [[0, 2]]
+    assert info["counts"]["exact_within"] == 1 and len(splits["train"]) == 3

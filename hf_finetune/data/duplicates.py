@@ -587,7 +587,10 @@ def apply_policy(
         return dict(splits), None, None
     checked = dict(splits)
     if kind == "text" and all("text_pair" in ds.column_names for ds in checked.values()):
-        checked = {s: ds.select_columns(["text", "text_pair", "label"]).map(pair_text) for s, ds in checked.items()}
+        checked = {
+            s: ds.select_columns(["text", "text_pair", "label"]).map(pair_text, batched=True)
+            for s, ds in checked.items()
+        }
     ids = _row_ids(checked, kind)
     report = find_duplicates(checked, kind, num_proc=num_proc, row_ids=ids, skip_unreadable=skip_unreadable)
     info: dict[str, Any] = {"policy": policy, "counts": report.counts, "settings": report.settings}
