@@ -283,21 +283,11 @@ def check_data(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequence
     else:
         lines.append("duplicates: not checked (data.duplicates: off)")
     if recipe.data.group_column:
-        overlap = data.group_overlap
-        lines += [f"groups: {line}" for line in _overlap_lines(overlap)] or [
+        shared = data.group_overlap.lines() if data.group_overlap is not None else []
+        lines += [f"groups: {line}" for line in shared] or [
             f"groups: no group of {recipe.data.group_column!r} is in more than one split"
         ]
     return {"lines": lines, "errors": errors, "duplicates": None if report is None else report.to_json()}
-
-
-def _overlap_lines(overlap: dict[str, Any] | None) -> list[str]:
-    if not overlap:
-        return []
-    return [
-        f"{len(entry['groups'])} groups in both {' and '.join(entry['splits'])}: "
-        + ", ".join(map(str, entry["groups"][:10]))
-        for entry in overlap.get("shared", [])
-    ]
 
 
 def _check_duplicates(
@@ -658,7 +648,7 @@ def _save(
     if parts.duplicates_info is not None:
         run["duplicates"] = parts.duplicates_info
     if data.group_overlap is not None:
-        run["groups_across_splits"] = data.group_overlap
+        run["groups_across_splits"] = data.group_overlap.to_json()
     files = _write_results(out, recipe, args, parts, results, run)
     with recording(out):  # report_to tensorboard; with no training (linear_probe) its folder appears only now
         log_final_results(trainer, out)

@@ -22,6 +22,8 @@ from ..recipe import DataSpec
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
+    from .groups import GroupOverlap
+
 logger = logging.getLogger(__name__)
 
 # The roles a split of the loaded data has (the data's own split names are mapped onto them).
@@ -49,8 +51,8 @@ class LoadedData:
     # regression with data.standardize_targets: {"mean", "std"} fitted on train; the splits' targets are scaled by
     # it, so predictions are undone with labels.unstandardize(outputs, target_scaler). None otherwise.
     target_scaler: dict[str, float] | None = None
-    # data.group_column: the groups found in more than one split (groups.GroupOverlap.to_json()); None without it
-    group_overlap: dict[str, Any] | None = None
+    # data.group_column: the groups found in more than one split; None without it or when no group is shared
+    group_overlap: GroupOverlap | None = None
 
     @property
     def has_test(self) -> bool:
@@ -624,7 +626,7 @@ def _carve_by_group(raw: Any, spec: DataSpec, n_val: int, label_names: list[str]
     return datasets.DatasetDict(out)
 
 
-def _check_groups(raw: Any, spec: DataSpec) -> tuple[Any, dict[str, Any] | None]:
+def _check_groups(raw: Any, spec: DataSpec) -> tuple[Any, GroupOverlap | None]:
     """Groups in more than one split leak (the model has seen the patient): warn, naming them; then the group
     column, which no model input uses, is dropped."""
     from .groups import groups_across_splits
@@ -632,7 +634,7 @@ def _check_groups(raw: Any, spec: DataSpec) -> tuple[Any, dict[str, Any] | None]
     overlap = groups_across_splits({s: ds[GROUP] for s, ds in raw.items()}, column=spec.group_column)
     for line in overlap.lines():
         logger.warning("data: %s", line)
-    return raw.remove_columns(GROUP), (overlap.to_json() if overlap else None)
+    return raw.remove_columns(GROUP), (overlap if overlap else None)
 
 
 def _limit(raw: Any, spec: DataSpec) -> Any:
