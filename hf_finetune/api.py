@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataError, HFFinetuneError, RecipeError
+from .errors import DataError, HFFinetuneError, ModelError, RecipeError
 from .names import METRIC_PREFIX, SPLIT_OF_PREFIX, SPLITS
 from .recipe import (
     DataSpec,
@@ -249,8 +249,9 @@ def check_data(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequence
 
     Loading (columns, labels, splits: its errors are raised as they are) then every check at once: images decode,
     duplicates and conflicting labels (data.duplicates; as error only under `error`), groups in more than one
-    split (data.group_column). Returns {"lines": the report, "errors": what would stop a run, "duplicates": the
-    DuplicateReport's JSON or None}."""
+    split (data.group_column), and for texts the truncation length and what it cuts per split. Returns {"lines": the
+    report, "errors": what would stop a run, "duplicates": the DuplicateReport's JSON or None, "text_lengths": the
+    truncation figures or None}."""
     from .data import checks, sources
     from .data.duplicates import apply_policy
 
@@ -282,12 +283,36 @@ def check_data(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequence
             lines += report.lines()
     else:
         lines.append("duplicates: not checked (data.duplicates: off)")
+    lengths = None
+    if "text" in task.INPUTS:
+        more, lengths = _length_lines(recipe, data, errors)
+        lines += more
     if recipe.data.group_column:
         shared = data.group_overlap.lines() if data.group_overlap is not None else []
         lines += [f"groups: {line}" for line in shared] or [
             f"groups: no group of {recipe.data.group_column!r} is in more than one split"
         ]
-    return {"lines": lines, "errors": errors, "duplicates": None if report is None else report.to_json()}
+    duplicates = None if report is None else report.to_json()
+    return {"lines": lines, "errors": errors, "duplicates": duplicates, "text_lengths": lengths}
+
+
+def _length_lines(recipe: Recipe, data: LoadedData, errors: list[str]) -> tuple[list[str], dict[str, Any] | None]:
+    """`check` for texts: the truncation length training would choose and how many texts of each split it cuts
+    (the model's tokenizer is needed; a tokenizer that does not load is an error, as it would be for training)."""
+    from .tasks.text_classification import text_lengths
+
+    try:
+        found = text_lengths(recipe.model, data.splits, recipe.tokenization.fixed_length)
+    except ModelError as err:
+        errors.append(str(err))
+        return ["text lengths: not measured (the model's tokenizer or config did not load: see below)"], None
+    lines = [f"text lengths: truncation to {found['max_length']} tokens ({found['chosen_by']})"]
+    for split, r in found["splits"].items():
+        line = f"text lengths: {split}: {r['truncated']} of {r['texts']} texts ({r['share']:.1%}) are longer"
+        if r["truncated"]:
+            line += f" (median {r['median_length_truncated']:g} tokens, longest {r['max_length_truncated']})"
+        lines.append(line)
+    return lines, found
 
 
 def _check_duplicates(
@@ -861,6 +886,7 @@ def _whole(spec: DataSpec, data: str) -> DataSpec:
         max_train_samples=None,
         max_eval_samples=None,
         group_column=None,  # new data is scored whole: no split is carved, so groups are not needed
+        test_size=None,
     )
 
 

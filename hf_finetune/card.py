@@ -499,6 +499,12 @@ def _data_notes(facts: CardFacts) -> list[str]:
             f"validation: the data's own validation split if it has one, else {d.validation_size:g} of train held "
             f"out (stratified, seed {d.seed})"
         )
+    if d.test_size is not None and "test" in (facts.run.get("splits") or {}):
+        how = "whole groups" if d.group_column else "stratified"
+        notes.append(
+            f"test: {d.test_size:g} of train held out before training ({how}, seed {d.seed}); `data.test_size` "
+            "carves the same rows again for `hf-finetune eval`"
+        )
     for key in ("max_train_samples", "max_eval_samples"):
         if getattr(d, key) is not None:
             notes.append(f"`data.{key}`: {getattr(d, key)} (the data was cut to this many rows)")
@@ -515,7 +521,7 @@ def _data_notes(facts: CardFacts) -> list[str]:
         overlap = facts.run.get("groups_across_splits") or {}
         rows = overlap.get("rows") or {}
         notes.append(
-            f"groups: `{d.group_column}`; a carved validation split keeps each group whole"
+            f"groups: `{d.group_column}`; carved validation and test splits keep each group whole"
             + (
                 "; groups in more than one split: " + ", ".join(f"{n} {s} rows" for s, n in rows.items() if n)
                 if rows

@@ -394,7 +394,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_data(args.recipe, args.overrides)
     print("\n".join(report["lines"]))
     if report["errors"]:
-        raise HFFinetuneError(f"{len(report['errors'])} problem(s) in the data:\n" + "\n".join(report["errors"]))
+        raise HFFinetuneError(f"{len(report['errors'])} problem(s) found:\n" + "\n".join(report["errors"]))
     return 0
 
 

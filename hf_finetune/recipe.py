@@ -167,6 +167,9 @@ class DataSpec:
     validation_split: str | None = None  # None: "validation"/"valid"/"val"/"dev" if present; "none": split train
     test_split: str | None = None  # None: use "test" if present; "none": no test split
     validation_size: float = 0.1
+    # carve a test split out of train too (a fraction of train, like validation_size: 0.1 and 0.1 leave 0.8 to train)
+    # when the data has none; stratified, and group-whole with data.group_column. None: no test split is carved
+    test_size: float | None = None
     seed: int = 42
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -187,11 +190,21 @@ class DataSpec:
         if not self.source and not self.files:
             out.append("data.source: missing; e.g. builtin:digits, ./my_images, train.csv or a Hub dataset id")
         out += self._label_problems()
+        both = (self.test_size or 0) + self.validation_size
+        if self.test_size is not None and 0 < self.test_size < 1 and 0 < self.validation_size < 1 and both >= 1:
+            out.append(
+                f"data.test_size ({self.test_size:g}) + data.validation_size ({self.validation_size:g}) leave no "
+                "train rows; both are fractions of train: make their sum less than 1, e.g. 0.1 and 0.1"
+            )
         return out + _out_of_range(
             self,
             "data",
             [
-                (("validation_size",), lambda x: not 0 < x < 1, "must be between 0 and 1 (a fraction of train)"),
+                (
+                    ("validation_size", "test_size"),
+                    lambda x: not 0 < x < 1,
+                    "must be between 0 and 1 (a fraction of train)",
+                ),
                 (("max_train_samples", "max_eval_samples"), lambda x: x < 1, "must be at least 1 (or null for all)"),
                 # numpy's seeding refuses it only once the data is loaded
                 (("seed",), lambda x: not 0 <= x < 2**32, "expected a seed between 0 and 2**32 - 1"),

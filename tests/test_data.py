@@ -330,6 +330,52 @@ def test_carved_validation_size_is_the_rounded_fraction(tmp_path: Path, n: int, 
     assert len(data.splits["train"]) == n - expected
 
 
+def test_a_carved_test_split_is_stratified_and_both_sizes_are_fractions_of_train(tmp_path: Path, caplog):
+    csv = _counts_csv(tmp_path, {"a": 20, "b": 40, "c": 60})
+    caplog.set_level(logging.INFO, logger=SOURCES_LOGGER)
+
+    data = load_image(DataSpec(source=str(csv), validation_size=0.25, test_size=0.2, seed=1))
+    again = load_image(DataSpec(source=str(csv), validation_size=0.25, test_size=0.2, seed=1))
+
+    train, validation, test = (data.splits[s] for s in ("train", "validation", "test"))
+    assert (len(train), len(validation), len(test)) == (66, 30, 24)  # 0.25 and 0.2 of the 120 rows given
+    assert Counter(_names(test)) == {"a": 4, "b": 8, "c": 12} and Counter(_names(validation)) == {
+        "a": 5,
+        "b": 10,
+        "c": 15,
+    }
+    paths = [set(_paths(ds)) for ds in (train, validation, test)]
+    assert sum(map(len, paths)) == len(set().union(*paths)) == 120  # disjoint, and every row is somewhere
+    assert _paths(again.splits["test"]) == _paths(test)
+    assert "no test split; carved 96 train / 24 test rows from train with seed 1, stratified" in caplog.text
+    # without test_size, the same data carves the same way it always did: no test split
+    assert "test" not in load_image(DataSpec(source=str(csv), validation_size=0.25, seed=1)).splits
+
+
+def test_test_size_with_the_datas_own_test_split_is_refused_unless_it_is_set_aside(tmp_path: Path):
+    train = _counts_csv(tmp_path / "train", {"a": 10, "b": 10})
+    given = _counts_csv(tmp_path / "test", {"a": 3, "b": 3})
+    files = {"train": str(train), "test": str(given)}
+    with pytest.raises(DataError, match=r"data.test_size \(0.2\) carves a test split.*own test split 'test'"):
+        load_image(DataSpec(files=files, test_size=0.2))
+    data = load_image(DataSpec(files=files, test_size=0.2, test_split="none"))
+    assert len(data.splits["test"]) == 4  # 0.2 of train.csv's 20 rows, none of test.csv's
+    assert all("/train/imgs/" in p for p in _paths(data.splits["test"]))
+
+
+def test_test_and_validation_sizes_must_leave_train_rows():
+    from hf_finetune.errors import RecipeError
+    from hf_finetune.recipe import load_recipe
+
+    base = {"task": "image-classification", "model": {"name": "simple_cnn"}}
+    with pytest.raises(
+        RecipeError, match=r"data.test_size \(0.6\) \+ data.validation_size \(0.4\) leave no train rows"
+    ):
+        load_recipe(base | {"data": {"source": "builtin:digits", "test_size": 0.6, "validation_size": 0.4}})
+    with pytest.raises(RecipeError, match=r"data.test_size: must be between 0 and 1"):
+        load_recipe(base | {"data": {"source": "builtin:digits", "test_size": 1.5}})
+
+
 def test_a_class_with_one_sample_falls_back_to_a_random_split_with_a_warning(tmp_path: Path, caplog):
     csv = _counts_csv(tmp_path, {"common": 19, "rare": 1})
     caplog.set_level(logging.INFO, logger=SOURCES_LOGGER)
@@ -339,7 +385,7 @@ def test_a_class_with_one_sample_falls_back_to_a_random_split_with_a_warning(tmp
     assert len(data.splits["train"]) == 16 and len(data.splits["validation"]) == 4
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "random split" in warnings[0].getMessage()
-    assert "made a random one" in caplog.text
+    assert "carved 16 train / 4 validation rows from train with seed 42, random" in caplog.text
     assert data.label_names == ["common", "rare"]
 
 

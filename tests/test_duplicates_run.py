@@ -133,7 +133,7 @@ def test_check_reports_everything_at_once_without_training(data: Path, tmp_path:
 
     refused = _cli("check", str(recipe), "data.duplicates=error", cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "problem(s) in the data" in refused.stderr and "red/leak.png" in refused.stderr
+    assert "problem(s) found" in refused.stderr and "red/leak.png" in refused.stderr
 
     # a broken image and the duplicates, in one report
     broken = tmp_path / "broken"

@@ -84,7 +84,7 @@ def test_patients_shared_by_train_and_test_are_reported(run):
     assert found == shared_with_train
     assert overlap["rows"]["test"] == 9 and "of 'patient' are in both" in proc.stderr
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "groups: `patient`; a carved validation split keeps each group whole" in card
+    assert "groups: `patient`; carved validation and test splits keep each group whole" in card
 
 
 def test_eval_carves_the_same_validation_split(run):
@@ -95,3 +95,48 @@ def test_eval_carves_the_same_validation_split(run):
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert result["num_samples"] == 40
     assert result["accuracy"] == metrics["eval"]["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def carved_test(tiny_bert_dir: Path, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """One file of 40 patients × 5 rows, no test split: data.test_size carves one, of whole patients."""
+    work = tmp_path_factory.mktemp("groups carved tëst")
+    owner = _write(work / "train.csv", range(40), 5, random.Random(1))
+    recipe = make_text_recipe(
+        work,
+        tiny_bert_dir,
+        work / "out",
+        data={"files": {"train": str(work / "train.csv")}, "group_column": "patient", "test_size": 0.2},
+        training={"num_train_epochs": 1},
+    )
+    (work / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    proc = _cli("train", str(work / "r.yaml"), cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work / "out", owner
+
+
+def test_a_carved_test_split_keeps_every_patient_whole_and_apart_from_validation(carved_test):
+    out, owner = carved_test
+    test, validation = set(_texts(out, "test")), set(_texts(out, "validation"))
+    in_test, in_validation = {owner[t] for t in test}, {owner[t] for t in validation}
+    # both fractions are of the 200 rows as given: 40 test rows (8 patients), then 20 validation rows (4 patients)
+    assert (len(test), len(in_test), len(validation), len(in_validation)) == (40, 8, 20, 4)
+    assert {t for t, p in owner.items() if p in in_test} == test  # every visit of a test patient is in test
+    assert {t for t, p in owner.items() if p in in_validation} == validation
+    assert not in_test & in_validation
+    assert sum(int(p[1:]) % 2 for p in in_test) == 4  # half the test patients of each label
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert {s: v["rows"] for s, v in metrics["run"]["splits"].items()} == {"train": 140, "validation": 20, "test": 40}
+    assert "groups_across_splits" not in metrics["run"]  # carved splits share no patient with train
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "test: 0.2 of train held out before training (whole groups, seed 42)" in card
+
+
+def test_eval_carves_the_same_test_split(carved_test):
+    out, _ = carved_test
+    proc = _cli("eval", str(out), "--split", "test", cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert result["num_samples"] == 40 and result["accuracy"] == metrics["test"]["accuracy"]
+    assert result["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-6)

@@ -189,3 +189,36 @@ def test_auto_length_rule():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 400, size=1000).tolist()
     assert tc.auto_length(lengths, 512) == _auto(lengths, 512)
+
+
+def test_check_reports_what_training_would_cut_in_each_split(length_csvs: Path, tiny_bert_dir: Path, tmp_path: Path):
+    lengths = _lengths(tiny_bert_dir, length_csvs)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_recipe(length_csvs, tiny_bert_dir, tmp_path / "out", max_length=32)))
+    proc = _cli("check", str(path))
+    assert "text lengths: truncation to 32 tokens (tokenization.max_length)" in proc.stdout
+    for split, counts in lengths.items():
+        want = _expected(counts, 32)
+        share = want["truncated"] / want["texts"]
+        assert (
+            f"text lengths: {split}: {want['truncated']} of {want['texts']} texts ({share:.1%}) are longer "
+            f"(median {want['median']:g} tokens, longest {want['max']})"
+        ) in proc.stdout
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+    too_long = _recipe(length_csvs, tiny_bert_dir, tmp_path / "out", max_length=4096)
+    path.write_text(yaml.safe_dump(too_long))
+    refused = subprocess.run([sys.executable, "-m", "hf_finetune", "check", str(path)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "tokenization.max_length 4096 is longer than the model's 128 positions" in refused.stderr
+    assert "text lengths: not measured" in refused.stdout
+
+
+def test_check_lengths_equal_the_ones_training_reports(length_csvs: Path, tiny_bert_dir: Path):
+    _, prepared = _prepared(length_csvs, tiny_bert_dir, max_length="auto")
+    recipe = load_recipe(_recipe(length_csvs, tiny_bert_dir, length_csvs / "unused"))
+    data = sources.load_data(recipe.data, tc.INPUTS)
+    found = tc.text_lengths(recipe.model, data.splits, recipe.tokenization.fixed_length)
+    trained = prepared.run_info["truncation"]
+    assert found["max_length"] == trained["max_length"] == _auto(_lengths(tiny_bert_dir, length_csvs)["train"], 128)
+    assert found["splits"] == trained["splits"]

@@ -349,9 +349,10 @@ def multi_hot(ds: Dataset) -> np.ndarray:
 
 
 def carve_validation(
-    train: Dataset, n_val: int, spec: DataSpec, label_names: Sequence[str]
+    train: Dataset, n_val: int, spec: DataSpec, label_names: Sequence[str], role: str = "validation"
 ) -> tuple[Dataset, Dataset, str]:
-    """(train, validation, how it was split, for the log) for an encoded multi-label or regression train split."""
+    """(train, the held-out `role` split, how it was split, for the log) for an encoded multi-label or regression
+    train split."""
     if spec.label_format == "multi_label":
         labels = multi_hot(train)
         kept, held = iterative_stratification(labels, n_val, spec.seed)
@@ -359,7 +360,7 @@ def carve_validation(
         worst = int(np.argmax(gap))
         how = (
             "by iterative stratification of the labels; largest difference in a label's share of rows, train vs "
-            f"validation: {gap[worst]:.3f} ({label_names[worst]!r}: {labels[kept, worst].mean():.3f} vs "
+            f"{role}: {gap[worst]:.3f} ({label_names[worst]!r}: {labels[kept, worst].mean():.3f} vs "
             f"{labels[held, worst].mean():.3f})"
         )
         return train.select(kept), train.select(held), how
@@ -367,7 +368,7 @@ def carve_validation(
     n_bins = min(MAX_BINS, len(values) // 2, n_val, len(values) - n_val)
     try:
         if n_bins < 2:
-            raise ValueError("too few rows for two bins with a train and a validation row each")
+            raise ValueError(f"too few rows for two bins with a train and a {role} row each")
         kept, held = binned_split(values, n_val, n_bins, spec.seed)
         how = f"stratified on {n_bins} quantile bins of the target"
     except ValueError as err:
@@ -375,7 +376,7 @@ def carve_validation(
         held = np.sort(np.random.default_rng(spec.seed).permutation(len(values))[:n_val])
         kept = np.setdiff1d(np.arange(len(values)), held)
         how = "random"
-    means = f"target mean {values[kept].mean():.4g} train / {values[held].mean():.4g} validation"
+    means = f"target mean {values[kept].mean():.4g} train / {values[held].mean():.4g} {role}"
     return train.select(kept), train.select(held), f"{how}; {means}"
 
 

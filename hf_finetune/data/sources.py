@@ -101,6 +101,12 @@ def load_data(
     else:
         raw, label_names = _encode_labels(raw, spec, label_names)
     if carve_validation:
+        if spec.test_size is not None and TEST in raw:
+            raise DataError(
+                f"data.test_size ({spec.test_size:g}) carves a test split out of train, but the data has its own "
+                f"test split {origin[TEST]!r}. Remove data.test_size to score on that split, or set "
+                "data.test_split: none to set it aside and carve one from train."
+            )
         raw = _ensure_validation(raw, spec, label_names)
     raw = _limit(raw, spec)
     group_overlap = None
@@ -311,7 +317,8 @@ def _select_splits(raw: Any, spec: DataSpec, need_train: bool = True) -> tuple[A
                 role,
                 "no validation split is taken from the data; one is carved from train"
                 if role == VALIDATION
-                else "no test split is used",
+                else "no test split is taken from the data"
+                + ("; one is carved from train (data.test_size)" if spec.test_size is not None else ""),
             )
             continue
         if asked is not None:
@@ -540,64 +547,74 @@ def _label_key(value: Any) -> str | None:
 
 
 def _ensure_validation(raw: Any, spec: DataSpec, label_names: list[str] | None = None) -> Any:
-    """Carve a stratified, seeded validation split out of train when the data has none: by class (single), by
-    iterative stratification (multi_label) or on quantile bins of the target (regression)."""
+    """Carve the splits the data lacks out of train, seeded: test first when data.test_size asks for one, then
+    validation. Both sizes are fractions of train as given, so 0.1 and 0.1 leave 0.8 of it to train."""
+    n = len(raw[TRAIN])
+    if spec.test_size is not None and TEST not in raw:
+        raw = _carve(raw, spec, TEST, _count(spec.test_size, n, TEST), label_names or [])
+    if VALIDATION not in raw:
+        raw = _carve(raw, spec, VALIDATION, _count(spec.validation_size, n, VALIDATION), label_names or [])
+    return raw
+
+
+def _count(fraction: float, n: int, role: str) -> int:
+    if n < 2:
+        raise DataError(
+            f"split 'train' has {n} row(s): too few to carve a {role} split from. "
+            f"Add data, or give a {role} split (data.files.{role}=… or data.{role}_split)."
+        )
+    # An explicit count: datasets takes ceil(fraction × n), which turns 0.7 × 10 = 7.000000000000001 into 8.
+    return max(round(fraction * n), 1)
+
+
+def _carve(raw: Any, spec: DataSpec, role: str, n_held: int, label_names: list[str]) -> Any:
+    """Split `n_held` rows of train off into `role`: whole groups (data.group_column), stratified by class
+    (single), by iterative stratification (multi_label) or on quantile bins of the target (regression)."""
     import datasets
 
-    if VALIDATION in raw:
-        return raw
     train = raw[TRAIN]
     if len(train) < 2:
         raise DataError(
-            f"split 'train' has {len(train)} row(s): too few to carve a validation split from. "
-            "Add data, or give a validation split (data.files.validation=… or data.validation_split)."
+            f"split 'train' has {len(train)} row(s) left: too few to carve a {role} split from. "
+            f"Add data, lower data.test_size / data.validation_size, or give a {role} split."
         )
-    # An explicit count: datasets takes ceil(fraction × n), which turns 0.7 × 10 = 7.000000000000001 into 8.
-    n_val = min(max(round(spec.validation_size * len(train)), 1), len(train) - 1)
+    n_held = min(n_held, len(train) - 1)
     if spec.group_column:
-        return _carve_by_group(raw, spec, n_val, label_names or [])
-    if spec.label_format != "single":
+        kept, held, how = _carve_by_group(train, spec, n_held, label_names, role)
+    elif spec.label_format != "single":
         from .labels import carve_validation
 
-        kept, held, how = carve_validation(train, n_val, spec, label_names or [])
-        logger.info(
-            "data: no validation split; carved %d train / %d validation rows from train with seed %d, %s",
-            len(kept),
-            len(held),
-            spec.seed,
-            how,
-        )
-        return datasets.DatasetDict({TRAIN: kept, VALIDATION: held, **({TEST: raw[TEST]} if TEST in raw else {})})
-    try:
-        parts = train.train_test_split(test_size=n_val, seed=spec.seed, stratify_by_column="label")
-        how = "stratified"
-    except ValueError as err:
-        # Stratification needs >= 2 rows per class; small data still deserves a validation split.
-        logger.warning("data: stratified split impossible (%s); using a random split", err)
-        parts = train.train_test_split(test_size=n_val, seed=spec.seed)
-        how = "random"
+        kept, held, how = carve_validation(train, n_held, spec, label_names, role)
+    else:
+        try:
+            parts = train.train_test_split(test_size=n_held, seed=spec.seed, stratify_by_column="label")
+            how = "stratified"
+        except ValueError as err:
+            # Stratification needs >= 2 rows per class; small data still deserves a held-out split.
+            logger.warning("data: stratified split impossible (%s); using a random split", err)
+            parts = train.train_test_split(test_size=n_held, seed=spec.seed)
+            how = "random"
+        kept, held = parts["train"], parts["test"]
     logger.info(
-        "data: no validation split; made a %s one from train with seed %d: %d train / %d validation rows",
-        how,
+        "data: no %s split; carved %d train / %d %s rows from train with seed %d, %s",
+        role,
+        len(kept),
+        len(held),
+        role,
         spec.seed,
-        len(parts["train"]),
-        len(parts["test"]),
+        how,
     )
-    out = {TRAIN: parts["train"], VALIDATION: parts["test"]}
-    if TEST in raw:
-        out[TEST] = raw[TEST]
-    return datasets.DatasetDict(out)
+    out = {**dict(raw), TRAIN: kept, role: held}
+    return datasets.DatasetDict({s: out[s] for s in (TRAIN, VALIDATION, TEST) if s in out})
 
 
-def _carve_by_group(raw: Any, spec: DataSpec, n_val: int, label_names: list[str]) -> Any:
-    """data.group_column: the carved validation split takes whole groups, stratified as well as they allow."""
-    import datasets
+def _carve_by_group(train: Any, spec: DataSpec, n_held: int, label_names: list[str], role: str) -> tuple[Any, Any, str]:
+    """data.group_column: the carved split takes whole groups, stratified as well as they allow."""
     import numpy as np
 
     from . import labels
     from .groups import group_split
 
-    train = raw[TRAIN]
     if spec.label_format == "multi_label":
         strata: Any = labels.multi_hot(train)
     elif spec.label_format == "regression":
@@ -607,23 +624,14 @@ def _carve_by_group(raw: Any, spec: DataSpec, n_val: int, label_names: list[str]
     chosen = group_split(
         train[GROUP],
         strata,
-        n_val,
+        n_held,
         spec.seed,
         label_format=spec.label_format,
         column=spec.group_column,
+        holdout=role,
         label_names=label_names,
     )
-    logger.info(
-        "data: no validation split; carved %d train / %d validation rows from train with seed %d, %s",
-        len(chosen.kept),
-        len(chosen.held),
-        spec.seed,
-        chosen.how,
-    )
-    out = {TRAIN: train.select(chosen.kept), VALIDATION: train.select(chosen.held)}
-    if TEST in raw:
-        out[TEST] = raw[TEST]
-    return datasets.DatasetDict(out)
+    return train.select(chosen.kept), train.select(chosen.held), chosen.how
 
 
 def _check_groups(raw: Any, spec: DataSpec) -> tuple[Any, GroupOverlap | None]:

@@ -254,17 +254,25 @@ def return_segment_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
 
 def model_positions(model: PreTrainedModel) -> int | None:
     """How many tokens the model's position embeddings can take (None: no such limit in its config)."""
-    config = model.base_model.config  # the encoder's, also under a mean-pooling head
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and getattr(config, "model_type", None) in POSITIONS_AFTER_PADDING:
-        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return config_positions(model.base_model.config)  # the encoder's, also under a mean-pooling head
+
+
+def config_positions(config: Any) -> int | None:
+    """`model_positions` from an encoder's config (a PretrainedConfig or its dict), without building the model."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    limit = get("max_position_embeddings", None)
+    if limit and get("model_type", None) in POSITIONS_AFTER_PADDING:
+        limit -= (get("pad_token_id", None) or 0) + 1
     return limit
 
 
 def max_length_for(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, asked: int | None) -> int:
     """The truncation length: `asked` (checked against the model's positions), else the smallest of 512, the
     tokenizer's `model_max_length` and the model's positions."""
-    limit = model_positions(model)
+    return _length_cap(tokenizer, model_positions(model), asked)
+
+
+def _length_cap(tokenizer: PreTrainedTokenizerBase, limit: int | None, asked: int | None) -> int:
     if asked is not None:
         if limit and asked > limit:
             raise ModelError(
@@ -436,6 +444,40 @@ def _report_lengths(encoded: Mapping[str, Dataset], max_length: int, how: str, a
             fix,
         )
     return reports
+
+
+def text_lengths(spec: ModelSpec, splits: Mapping[str, Dataset], asked: int | None) -> dict[str, Any]:
+    """`hf-finetune check`: the truncation length training would choose and what it would cut in each split,
+    measured with the model's tokenizer and config only (no weights load). The splits are tokenized as `prepare`
+    tokenizes them, so training finds this tokenization in the `datasets` cache. Raises ModelError when the
+    tokenizer or config cannot be loaded, or `asked` is longer than the model's positions."""
+    from transformers import AutoConfig
+
+    name = resolve_model_name(spec.name)
+    tokenizer = _load_tokenizer(name, spec)
+    try:
+        config = AutoConfig.from_pretrained(name, **hub_kwargs(spec), **spec.config)
+    except Exception as err:
+        raise ModelError(f"model {spec.name!r}: its config could not be loaded ({type(err).__name__}: {err})") from None
+    positions = config_positions(getattr(config, "encoder_config", None) or config)  # a mean-pooled folder's encoder
+    pairs = any("text_pair" in ds.column_names for ds in splits.values())
+    encode = Encode(tokenizer, pairs)
+    encode({"text": [""], **({"text_pair": [""]} if pairs else {})})  # the tokenizer state `prepare` maps in
+    lengths = {
+        name: ds.map(encode, batched=True, desc=f"tokenizing {name}").with_format("numpy")[LENGTH]
+        for name, ds in splits.items()
+    }
+    cap = _length_cap(tokenizer, positions, asked)
+    if asked is not None:
+        max_length, how = cap, "tokenization.max_length"
+    elif "train" in lengths:
+        max_length = auto_length(lengths["train"], cap)
+        how = f"auto: the {AUTO_PERCENTILE}th percentile of the training texts' lengths"
+        how += f", capped at the model's limit of {cap}" if max_length == cap else ""
+    else:
+        max_length, how = cap, "the model's limit"
+    reports = {name: truncation_report(n, max_length) for name, n in lengths.items()}
+    return {"max_length": max_length, "chosen_by": how, "splits": reports}
 
 
 def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareSettings) -> Prepared:
