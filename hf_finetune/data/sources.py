@@ -317,8 +317,9 @@ def _select_splits(raw: Any, spec: DataSpec, need_train: bool = True) -> tuple[A
                 role,
                 "no validation split is taken from the data; one is carved from train"
                 if role == VALIDATION
-                else "no test split is taken from the data"
-                + ("; one is carved from train (data.test_size)" if spec.test_size is not None else ""),
+                else "no test split is used"
+                if spec.test_size is None
+                else "the data's test split is not used; one is carved from train (data.test_size)",
             )
             continue
         if asked is not None:
