@@ -221,4 +221,4 @@ def test_check_lengths_equal_the_ones_training_reports(length_csvs: Path, tiny_b
     found = tc.text_lengths(recipe.model, data.splits, recipe.tokenization.fixed_length)
     trained = prepared.run_info["truncation"]
     assert found["max_length"] == trained["max_length"] == _auto(_lengths(tiny_bert_dir, length_csvs)["train"], 128)
-    assert found["splits"] == trained["splits"]
+    assert found["splits"] == trained["splits"] and found["chosen_by"] == trained["chosen_by"]

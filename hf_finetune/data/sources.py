@@ -552,18 +552,13 @@ def _ensure_validation(raw: Any, spec: DataSpec, label_names: list[str] | None =
     validation. Both sizes are fractions of train as given, so 0.1 and 0.1 leave 0.8 of it to train."""
     n = len(raw[TRAIN])
     if spec.test_size is not None and TEST not in raw:
-        raw = _carve(raw, spec, TEST, _count(spec.test_size, n, TEST), label_names or [])
+        raw = _carve(raw, spec, TEST, _count(spec.test_size, n), label_names or [])
     if VALIDATION not in raw:
-        raw = _carve(raw, spec, VALIDATION, _count(spec.validation_size, n, VALIDATION), label_names or [])
+        raw = _carve(raw, spec, VALIDATION, _count(spec.validation_size, n), label_names or [])
     return raw
 
 
-def _count(fraction: float, n: int, role: str) -> int:
-    if n < 2:
-        raise DataError(
-            f"split 'train' has {n} row(s): too few to carve a {role} split from. "
-            f"Add data, or give a {role} split (data.files.{role}=… or data.{role}_split)."
-        )
+def _count(fraction: float, n: int) -> int:
     # An explicit count: datasets takes ceil(fraction × n), which turns 0.7 × 10 = 7.000000000000001 into 8.
     return max(round(fraction * n), 1)
 
@@ -575,9 +570,10 @@ def _carve(raw: Any, spec: DataSpec, role: str, n_held: int, label_names: list[s
 
     train = raw[TRAIN]
     if len(train) < 2:
+        lower = " (or lower data.test_size)" if spec.test_size is not None and role == VALIDATION else ""
         raise DataError(
-            f"split 'train' has {len(train)} row(s) left: too few to carve a {role} split from. "
-            f"Add data, lower data.test_size / data.validation_size, or give a {role} split."
+            f"split 'train' has {len(train)} row(s): too few to carve a {role} split from. "
+            f"Add data{lower}, or give a {role} split (data.files.{role}=… or data.{role}_split)."
         )
     n_held = min(n_held, len(train) - 1)
     if spec.group_column:

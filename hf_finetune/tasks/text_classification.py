@@ -400,13 +400,14 @@ def truncation_report(lengths: Sequence[int], max_length: int) -> dict[str, Any]
 
 
 def _choose_length(
-    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, asked: int | None, train: Dataset | None
+    tokenizer: PreTrainedTokenizerBase, positions: int | None, asked: int | None, train: Dataset | None
 ) -> tuple[int, str]:
-    """The truncation length and how it was chosen. Auto measures the training split only (the others would leak);
-    without one (evaluate, export), the length saved with the trained tokenizer is the model's limit here."""
+    """The truncation length and how it was chosen, for a model of `positions` positions. Auto measures the training
+    split only (the others would leak); without one (evaluate, export), the length saved with the trained tokenizer
+    is the model's limit here."""
     if asked is not None:
-        return max_length_for(tokenizer, model, asked), "tokenization.max_length"
-    cap = max_length_for(tokenizer, model, None)
+        return _length_cap(tokenizer, positions, asked), "tokenization.max_length"
+    cap = _length_cap(tokenizer, positions, None)
     if train is None:
         return cap, "the model's limit"
     chosen = auto_length(train.with_format("numpy")[LENGTH], cap)
@@ -460,24 +461,28 @@ def text_lengths(spec: ModelSpec, splits: Mapping[str, Dataset], asked: int | No
     except Exception as err:
         raise ModelError(f"model {spec.name!r}: its config could not be loaded ({type(err).__name__}: {err})") from None
     positions = config_positions(getattr(config, "encoder_config", None) or config)  # a mean-pooled folder's encoder
-    pairs = any("text_pair" in ds.column_names for ds in splits.values())
-    encode = Encode(tokenizer, pairs)
-    encode({"text": [""], **({"text_pair": [""]} if pairs else {})})  # the tokenizer state `prepare` maps in
-    lengths = {
-        name: ds.map(encode, batched=True, desc=f"tokenizing {name}").with_format("numpy")[LENGTH]
-        for name, ds in splits.items()
-    }
-    cap = _length_cap(tokenizer, positions, asked)
-    if asked is not None:
-        max_length, how = cap, "tokenization.max_length"
-    elif "train" in lengths:
-        max_length = auto_length(lengths["train"], cap)
-        how = f"auto: the {AUTO_PERCENTILE}th percentile of the training texts' lengths"
-        how += f", capped at the model's limit of {cap}" if max_length == cap else ""
-    else:
-        max_length, how = cap, "the model's limit"
-    reports = {name: truncation_report(n, max_length) for name, n in lengths.items()}
+    encoded, _, _ = _encode_splits(tokenizer, splits)
+    max_length, how = _choose_length(tokenizer, positions, asked, encoded.get("train"))
+    reports = {name: truncation_report(ds.with_format("numpy")[LENGTH], max_length) for name, ds in encoded.items()}
     return {"max_length": max_length, "chosen_by": how, "splits": reports}
+
+
+def _encode_splits(
+    tokenizer: PreTrainedTokenizerBase, splits: Mapping[str, Dataset]
+) -> tuple[dict[str, Dataset], list[str], bool]:
+    """Every split tokenized untruncated with its token counts (`Encode`, a cached `datasets.map`); also the
+    tokenizer's output columns and whether the texts are pairs."""
+    pairs = any("text_pair" in ds.column_names for ds in splits.values())
+    # a fast tokenizer keeps its last truncation/padding settings, and `datasets` hashes that state into each split's
+    # cache fingerprint: one call first puts it where every `map` leaves it, so the cache is found again next run
+    encode = Encode(tokenizer, pairs)
+    keys = [k for k in encode(_blank(pairs)) if k != LENGTH]
+    encoded = {name: ds.map(encode, batched=True, desc=f"tokenizing {name}") for name, ds in splits.items()}
+    return encoded, keys, pairs
+
+
+def _blank(pairs: bool) -> dict[str, list[str]]:
+    return {"text": [""], **({"text_pair": [""]} if pairs else {})}
 
 
 def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareSettings) -> Prepared:
@@ -486,18 +491,12 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
     from transformers import DataCollatorWithPadding, default_data_collator
 
     tokenizer, model = built.processor, built.model
-    pairs = any("text_pair" in ds.column_names for ds in splits.values())
-    if pairs:
-        _check_pairs(tokenizer, model)
-    # a fast tokenizer keeps its last truncation/padding settings, and `datasets` hashes that state into each split's
-    # cache fingerprint: one call first puts it where every `map` leaves it, so the cache is found again next run
-    blank = {"text": [""], **({"text_pair": [""]} if pairs else {})}
-    encode = Encode(tokenizer, pairs)
-    keys = [k for k in encode(blank) if k != LENGTH]
-    encoded = {name: ds.map(encode, batched=True, desc=f"tokenizing {name}") for name, ds in splits.items()}
+    if any("text_pair" in ds.column_names for ds in splits.values()):
+        _check_pairs(tokenizer, model)  # before any tokenizing: a tokenizer without a pair template cannot encode them
+    encoded, keys, pairs = _encode_splits(tokenizer, splits)
 
     asked = settings.tokenization.fixed_length
-    max_length, how = _choose_length(tokenizer, model, asked, encoded.get("train"))
+    max_length, how = _choose_length(tokenizer, model_positions(model), asked, encoded.get("train"))
     pad_to_max = settings.tokenization.padding == "max_length"
     # saved with the tokenizer: `predict` and `pipeline(..., truncation=True)` then cut texts where training did
     tokenizer.model_max_length = max_length
@@ -510,7 +509,8 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
     reports = _report_lengths(encoded, max_length, how, asked)
 
     truncate = Truncate(tokenizer, max_length, pairs, pad_to_max, keys)
-    tokenizer(*blank.values(), truncation=True, max_length=max_length)  # the state `truncate` leaves (see above)
+    # the state `truncate` leaves (see _encode_splits)
+    tokenizer(*_blank(pairs).values(), truncation=True, max_length=max_length)
     ready = {
         name: ds.map(truncate, batched=True, remove_columns=ds.column_names, desc=f"truncating {name}")
         for name, ds in encoded.items()
