@@ -95,7 +95,7 @@ def finetune(
     # linear_probe, lp_ft: the head fitted on frozen features computed once; metrics.baseline linear: the same fit,
     # scored per split (the model is left as it was)
     _fit_on_frozen_features(recipe, task, args, parts)
-    trainer = _make_trainer(args, parts, callbacks)
+    trainer = _make_trainer(args, parts, [*_early_stopping(recipe), *callbacks])
     train_metrics, best = _train(trainer, parts, recipe.output_dir)  # linear_probe: the fit was the training
     results = {"train": train_metrics, **_evaluate_splits(trainer, recipe, parts)}
     files = _save(trainer, recipe, args, parts, results, best, time.time() - started)
@@ -481,11 +481,17 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
     )
 
 
+def _early_stopping(recipe: Recipe) -> list[TrainerCallback]:
+    from .trainer import early_stopping
+
+    return early_stopping(recipe.training)
+
+
 def _train(trainer: Trainer, parts: _Parts, output_dir: Path) -> tuple[dict[str, float], str | None]:
     """Train (stopping cleanly on SIGINT/SIGTERM after one checkpoint); returns the train metrics and the best
     checkpoint, whose weights are verified to be the ones in memory. linear_probe: the fit was the training."""
     from .checkpoints import interrupted, stop_on_signals
-    from .trainer import verify_best_model
+    from .trainer import early_stopping_info, log_early_stopping, verify_best_model
 
     if parts.plan.spec.strategy == "linear_probe" and parts.probe is not None:
         return dict(parts.probe.train), None
@@ -494,6 +500,7 @@ def _train(trainer: Trainer, parts: _Parts, output_dir: Path) -> tuple[dict[str,
         output = trainer.train(resume_from_checkpoint=parts.resume)
     if stop.signum is not None:
         raise interrupted(stop.signum, trainer.state.global_step, output_dir)
+    log_early_stopping(early_stopping_info(trainer.callback_handler.callbacks, trainer.state, trainer.args))
     return dict(output.metrics), verify_best_model(trainer)
 
 
@@ -645,6 +652,7 @@ def _save(
     results, the card and, if asked, the push. Returns the result files written."""
     from .outputs import recording, run_info
     from .tracking import log_final_results
+    from .trainer import early_stopping_info
 
     out, data = recipe.output_dir, parts.data
     _settle_outputs(parts)  # thresholds into the config; standardised targets folded into the head
@@ -674,6 +682,9 @@ def _save(
         run["duplicates"] = parts.duplicates_info
     if data.group_overlap is not None:
         run["groups_across_splits"] = data.group_overlap.to_json()
+    stopping = early_stopping_info(trainer.callback_handler.callbacks, trainer.state, args)
+    if stopping:
+        run["early_stopping"] = stopping
     files = _write_results(out, recipe, args, parts, results, run)
     with recording(out):  # report_to tensorboard; with no training (linear_probe) its folder appears only now
         log_final_results(trainer, out)

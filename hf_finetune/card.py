@@ -142,7 +142,9 @@ class CardFacts:
             model_description=model_description,
             # a fitted linear probe has no epochs, optimizer or learning rate: rows for them would be Trainer's unused
             # defaults
-            hyperparameters=[] if recipe.transfer.strategy == "linear_probe" else hyperparameters(args, processes),
+            hyperparameters=[]
+            if recipe.transfer.strategy == "linear_probe"
+            else [*hyperparameters(args, processes), *early_stopping_rows(run.get("early_stopping"))],
             best_model_chosen=bool(args.load_best_model_at_end),
             # the recipe as saved with the outputs: without the one-off actions (overwrite, push, resume)
             recipe_yaml=_recipe_yaml(recipe),
@@ -648,6 +650,24 @@ def hyperparameters(args: TrainingArguments, processes: int) -> list[tuple[str, 
     if args.load_best_model_at_end:
         rows.append(("metric_for_best_model", str(args.metric_for_best_model)))
     return rows
+
+
+def early_stopping_rows(info: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The card's row for training.early_stopping: the setting, and where it ended the run (metrics.json's
+    run.early_stopping)."""
+    if not info:
+        return []
+    setting = f"patience {info['patience']}, threshold {info['threshold']:g} on {info['metric']}"
+    best = f"best {_num(info['best_metric'])} at epoch {_epoch(info['best_epoch'])} (step {info['best_step']})"
+    if info["stopped"]:
+        ended = f"stopped at epoch {_epoch(info['epoch'])} (step {info['step']} of {info['max_steps']})"
+    else:
+        ended = "did not trigger"
+    return [("early stopping", f"{setting}: {ended}; {best}; the {info['kept']} model is the one saved")]
+
+
+def _epoch(value: float | None) -> str:
+    return "?" if value is None else f"{float(value):g}"
 
 
 def _recipe_yaml(recipe: Recipe) -> str:

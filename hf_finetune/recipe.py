@@ -57,7 +57,10 @@ TRAINING_ONLY_KEYS = (
     "label_smoothing_factor",
     "load_best_model_at_end",
     "gradient_checkpointing",
+    "early_stopping",
 )
+# `training:` keys the toolkit takes beside TrainingArguments' own fields (trainer.training_arguments leaves them out)
+TOOLKIT_TRAINING_KEYS = ("early_stopping",)
 
 # Augmentation presets fill in the options a recipe does not set itself.
 AUGMENTATION_PRESETS: dict[AugmentationPreset, dict[str, Any]] = {
@@ -980,6 +983,11 @@ def _check_training(training: dict[str, Any], problems: list[str]) -> dict[str, 
             shown = "" if key == "hub_token" else f" (got {value!r})"
             problems.append(f"training.{key}: not taken here{shown}; {_TRAINING_REFUSED[key]}")
             continue
+        if key == "early_stopping":
+            stopping = _early_stopping_value(value, problems)
+            if stopping is not None:
+                out[key] = stopping
+            continue
         if key not in fields:
             problems.append(f"training.{key}: not a transformers.TrainingArguments field{_did_you_mean(key, fields)}")
             continue
@@ -1004,6 +1012,42 @@ def _check_training(training: dict[str, Any], problems: list[str]) -> dict[str, 
             value = converted
         out[key] = value
     return out
+
+
+_EARLY_STOPPING_EXAMPLE = "e.g. training.early_stopping: {patience: 3, threshold: 0.001}"
+
+
+def _early_stopping_value(value: Any, problems: list[str]) -> dict[str, Any] | None:
+    """training.early_stopping: {patience: N (evaluations without improvement), threshold: x (the improvement that
+    counts, in the metric's units; default 0)} — transformers' EarlyStoppingCallback arguments. null: off."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"training.early_stopping: expected a mapping, got {value!r}; {_EARLY_STOPPING_EXAMPLE}")
+        return None
+    unknown = sorted(set(value) - {"patience", "threshold"})
+    if unknown:
+        problems.append(
+            f"training.early_stopping: unknown key(s) {unknown}; it takes patience and threshold "
+            f"({_EARLY_STOPPING_EXAMPLE}){_did_you_mean(str(unknown[0]), ['patience', 'threshold'])}"
+        )
+    patience, threshold = value.get("patience"), value.get("threshold", 0.0)
+    ok_patience = is_count(patience)
+    if not ok_patience:
+        problems.append(
+            "training.early_stopping.patience: expected how many evaluations without improvement end the run "
+            f"(a whole number >= 1), got {patience!r}"
+        )
+    ok_threshold, threshold = _to_float(threshold) if not isinstance(threshold, bool) else (False, threshold)
+    if not ok_threshold or threshold < 0:
+        problems.append(
+            "training.early_stopping.threshold: expected the improvement that counts, a number >= 0 in the "
+            f"metric's units (0: any improvement), got {value.get('threshold')!r}"
+        )
+        ok_threshold = False
+    if unknown or not ok_patience or not ok_threshold:
+        return None
+    return {"patience": int(patience), "threshold": float(threshold)}
 
 
 def _enum_choices(hint: Any) -> list[str]:
@@ -1073,6 +1117,11 @@ def _check_training_values(training: dict[str, Any], problems: list[str]) -> Non
         problems.append(
             f"training.num_train_epochs: expected a number of epochs > 0 (e.g. 3, or 0.5 for half an epoch), "
             f"got {epochs!r}: nothing would be trained; or set training.max_steps"
+        )
+    if training.get("early_stopping") and training.get("eval_strategy") == "no":
+        problems.append(
+            "training.early_stopping: needs evaluations to count, and training.eval_strategy is 'no'; set "
+            "eval_strategy to 'epoch' or 'steps', or remove early_stopping"
         )
     report_to = training.get("report_to")
     named = [report_to] if isinstance(report_to, str) else report_to if isinstance(report_to, list) else []

@@ -62,11 +62,13 @@ def training_defaults(
         **task_defaults,
         **{key: value for key, (value, _) in strategy_defaults(training).items()},
     }
+    stopping = early_stopping_defaults(training, defaults)
+    defaults |= {key: value for key, (value, _) in stopping.items()}
     if not _has_accelerator():
         # without it, several processes on a CPU-only machine (accelerate launch, torchrun) don't form one
         # distributed run: each would train alone on all the data
         defaults["use_cpu"] = True
-    if training.get("load_best_model_at_end") or training.get("save_strategy") == "best":
+    if training.get("load_best_model_at_end") or training.get("save_strategy") == "best" or stopping:
         defaults["metric_for_best_model"] = metric_for_best_model
     # transformers takes every metric but "…loss" as greater-is-better: wrong for errors such as rmse or mae
     chosen = training.get("metric_for_best_model") or defaults.get("metric_for_best_model")
@@ -111,6 +113,105 @@ def strategy_defaults(training: dict[str, Any]) -> dict[str, tuple[Any, str]]:
     return out
 
 
+def early_stopping_defaults(training: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """With training.early_stopping, {key: (value, why)} for what it needs that the recipe leaves unset.
+
+    The run that stops `patience` evaluations after its best one should end with the best model, so
+    load_best_model_at_end defaults to true where transformers allows it (checkpoints saved at the evaluations). A
+    recipe that saves on another schedule keeps its last model (transformers warns; the log says so). --resume goes on
+    counting the evaluations without improvement: the callback's state is restored from the checkpoint."""
+    if not training.get("early_stopping"):
+        return {}
+    why = "training.early_stopping"
+    out: dict[str, tuple[Any, str]] = {
+        "restore_callback_states_from_checkpoint": (True, f"{why}: --resume keeps counting evaluations"),
+    }
+    if "load_best_model_at_end" not in training and _saves_at_evaluations({**defaults, **training}):
+        out["load_best_model_at_end"] = (True, f"{why}: the run ends with its best model, not its last")
+    return {k: v for k, v in out.items() if k not in training}
+
+
+def _saves_at_evaluations(settings: dict[str, Any]) -> bool:
+    """Does every evaluation have a checkpoint to go back to (what load_best_model_at_end needs)?"""
+    save, evaluation = str(settings.get("save_strategy")), str(settings.get("eval_strategy"))
+    if save == "best":
+        return True
+    if save != evaluation or save not in ("epoch", "steps"):
+        return False
+    if save == "epoch":
+        return True
+    save_steps, eval_steps = settings.get("save_steps"), settings.get("eval_steps") or settings.get("logging_steps")
+    if not save_steps or not eval_steps:
+        return False  # transformers' own step defaults: left to it
+    return float(save_steps) % float(eval_steps) == 0
+
+
+def early_stopping(training: dict[str, Any]) -> list[TrainerCallback]:
+    """transformers' EarlyStoppingCallback as training.early_stopping says; [] without it."""
+    from transformers import EarlyStoppingCallback
+
+    stopping = training.get("early_stopping")
+    if not stopping:
+        return []
+    return [EarlyStoppingCallback(stopping["patience"], stopping["threshold"])]
+
+
+def early_stopping_info(callbacks: Sequence[TrainerCallback], state: TrainerState, args: TrainingArguments) -> dict:
+    """metrics.json's run.early_stopping: the setting, the metric, whether it ended the run and where."""
+    from transformers import EarlyStoppingCallback
+
+    found = [c for c in callbacks if isinstance(c, EarlyStoppingCallback)]
+    if not found:
+        return {}
+    cb = found[0]
+    stopped = cb.early_stopping_patience_counter >= cb.early_stopping_patience
+    best_step = getattr(state, "best_global_step", None)
+    best_epoch = next((e.get("epoch") for e in state.log_history if e.get("step") == best_step and "epoch" in e), None)
+    return {
+        "patience": cb.early_stopping_patience,
+        "threshold": cb.early_stopping_threshold,
+        "metric": _eval_key(args.metric_for_best_model),
+        "stopped": stopped,
+        "epoch": state.epoch,  # where training ended
+        "step": state.global_step,
+        "max_steps": state.max_steps,
+        "best_metric": state.best_metric,
+        "best_step": best_step,
+        "best_epoch": best_epoch,
+        "kept": "best" if args.load_best_model_at_end else "last",
+    }
+
+
+def _eval_key(metric: str | None) -> str | None:
+    return None if metric is None else metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def log_early_stopping(info: dict[str, Any]) -> None:
+    if not info:
+        return
+    metric, best = info["metric"], info["best_metric"]
+    where = f"best {metric} {best:.4g} at epoch {_num(info['best_epoch'])} (step {info['best_step']})"
+    if info["stopped"]:
+        logger.info(
+            "early stopping: stopped at epoch %s (step %d of %d): %s did not improve by more than %g for %d "
+            "evaluations; %s; the model kept is the %s one",
+            _num(info["epoch"]),
+            info["step"],
+            info["max_steps"],
+            metric,
+            info["threshold"],
+            info["patience"],
+            where,
+            info["kept"],
+        )
+    else:
+        logger.info("early stopping: did not trigger (patience %d); %s", info["patience"], where)
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
 def _has_accelerator() -> bool:
     import torch
 
@@ -127,12 +228,24 @@ def build_training_args(training: dict[str, Any], defaults: dict[str, Any]) -> T
     """`transformers.TrainingArguments(**training, **defaults)`; its complaints become recipe errors."""
     from transformers import TrainingArguments
 
+    from .recipe import TOOLKIT_TRAINING_KEYS
+
     reasons = {key: why for key, (_, why) in strategy_defaults(training).items()}
+    reasons |= {key: why for key, (_, why) in early_stopping_defaults(training, defaults).items()}
     for key, value in defaults.items():
         why = reasons.get(key, "toolkit default")
         logger.info("training: %s = %r (%s; set training.%s to change it)", key, value, why, key)
+    stopping = training.get("early_stopping")
+    if stopping:
+        logger.info(
+            "training: early stopping after %d evaluations without an improvement of more than %g (training."
+            "early_stopping)",
+            stopping["patience"],
+            stopping["threshold"],
+        )
+    arguments = {k: v for k, v in training.items() if k not in TOOLKIT_TRAINING_KEYS}
     try:
-        return TrainingArguments(**training, **defaults)
+        return TrainingArguments(**arguments, **defaults)
     except (ValueError, TypeError) as err:
         raise RecipeError([f"training: transformers.TrainingArguments rejected the values: {err}"]) from None
 
