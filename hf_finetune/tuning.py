@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 from .errors import HFFinetuneError, OutputDirError, RecipeError, TrainingInterrupted
 from .files import write_json, write_text_atomic
 from .names import CARD_FILE, METRIC_PREFIX, METRICS_FILE
-from .recipe import Recipe, SweepSpec, best_metric, load_recipe
+from .recipe import Recipe, SweepSpec, best_metric, find_recipe, load_recipe
 
 if TYPE_CHECKING:
     import optuna
@@ -93,7 +93,8 @@ def sweep(
     base = load_recipe(recipe, _merge_overrides(overrides, kwargs))
     space = base.sweep.dimensions
     target = base.sweep.trials if trials is None else trials
-    _check_sweep(base, space, target, _override_keys(overrides, kwargs))
+    source = str(find_recipe(recipe)) if isinstance(recipe, (str, Path)) else None
+    _check_sweep(base, space, target, _override_keys(overrides, kwargs), source)
     metric, greater = objective(base)
     ranks = _Ranks.of(base)
     folder = base.output_dir
@@ -171,7 +172,9 @@ def _override_keys(overrides: Sequence[str] | dict[str, Any] | None, kwargs: dic
     return keys
 
 
-def _check_sweep(base: Recipe, space: dict[str, Any], target: int, overridden: set[str]) -> None:
+def _check_sweep(
+    base: Recipe, space: dict[str, Any], target: int, overridden: set[str], source: str | None = None
+) -> None:
     """Everything wrong with the search, at once, before any trial: each bound and each choice is applied to the
     recipe alone and the recipe loaded, so a value the recipe would refuse (or an unknown key) is reported now."""
     if not space:
@@ -179,7 +182,8 @@ def _check_sweep(base: Recipe, space: dict[str, Any], target: int, overridden: s
             [
                 "sweep.space: empty; name the recipe keys to search, e.g. sweep: {space: {training.learning_rate: "
                 "{loguniform: [1.0e-5, 1.0e-3]}, training.per_device_train_batch_size: [16, 32]}}"
-            ]
+            ],
+            source,
         )
     problems = []
     if isinstance(target, bool) or not isinstance(target, int) or target < 1:
@@ -200,7 +204,7 @@ def _check_sweep(base: Recipe, space: dict[str, Any], target: int, overridden: s
                         seen.add(problem)
                         problems.append(f"sweep.space.{key} = {value!r}: the recipe refuses it: {problem}")
     if problems:
-        raise RecipeError(problems)
+        raise RecipeError(problems, source)
 
 
 def _probes(dimension: Any) -> list[Any]:
@@ -272,7 +276,8 @@ def _claim_folder(folder: Path, identity: dict[str, Any], overwrite: bool) -> bo
         if meta is None:
             what = f"files that are not an hf_finetune sweep ({', '.join(entries[:5])})"
         else:
-            what = f"another sweep (its {', '.join(_differences(meta.get('identity') or {}, identity)[:5])} differ)"
+            differ = _differences(meta.get("identity") or {}, identity) or ["settings"]
+            what = f"another sweep (it differs in {', '.join(differ[:5])})"
         raise OutputDirError(
             f"sweep folder {str(folder)!r} already holds {what}. Nothing was changed. Choose another folder "
             "(--output-dir), or pass --overwrite to start a new sweep there (only what hf_finetune wrote is removed)."
@@ -290,6 +295,7 @@ def _claim_folder(folder: Path, identity: dict[str, Any], overwrite: bool) -> bo
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ (a sweep's space counts as one)."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -297,7 +303,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}")
-    return out or ["settings"]
+    return out
 
 
 def _remove_ours(path: Path) -> None:
@@ -338,10 +344,11 @@ def _open_study(
         storage=f"sqlite:///{(folder / STUDY_FILE).resolve()}",
         study_name=name,
         direction="maximize" if greater else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
         pruner=pruner,
         load_if_exists=True,
     )
+    # seeded by the sweep's seed and how far it got: a resumed sweep must not draw its first values over again
+    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.get_trials(deepcopy=False)))
     study.set_user_attr("metric", metric)
     study.set_user_attr("space", space)
     running = optuna.trial.TrialState.RUNNING
@@ -664,7 +671,8 @@ def _finish(study: optuna.Study, base: Recipe, space: dict[str, Any], result: Sw
             "params": row["params"],
             "space": space,
             "pruner": base.sweep.pruner,
-            "sampler": f"TPE (seed {base.sweep.seed})",
+            "sampler": "TPE",
+            "seed": base.sweep.seed,
             "leaderboard": LEADERBOARD_MD,
         }
         _mark_trial(result.output_dir / row["folder"], info, rows, list(space))
@@ -700,9 +708,9 @@ def card_section(info: dict[str, Any], rows: list[dict[str, Any]], keys: list[st
         _CARD_START,
         "## Sweep",
         "",
-        f"This model is {trial_folder(info['trial'])} of the hyperparameter sweep `{info['study']}` (Optuna, "
-        f"{info['sampler']} sampler, {pruning}), {how}. Trials were scored on their best evaluation of "
-        f"`{info['metric']}` ({better} is better) over the whole run; this one scored "
+        f"This model is {trial_folder(info['trial'])} of the hyperparameter sweep `{info['study']}` (Optuna's "
+        f"{info['sampler']} sampler with seed {info['seed']}, {pruning}), {how}. Trials were scored on their best "
+        f"evaluation of `{info['metric']}` ({better} is better) over the whole run; this one scored "
         f"{_shown(info['score'], '.4f')} at epoch {_shown(info['best_epoch'], 'g')} and ranked "
         f"**{info['rank']} of {info['ranked']}** finished trials.",
         "",
