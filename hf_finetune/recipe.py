@@ -492,7 +492,8 @@ class SweepSpec:
     @property
     def dimensions(self) -> dict[str, Any]:
         """`space` with every key dotted: an override `sweep.space.training.learning_rate=[…]` arrives nested
-        ({training: {learning_rate: […]}}); a mapping that names no distribution is such a nesting."""
+        ({training: {learning_rate: […]}}). Only an undotted key's mapping that names no distribution is such a
+        nesting: under a dotted key it is a misspelt distribution, and reported as one."""
         return _dotted_space(self.space)
 
     def problems(self) -> list[str]:
@@ -516,7 +517,8 @@ class SweepSpec:
 def _dotted_space(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in space.items():
-        if isinstance(value, dict) and value and not set(value) & {*SWEEP_DISTRIBUTIONS, "log"}:
+        nested = isinstance(value, dict) and value and not set(value) & {*SWEEP_DISTRIBUTIONS, "log"}
+        if nested and "." not in str(key):
             out |= _dotted_space(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
