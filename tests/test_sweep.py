@@ -307,15 +307,15 @@ def test_a_killed_sweep_resumes_keeps_finished_trials_and_returns_the_best(tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert not (out / "trial-001" / "metrics.json").exists()  # killed mid-trial
-    first = out / "trial-000" / "metrics.json"
-    assert first.is_file()
+    assert (out / "trial-000" / "metrics.json").is_file()
+    first = out / "trial-000" / "model.safetensors"
     stamp = first.stat().st_mtime_ns
 
     again = _cli(["sweep", str(path)], tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "trial-001 was cut off by an earlier stop" in again.stderr
     assert "sweep: trial-000:" not in again.stderr  # kept, not run again
-    assert first.stat().st_mtime_ns == stamp
+    assert first.stat().st_mtime_ns == stamp  # its model was not trained again
     rows = _rows(out)
     ranked = [r for r in rows if r["rank"]]
     assert sorted(int(r["trial"]) for r in ranked) == [0, 2, 3, 4]  # 4 finished in total
