@@ -389,3 +389,28 @@ def test_two_ranks_run_each_trial_together_and_stop_a_pruned_one_together(tmp_pa
     # a pruned trial stopped after the evaluation that pruned it, on both ranks (else the run would hang)
     for row in pruned:
         assert len(_evaluations(tmp_path / "sweep" / row["folder"])) < 2
+
+
+@pytest.mark.slow
+def test_the_python_api_prunes_a_diverging_trial_and_returns_the_best(tmp_path: Path, monkeypatch):
+    import hf_finetune as hff
+
+    monkeypatch.chdir(tmp_path)
+    # 50 diverges (chance accuracy after one epoch); with one trial needed before pruning, a diverging trial that
+    # comes after a good one has finished is below the median at its first evaluation
+    recipe = sweep_recipe(trials=3, startup_trials=1, space={"training.learning_rate": [0.01, 50.0]})
+    result = hff.sweep(recipe)
+    assert isinstance(result, hff.SweepResult)
+    by_trial = sorted(result.rows, key=lambda r: r["trial"])
+    lr = [r["params"]["training.learning_rate"] for r in by_trial]
+    after_good = [r for i, r in enumerate(by_trial) if lr[i] == 50.0 and 0.01 in lr[:i]]
+    assert after_good, f"the sampler drew {lr}: no diverging trial after a good one; change sweep.seed"
+    for row in after_good:
+        assert row["state"] == "pruned", result.rows
+        folder = result.output_dir / row["folder"]
+        assert len(_evaluations(folder)) == 1  # stopped after the evaluation that pruned it (of 2 epochs)
+        assert json.loads((folder / "metrics.json").read_text())["run"]["sweep"]["state"] == "pruned"
+        assert "pruned (stopped early" in (folder / "README.md").read_text()
+    assert result.best["params"]["training.learning_rate"] == 0.01 and result.best["state"] == "complete"
+    assert result.best_dir == result.output_dir / result.best["folder"]
+    assert result.best["score"] == max(r["score"] for r in result.rows if r["state"] == "complete")
