@@ -116,7 +116,7 @@ def sweep(
                 f"(finished trials are kept, {trial_folder(number)}'s values run again)",
                 err.signum,
             ) from None
-        except HFFinetuneError as err:
+        except (HFFinetuneError, _out_of_memory()) as err:  # this trial's values cannot run: the next ones may
             failures += 1
             if trial is not None:
                 trial.set_user_attr("error", str(err)[:2000])
@@ -137,6 +137,13 @@ def sweep(
 
 
 # --------------------------------------------------------------------------------------------- checks
+
+
+def _out_of_memory() -> type[BaseException]:
+    """A batch size or model the device cannot hold fails that trial, not the sweep."""
+    import torch
+
+    return torch.OutOfMemoryError
 
 
 def require_optuna() -> Any:
@@ -629,11 +636,13 @@ def _write_leaderboard(study: optuna.Study, optuna: Any, folder: Path) -> list[s
 
 
 def leaderboard_markdown(rows: list[dict[str, Any]], keys: list[str], metric: str) -> str:
-    header = ["rank", "trial", "state", f"{metric} (best)", "best epoch", *keys, "folder"]
+    notes = any(r["note"] for r in rows)  # why a trial failed; a column only when there is one
+    header = ["rank", "trial", "state", f"{metric} (best)", "best epoch", *keys, "folder", *(["note"] * notes)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["rank"] or "", trial_folder(r["trial"]), r["state"], _shown(r["score"], ".4f")]
         cells += [_shown(r["best_epoch"], "g"), *(_shown(r["params"].get(k), ".4g") for k in keys), r["folder"]]
+        cells += [r["note"].replace("|", "/")] * notes
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

@@ -414,3 +414,54 @@ def test_the_python_api_prunes_a_diverging_trial_and_returns_the_best(tmp_path: 
     assert result.best["params"]["training.learning_rate"] == 0.01 and result.best["state"] == "complete"
     assert result.best_dir == result.output_dir / result.best["folder"]
     assert result.best["score"] == max(r["score"] for r in result.rows if r["state"] == "complete")
+
+
+class _FakeRun:
+    """finetune() without training: the reporter sees `evaluations`, and the trials named in `fail` raise."""
+
+    def __init__(self, evaluations: list[float], fail: set[str]):
+        self.evaluations, self.fail, self.trained = evaluations, fail, []
+
+    def __call__(self, recipe, callbacks=()):
+        from types import SimpleNamespace
+
+        from hf_finetune.errors import DataError
+
+        name = recipe.output_dir.name
+        self.trained.append(name)
+        if name in self.fail:
+            raise DataError(f"{name}: boom")
+        for reporter in callbacks:
+            _trained(reporter, self.evaluations)
+        return SimpleNamespace(metrics={})
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch):
+    import hf_finetune.api
+    from hf_finetune.tuning import sweep
+
+    monkeypatch.chdir(tmp_path)
+    fake = _FakeRun([0.4, 0.6, 0.5], fail={"trial-001"})
+    monkeypatch.setattr(hf_finetune.api, "finetune", fake)
+    result = sweep(sweep_recipe(trials=3, pruner="none"))
+    assert fake.trained == ["trial-000", "trial-001", "trial-002", "trial-003"]
+    assert [(r["rank"], r["state"], r["score"]) for r in result.rows] == [
+        (1, "complete", 0.6),
+        (2, "complete", 0.6),
+        (3, "complete", 0.6),
+        (None, "fail", None),
+    ]
+    assert result.rows[-1]["note"] == "trial-001: boom"
+    assert "|  | trial-001 | fail |  |  | " in (tmp_path / "sweep" / "leaderboard.md").read_text()
+    assert (tmp_path / "sweep" / "leaderboard.md").read_text().splitlines()[-1].endswith("| trial-001: boom |")
+
+
+def test_three_failing_trials_in_a_row_stop_the_sweep_with_the_last_error(tmp_path: Path, monkeypatch):
+    import hf_finetune.api
+    from hf_finetune.errors import HFFinetuneError
+    from hf_finetune.tuning import sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hf_finetune.api, "finetune", _FakeRun([0.5], fail={f"trial-00{i}" for i in range(5)}))
+    with pytest.raises(HFFinetuneError, match=r"3 trials in a row failed; the last one \(trial-002\): trial-002: boom"):
+        sweep(sweep_recipe(trials=2))
