@@ -358,13 +358,16 @@ def test_a_killed_sweep_resumes_keeps_finished_trials_and_returns_the_best(tmp_p
     assert f"best: {best}" in done.stdout
 
 
-@pytest.mark.slow
-def test_train_on_a_recipe_with_a_sweep_trains_its_own_values_and_says_so(tmp_path: Path):
+def test_train_on_a_recipe_with_a_sweep_trains_its_own_values_and_says_so(tmp_path: Path, caplog):
+    import hf_finetune as hff
+
     recipe = sweep_recipe()
+    recipe["data"].update(max_train_samples=40, max_eval_samples=20)
     recipe["training"].update(num_train_epochs=1, output_dir=str(tmp_path / "run"))
-    proc = _cli(["train", str(_write(recipe, tmp_path / "r.yaml"))], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "sweep: training the recipe's own values; its sweep section is for `hf-finetune sweep`" in proc.stderr
+    with caplog.at_level("INFO", logger="hf_finetune"):
+        result = hff.finetune(recipe)
+    assert "sweep: training the recipe's own values; its sweep section is for `hf-finetune sweep`" in caplog.text
+    assert result.recipe.training["learning_rate"] == 3e-3
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert saved["training"]["learning_rate"] == 3e-3 and saved["sweep"]["space"]
 
@@ -465,3 +468,29 @@ def test_three_failing_trials_in_a_row_stop_the_sweep_with_the_last_error(tmp_pa
     monkeypatch.setattr(hf_finetune.api, "finetune", _FakeRun([0.5], fail={f"trial-00{i}" for i in range(5)}))
     with pytest.raises(HFFinetuneError, match=r"3 trials in a row failed; the last one \(trial-002\): trial-002: boom"):
         sweep(sweep_recipe(trials=2))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_cleanly_and_the_same_command_resumes_it(tmp_path: Path):
+    path = _write(sweep_recipe(trials=1), tmp_path / "r.yaml")
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "hf_finetune", "sweep", str(path)]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "trial-000" / "recipe.yaml").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped: sweep stopped by a signal during trial-000; run the same command again to resume" in err
+    assert "Traceback" not in err
+
+    again = _cli(["sweep", str(path)], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = _rows(out)
+    assert [(r["trial"], r["state"]) for r in rows] == [("1", "complete"), ("0", "fail")]
+    assert rows[0]["training.learning_rate"] == rows[1]["training.learning_rate"]
+    assert "best: trial-001" in again.stdout
