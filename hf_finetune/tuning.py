@@ -14,6 +14,7 @@ so every rank runs the same trial, with all the processes, and stops with the ot
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hf_finetune")
 
 STUDY_FILE = "sweep.db"  # Optuna's RDB storage, as SQLite
+LOCK_FILE = ".hf_finetune_sweep.lock"  # held by the sweep running in the folder
 SWEEP_FILE = "sweep.json"  # what the folder's sweep is (recipe and space) and which entries it wrote
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
@@ -97,9 +99,18 @@ def sweep(
     _check_sweep(base, space, target, _override_keys(overrides, kwargs), source)
     metric, greater = objective(base)
     ranks = _Ranks.of(base)
-    folder = base.output_dir
     # rank 0 alone claims the folder and opens the study; the others wait for it (and fail with it)
-    study = ranks.together(lambda: _open_study(optuna, base, space, metric, greater, target))
+    with contextlib.ExitStack() as held:  # rank 0: the folder's lock, for as long as the sweep runs
+        study = ranks.together(lambda: _open_study(optuna, base, space, metric, greater, target, held))
+        return _run_trials(optuna, study, base, space, target, ranks)
+
+
+def _run_trials(
+    optuna: Any, study: optuna.Study | None, base: Recipe, space: dict[str, Any], target: int, ranks: _Ranks
+) -> SweepResult:
+    """Trials until `target` have finished (rank 0 asks Optuna; every rank trains), then the leaderboard."""
+    metric, greater = objective(base)
+    folder = base.output_dir
     failures = 0
     while True:
         trial = _ask(optuna, study, space, target) if study is not None else None
@@ -199,6 +210,16 @@ def _check_sweep(
         f"{key}: set on the command line and searched by sweep.space; remove one of them"
         for key in sorted(overridden & set(space))
     ]
+    if base.hub.push:
+        problems.append(
+            "hub.push: a sweep does not push every trial; remove it, and push the best trial's folder afterwards "
+            "(hf-finetune push OUT/trial-NNN --repo-id …)"
+        )
+    if base.training.get("resume_from_checkpoint"):
+        problems.append(
+            "training.resume_from_checkpoint: a sweep resumes when the same command runs again (a cut-off trial "
+            "runs again from the start); remove it"
+        )
     plain = replace(base, sweep=SweepSpec(), overwrite=False)
     for key, dimension in space.items():
         seen = set()
@@ -276,7 +297,7 @@ def _claim_folder(folder: Path, identity: dict[str, Any], overwrite: bool) -> bo
     same = meta is not None and meta.get("identity") == identity
     if same and not overwrite:
         return True
-    entries = sorted(listing(folder) - {".DS_Store", "Thumbs.db", "desktop.ini"})
+    entries = sorted(listing(folder) - {".DS_Store", "Thumbs.db", "desktop.ini", LOCK_FILE})
     if not entries:
         return False
     if not overwrite:
@@ -328,15 +349,46 @@ def _remove_ours(path: Path) -> None:
         path.unlink()
 
 
+def _lock(folder: Path, stack: contextlib.ExitStack, *, create: bool) -> bool:
+    """Hold `folder`'s lock file for the rest of the sweep (released by the OS if the process dies). A second sweep
+    in the same folder would take the first one's running trial for a killed one: it is refused. False: there is no
+    lock file (and `create` is false). POSIX only; elsewhere nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return True
+    path = folder / LOCK_FILE
+    if not create and not path.is_file():
+        return False
+    handle = stack.enter_context(path.open("a"))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise OutputDirError(
+            f"sweep folder {str(folder)!r}: another hf-finetune sweep is running there (its lock, {LOCK_FILE}, is "
+            "held). One sweep runs in a folder at a time; wait for it, or stop it and run the command again to resume."
+        ) from None
+    return True
+
+
 def _open_study(
-    optuna: Any, base: Recipe, space: dict[str, Any], metric: str, greater: bool, target: int
+    optuna: Any,
+    base: Recipe,
+    space: dict[str, Any],
+    metric: str,
+    greater: bool,
+    target: int,
+    stack: contextlib.ExitStack,
 ) -> optuna.Study:
     """Claim the folder, then create or load the study; a trial a kill left RUNNING is marked failed, its folder
     (ours) removed, and its values queued to run again, so a kill does not change which values the sweep tries."""
     folder, spec = base.output_dir, base.sweep
     identity = _identity(base)
+    locked = folder.is_dir() and _lock(folder, stack, create=False)  # before anything there is removed
     resuming = _claim_folder(folder, identity, base.overwrite)
     folder.mkdir(parents=True, exist_ok=True)
+    if not locked:
+        _lock(folder, stack, create=True)
     name = base.name or "sweep"
     if not resuming:
         write_json(folder / SWEEP_FILE, {"written_by": "hf_finetune", "study": name, "identity": identity})

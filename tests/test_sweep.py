@@ -494,3 +494,33 @@ def test_sigterm_stops_the_sweep_cleanly_and_the_same_command_resumes_it(tmp_pat
     assert [(r["trial"], r["state"]) for r in rows] == [("1", "complete"), ("0", "fail")]
     assert rows[0]["training.learning_rate"] == rows[1]["training.learning_rate"]
     assert "best: trial-001" in again.stdout
+
+
+def test_a_second_sweep_in_a_running_sweeps_folder_is_refused(tmp_path: Path, monkeypatch):
+    import fcntl
+
+    import hf_finetune.api
+    from hf_finetune.tuning import LOCK_FILE, sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hf_finetune.api, "finetune", _FakeRun([0.5], fail=set()))
+    sweep(sweep_recipe(trials=1))  # a sweep folder, and its lock file, exist
+    with (tmp_path / "sweep" / LOCK_FILE).open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the running sweep holds it
+        with pytest.raises(OutputDirError, match="another hf-finetune sweep is running there"):
+            sweep(sweep_recipe(trials=2), overwrite=True)
+    assert (tmp_path / "sweep" / "sweep.db").is_file()  # nothing was removed
+    resumed = sweep(sweep_recipe(trials=2))  # once it is free, the sweep resumes: trial 0 kept, one more run
+    assert [(r["trial"], r["state"]) for r in resumed.rows] == [(0, "complete"), (1, "complete")]
+
+
+def test_pushing_and_resuming_are_refused_for_a_sweep(tmp_path: Path, monkeypatch):
+    from hf_finetune.tuning import sweep
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError) as err:
+        sweep(
+            sweep_recipe(), {"hub.push": True, "hub.repo_id": "me/model", "training.resume_from_checkpoint": "latest"}
+        )
+    assert [p.split(":")[0] for p in err.value.problems] == ["hub.push", "training.resume_from_checkpoint"]
+    assert not (tmp_path / "sweep").exists()
