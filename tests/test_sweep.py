@@ -472,14 +472,17 @@ def test_three_failing_trials_in_a_row_stop_the_sweep_with_the_last_error(tmp_pa
 
 @pytest.mark.slow
 def test_sigterm_stops_the_sweep_cleanly_and_the_same_command_resumes_it(tmp_path: Path):
-    path = _write(sweep_recipe(trials=1), tmp_path / "r.yaml")
+    recipe = sweep_recipe(trials=1)
+    recipe["training"]["num_train_epochs"] = 4
+    path = _write(recipe, tmp_path / "r.yaml")
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "hf_finetune", "sweep", str(path)]
     proc = subprocess.Popen(
         command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 240
-    while not (out / "trial-000" / "recipe.yaml").is_file():
+    # the first epoch's checkpoint: training is under way (hf_finetune's stop-on-signal handler is in place)
+    while not list((out / "trial-000").glob("checkpoint-*/hf_finetune_complete.json")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
