@@ -502,6 +502,12 @@ class SweepSpec:
         out = []
         for key, value in self.dimensions.items():
             out += _space_entry_problems(key, value)
+        defaults = SweepSpec()
+        out += [
+            f"sweep.{key}: applies to pruner median only, not none; remove it or set sweep.pruner: median"
+            for key in ("startup_trials", "prune_after")
+            if self.pruner == "none" and getattr(self, key) != getattr(defaults, key)
+        ]
         return out + _out_of_range(
             self,
             "sweep",

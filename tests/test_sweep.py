@@ -101,6 +101,15 @@ def test_a_bad_space_is_one_recipe_error_listing_every_shape_problem():
     assert "sweep.space.model.image_size: int takes [low, high], two whole numbers, got [8.5, 32]" in text
 
 
+def test_median_pruner_settings_without_the_median_pruner_are_refused():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(sweep_recipe(pruner="none", startup_trials=2, trials=0))
+    assert err.value.problems == [
+        "sweep.startup_trials: applies to pruner median only, not none; remove it or set sweep.pruner: median",
+        "sweep.trials: at least 1 trial, got 0",
+    ]
+
+
 def test_a_space_written_as_dotted_overrides_reads_as_dotted_keys():
     recipe = load_recipe(sweep_recipe(), ["sweep.space.training.weight_decay={uniform: [0.0, 0.1]}"])
     assert recipe.sweep.dimensions["training.weight_decay"] == {"uniform": [0.0, 0.1]}
