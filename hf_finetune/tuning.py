@@ -390,6 +390,11 @@ def _open_study(
     if not locked:
         _lock(folder, stack, create=True)
     name = base.name or "sweep"
+    if not resuming and (folder / STUDY_FILE).exists():  # no sweep.json says it is ours: neither reused nor removed
+        raise OutputDirError(
+            f"sweep folder {str(folder)!r} holds a {STUDY_FILE} that no hf_finetune sweep there recorded (its "
+            f"{SWEEP_FILE} is missing). Nothing was removed. Move it, or choose another folder (--output-dir)."
+        )
     if not resuming:
         write_json(folder / SWEEP_FILE, {"written_by": "hf_finetune", "study": name, "identity": identity})
         _record_entry(folder, STUDY_FILE)
@@ -407,7 +412,7 @@ def _open_study(
         load_if_exists=True,
     )
     # seeded by the sweep's seed and how far it got: a resumed sweep must not draw its first values over again
-    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.get_trials(deepcopy=False)))
+    study.sampler = optuna.samplers.TPESampler(seed=(spec.seed + len(study.get_trials(deepcopy=False))) % 2**32)
     study.set_user_attr("metric", metric)
     study.set_user_attr("space", space)
     running = optuna.trial.TrialState.RUNNING
