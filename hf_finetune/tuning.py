@@ -300,6 +300,11 @@ def _claim_folder(folder: Path, identity: dict[str, Any], overwrite: bool) -> bo
     entries = sorted(listing(folder) - {".DS_Store", "Thumbs.db", "desktop.ini", LOCK_FILE})
     if not entries:
         return False
+    if meta is None and STUDY_FILE in entries:  # no sweep.json says it is ours: neither reused nor removed
+        raise OutputDirError(
+            f"sweep folder {str(folder)!r} holds a {STUDY_FILE} that no hf_finetune sweep there recorded (its "
+            f"{SWEEP_FILE} is missing). Nothing was changed. Move it, or choose another folder (--output-dir)."
+        )
     if not overwrite:
         if meta is None:
             what = f"files that are not an hf_finetune sweep ({', '.join(entries[:5])})"
@@ -390,11 +395,6 @@ def _open_study(
     if not locked:
         _lock(folder, stack, create=True)
     name = base.name or "sweep"
-    if not resuming and (folder / STUDY_FILE).exists():  # no sweep.json says it is ours: neither reused nor removed
-        raise OutputDirError(
-            f"sweep folder {str(folder)!r} holds a {STUDY_FILE} that no hf_finetune sweep there recorded (its "
-            f"{SWEEP_FILE} is missing). Nothing was removed. Move it, or choose another folder (--output-dir)."
-        )
     if not resuming:
         write_json(folder / SWEEP_FILE, {"written_by": "hf_finetune", "study": name, "identity": identity})
         _record_entry(folder, STUDY_FILE)

@@ -286,6 +286,10 @@ def test_a_folder_of_other_files_is_refused(tmp_path: Path):
     recipe = load_recipe(sweep_recipe(), [f"training.output_dir={tmp_path}"])
     with pytest.raises(OutputDirError, match=r"files that are not an hf_finetune sweep \(data.csv\)"):
         _claim_folder(tmp_path, _identity(recipe), overwrite=False)
+    (tmp_path / "sweep.db").write_text("someone's study")
+    with pytest.raises(OutputDirError, match=r"holds a sweep.db that no hf_finetune sweep there recorded"):
+        _claim_folder(tmp_path, _identity(recipe), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "sweep.db"]
 
 
 # --------------------------------------------------------------------------------------------- end to end
