@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   hf-finetune train quickstart                      # offline: simple CNN on scikit-learn's digits
   hf-finetune train recipes/image/resnet50.yaml data.source=./pets training.num_train_epochs=3
   accelerate launch -m hf_finetune train quickstart
+  hf-finetune sweep my_recipe.yaml --trials 8       # Optuna over the recipe's sweep.space; again to resume
   hf-finetune eval outputs/quickstart
   hf-finetune predict outputs/quickstart cat.jpg dog.png --top-k 3
 """
