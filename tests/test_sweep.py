@@ -540,3 +540,12 @@ def test_pushing_and_resuming_are_refused_for_a_sweep(tmp_path: Path, monkeypatc
         )
     assert [p.split(":")[0] for p in err.value.problems] == ["hub.push", "training.resume_from_checkpoint"]
     assert not (tmp_path / "sweep").exists()
+
+
+def test_without_optuna_the_sweep_says_how_to_install_it(monkeypatch):
+    from hf_finetune.errors import HFFinetuneError
+    from hf_finetune.tuning import sweep
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    with pytest.raises(HFFinetuneError, match=r'pip install "hf_finetune\[sweep\]"'):
+        sweep(sweep_recipe())
