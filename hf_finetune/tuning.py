@@ -143,7 +143,7 @@ def _run_trials(
             _tell(optuna, study, trial, outcome, folder)
     result = SweepResult(folder, metric, "maximize" if greater else "minimize", [], None)
     if study is not None:
-        result = _finish(study, base, space, result)
+        result = _finish(study, base, space, target, result)
     return result
 
 
@@ -716,7 +716,7 @@ def _shown(value: Any, spec: str) -> str:
     return str(value)
 
 
-def _finish(study: optuna.Study, base: Recipe, space: dict[str, Any], result: SweepResult) -> SweepResult:
+def _finish(study: optuna.Study, base: Recipe, space: dict[str, Any], target: int, result: SweepResult) -> SweepResult:
     """The leaderboard once more, and every finished trial's metrics.json (run.sweep) and card ("Sweep" section)
     told where it ranked; the best complete trial is the sweep's answer."""
     optuna = require_optuna()
@@ -730,6 +730,7 @@ def _finish(study: optuna.Study, base: Recipe, space: dict[str, Any], result: Sw
             "state": row["state"],
             "rank": row["rank"],
             "ranked": len(ranked),
+            "trials": target,  # finished trials the sweep was run to reach
             "metric": result.metric,
             "direction": result.direction,
             "score": row["score"],

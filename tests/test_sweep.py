@@ -349,7 +349,8 @@ def test_a_killed_sweep_resumes_keeps_finished_trials_and_returns_the_best(tmp_p
     assert "| rank | trial | state | eval_accuracy (best)" in again.stdout  # the leaderboard, printed
     assert (out / "leaderboard.md").read_text().count("| complete |") == 4
     run = json.loads((out / best / "metrics.json").read_text())["run"]["sweep"]
-    assert (run["rank"], run["ranked"], run["score"]) == (1, 4, max(scores))
+    assert (run["rank"], run["ranked"], run["trials"], run["score"]) == (1, 4, 4, max(scores))
+    assert run["metric"] == "eval_accuracy" and run["space"] == sweep_recipe()["sweep"]["space"]
     card = (out / best / "README.md").read_text()
     assert "## Sweep" in card and "ranked **1 of 4** finished trials" in card
     assert card.count("## Sweep") == 1
@@ -387,7 +388,8 @@ def test_train_on_a_recipe_with_a_sweep_trains_its_own_values_and_says_so(tmp_pa
 
 @pytest.mark.slow
 def test_two_ranks_run_each_trial_together_and_stop_a_pruned_one_together(tmp_path: Path):
-    path = _write(sweep_recipe(trials=3, startup_trials=1), tmp_path / "r.yaml")
+    space = {"training.learning_rate": [0.01, 50.0]}  # 50 diverges: see the Python API test
+    path = _write(sweep_recipe(trials=3, startup_trials=1, space=space), tmp_path / "r.yaml")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
@@ -401,10 +403,14 @@ def test_two_ranks_run_each_trial_together_and_stop_a_pruned_one_together(tmp_pa
     for row in rows:
         run = json.loads((tmp_path / "sweep" / row["folder"] / "metrics.json").read_text())["run"]
         assert run["hardware"]["processes"] == 2
-    pruned = [r for r in rows if r["state"] == "pruned"]
-    # a pruned trial stopped after the evaluation that pruned it, on both ranks (else the run would hang)
-    for row in pruned:
-        assert len(_evaluations(tmp_path / "sweep" / row["folder"])) < 2
+    by_trial = sorted(rows, key=lambda r: int(r["trial"]))
+    lr = [float(r["training.learning_rate"]) for r in by_trial]
+    after_good = [r for i, r in enumerate(by_trial) if lr[i] == 50.0 and 0.01 in lr[:i]]
+    assert after_good, f"the sampler drew {lr}: no diverging trial after a good one; change sweep.seed"
+    for row in after_good:
+        # rank 0's decision reached rank 1: both stopped after that evaluation (else the run would hang or differ)
+        assert row["state"] == "pruned", rows
+        assert len(_evaluations(tmp_path / "sweep" / row["folder"])) == 1
 
 
 @pytest.mark.slow
