@@ -12,7 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Recipe", "Result", "evaluate", "export", "finetune", "iter_predictions", "load_recipe", "predict"]
+__all__ = [
+    "Recipe",
+    "Result",
+    "SweepResult",
+    "evaluate",
+    "export",
+    "finetune",
+    "iter_predictions",
+    "load_recipe",
+    "predict",
+    "sweep",
+]
 
 _LAZY = {
     "finetune": "api",
@@ -21,6 +32,8 @@ _LAZY = {
     "iter_predictions": "prediction",  # not a module named predict: it would shadow the predict function
     "export": "api",  # the stage module is onnx_export: a submodule named export would shadow this attribute
     "Result": "api",
+    "sweep": "tuning",  # not a module named sweep: it would shadow this function
+    "SweepResult": "tuning",
     "load_recipe": "recipe",
     "Recipe": "recipe",
 }

@@ -85,6 +85,8 @@ def finetune(
     started = time.time()
     recipe_file = find_recipe(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = _with_strategy_defaults(load_recipe(recipe, _merge_overrides(overrides, kwargs)))
+    if recipe.sweep.space:  # a search is a command of its own; this run is the recipe as written
+        logger.info("sweep: training the recipe's own values; its sweep section is for `hf-finetune sweep`")
     task = get_task(recipe.task)
     claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
     args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed

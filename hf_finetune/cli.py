@@ -1,4 +1,4 @@
-"""`hf-finetune` and `python -m hf_finetune`: train | eval | predict | export | push | validate | recipes ls/show/cp.
+"""`hf-finetune` and `python -m hf_finetune`: train | sweep | eval | predict | export | push | validate | recipes.
 
 Heavy libraries are imported inside the commands so `--help` answers at once. Bad input ends with one
 `error:` message and exit status 2, never a traceback — unless `--debug` (or HF_FINETUNE_DEBUG=1) asks for the
@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   hf-finetune train quickstart                      # offline: simple CNN on scikit-learn's digits
   hf-finetune train recipes/image/resnet50.yaml data.source=./pets training.num_train_epochs=3
   accelerate launch -m hf_finetune train quickstart
+  hf-finetune sweep my_recipe.yaml --trials 8       # Optuna over the recipe's sweep.space; again to resume
   hf-finetune eval outputs/quickstart
   hf-finetune predict outputs/quickstart cat.jpg dog.png --top-k 3
 """
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (
         _add_train,
+        _add_sweep,
         _add_validate,
         _add_check,
         _add_eval,
@@ -76,6 +78,23 @@ def _add_train(sub: Commands) -> None:
     )
     # SUPPRESS: the subcommand's default must not overwrite a --debug given before the command
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+
+
+def _add_sweep(sub: Commands) -> None:
+    sw = sub.add_parser(
+        "sweep",
+        help="hyperparameter search over the recipe's sweep.space (Optuna), each trial an ordinary run",
+        description="Trials go to OUTPUT/trial-000/… (OUTPUT: training.output_dir), the study to OUTPUT/sweep.db: "
+        "running the same command again resumes the sweep. Prints the leaderboard and names the best trial's folder.",
+    )
+    sw.add_argument("recipe", help="recipe file or shipped recipe name, with a sweep: section")
+    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as for train")
+    sw.add_argument("--trials", type=_positive_int, help="trials to finish in total (default: sweep.trials)")
+    sw.add_argument("--output-dir", help="the sweep folder; same as training.output_dir=…")
+    sw.add_argument(
+        "--overwrite", action="store_true", help="start the sweep over (only what hf_finetune wrote is removed)"
+    )
+    sw.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
 
 def _add_validate(sub: Commands) -> None:
@@ -366,6 +385,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .tuning import LEADERBOARD_MD, leaderboard_markdown, sweep
+
+    result = sweep(args.recipe, _overrides(args), trials=args.trials)
+    if not result.rows:  # a process other than the first under a launcher: rank 0 reports
+        return 0
+    keys = list(result.rows[0]["params"])
+    print("\n" + leaderboard_markdown(result.rows, keys, result.metric))
+    print(f"\nleaderboard: {result.output_dir / LEADERBOARD_MD}")
+    if result.best is None:
+        print("best: no trial completed")
+        return 0
+    print(f"best: {result.best['folder']} ({result.metric} {result.best['score']:.4f}): {result.best_dir}")
+    print(f"  try:   hf-finetune eval {result.best_dir}")
+    return 0
+
+
 def _linear_baseline_line(b: dict[str, Any], fmt: str = "single") -> str:
     """metrics.baseline linear, printed as the constant baseline is: its scores on this split."""
     from .formats import headline_scores
@@ -506,6 +542,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "sweep": cmd_sweep,
     "validate": cmd_validate,
     "check": cmd_check,
     "eval": cmd_eval,

@@ -471,6 +471,115 @@ class MetricsSpec:
         return out
 
 
+# `sweep.space` values: a list of choices, or {distribution: [low, high]} with one of these (int may add `log: true`)
+SWEEP_DISTRIBUTIONS = ("loguniform", "uniform", "int")
+# what a trial may not vary: the sweep sets each trial's folder itself, and these are one command's actions
+SWEEP_FIXED_KEYS = ("training.output_dir", "training.resume_from_checkpoint", "overwrite", "name")
+SWEEP_FIXED_SECTIONS = ("sweep", "hub")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """`hf-finetune sweep`: an Optuna search over dotted recipe keys (hf_finetune/sweep.py). `hf-finetune train`
+    trains the recipe's own values and says that this section is left to `sweep`."""
+
+    trials: int = 10  # finished (complete or pruned) trials to reach; --trials overrides it
+    # dotted recipe key -> [choice, ...] or {loguniform|uniform|int: [low, high]} (int also takes log: true)
+    space: dict[str, Any] = field(default_factory=dict)
+    # median: a trial whose evaluation is below the median of earlier trials' at the same epoch stops there
+    pruner: Literal["median", "none"] = field(default="median", metadata=_expects("'median' or 'none'"))
+    startup_trials: int = 5  # median: trials that finish before any is pruned (Optuna's own default)
+    prune_after: int = 1  # median: the first evaluation (epoch) of a trial at which it may be pruned
+    seed: int = 0  # the TPE sampler's seed
+
+    @property
+    def dimensions(self) -> dict[str, Any]:
+        """`space` with every key dotted: an override `sweep.space.training.learning_rate=[…]` arrives nested
+        ({training: {learning_rate: […]}}). Only an undotted key's mapping that names no distribution is such a
+        nesting: under a dotted key it is a misspelt distribution, and reported as one."""
+        return _dotted_space(self.space)
+
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right); the values a recipe would refuse
+        are checked by `sweep` itself, by loading the recipe with each bound and choice applied."""
+        out = []
+        for key, value in self.dimensions.items():
+            out += _space_entry_problems(key, value)
+        defaults = SweepSpec()
+        out += [
+            f"sweep.{key}: applies to pruner median only, not none; remove it or set sweep.pruner: median"
+            for key in ("startup_trials", "prune_after")
+            if self.pruner == "none" and getattr(self, key) != getattr(defaults, key)
+        ]
+        return out + _out_of_range(
+            self,
+            "sweep",
+            [
+                (("trials",), lambda x: x < 1, "at least 1 trial"),
+                (("startup_trials",), lambda x: x < 0, "0 or more trials"),
+                (("prune_after",), lambda x: x < 1, "at least 1 (the first evaluation)"),
+                (("seed",), lambda x: not 0 <= x < 2**32, "a seed between 0 and 2**32 - 1"),
+            ],
+        )
+
+
+def _dotted_space(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in space.items():
+        nested = isinstance(value, dict) and value and not set(value) & {*SWEEP_DISTRIBUTIONS, "log"}
+        if nested and "." not in str(key):
+            out |= _dotted_space(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _space_entry_problems(key: str, value: Any) -> list[str]:
+    where = f"sweep.space.{key}"
+    if key in SWEEP_FIXED_KEYS or key.split(".")[0] in SWEEP_FIXED_SECTIONS:
+        return [
+            f"{where}: not something a sweep varies (the sweep sets each trial's folder itself, and {key} belongs "
+            "to one command); remove it from sweep.space"
+        ]
+    if isinstance(value, list):
+        if not value:
+            return [f"{where}: an empty list of choices; list at least one value, e.g. [16, 32]"]
+        odd = [v for v in value if not isinstance(v, (str, int, float, bool)) and v is not None]
+        if odd:
+            return [f"{where}: a choice must be a number, a string, true/false or null, got {odd[0]!r}"]
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        return [f"{where}: {repeated} listed more than once; list each choice once"] if repeated else []
+    shape = "a list of choices, or {loguniform|uniform|int: [low, high]}"
+    if not isinstance(value, dict):
+        return [f"{where}: expected {shape}, got {value!r}; a fixed value belongs in the recipe itself"]
+    named = [k for k in value if k in SWEEP_DISTRIBUTIONS]
+    extra = [k for k in value if k not in SWEEP_DISTRIBUTIONS and not (k == "log" and named == ["int"])]
+    if len(named) != 1 or extra:
+        unknown = f"; {extra[0]!r} is not one{_did_you_mean(str(extra[0]), SWEEP_DISTRIBUTIONS)}" if extra else ""
+        return [f"{where}: expected {shape} with one distribution of {list(SWEEP_DISTRIBUTIONS)}{unknown}"]
+    kind, bounds = named[0], value[named[0]]
+    number = int if kind == "int" else (int, float)
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b, number) for b in bounds)):
+        what = "whole numbers" if kind == "int" else "numbers"
+        return [f"{where}: {kind} takes [low, high], two {what}, got {bounds!r}"]
+    low, high = bounds
+    out = []
+    if not low < high:
+        out.append(f"{where}: {kind} needs low < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        out.append(f"{where}: loguniform needs low > 0 (it samples the logarithm), got {low}")
+    log = value.get("log", False)
+    if kind == "int" and not isinstance(log, bool):
+        out.append(f"{where}.log: expected true or false, got {log!r}")
+    elif kind == "int" and log and low < 1:
+        out.append(f"{where}: int with log: true needs low >= 1, got {low}")
+    return out
+
+
+def _is_number(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 # Paths and texts as they are: no \xe9 escapes, no long value folded at a space onto the next line.
 _YAML_STYLE: dict[str, Any] = {"sort_keys": False, "allow_unicode": True, "width": 1 << 20}
 
@@ -489,6 +598,7 @@ class Recipe:
     # Passed to transformers.TrainingArguments unchanged (same names as transformers).
     training: dict[str, Any] = field(default_factory=dict)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
+    sweep: SweepSpec = field(default_factory=SweepSpec)  # read by `hf-finetune sweep` only
     overwrite: bool = False  # allow replacing another run's results in training.output_dir
     name: str | None = None
 
@@ -497,7 +607,10 @@ class Recipe:
         return Path(self.training["output_dir"])
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        out = _plain(dataclasses.asdict(self))
+        if self.sweep == SweepSpec():
+            del out["sweep"]  # a recipe without a search: its saved copies read as before
+        return out
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
