@@ -755,10 +755,15 @@ def _verify_lora(
     checks.append(saved)
     del reloaded
     base = task.build_model(recipe.model, parts.data.label_names, label_format=parts.data.label_format).model
-    adapter = PeftModel.from_pretrained(base.to(next(merged.parameters()).device), str(out / lora.ADAPTER_DIR))
-    loaded = lora.compare(f"{out.name}/{lora.ADAPTER_DIR} on the base model", reference, adapter, batch)
-    state = get_peft_model_state_dict(adapter)
-    loaded.wrong = [k for k, v in trained.items() if k not in state or not torch.equal(state[k].cpu(), v)]
+    what = f"{out.name}/{lora.ADAPTER_DIR} on the base model"
+    try:
+        adapter = PeftModel.from_pretrained(base.to(next(merged.parameters()).device), str(out / lora.ADAPTER_DIR))
+    except Exception as err:
+        loaded = lora.Reloaded(what, float("inf"), [f"peft cannot load it ({type(err).__name__}: {err})"])
+    else:
+        loaded = lora.compare(what, reference, adapter, batch)
+        state = get_peft_model_state_dict(adapter)
+        loaded.wrong = [k for k, v in trained.items() if k not in state or not torch.equal(state[k].cpu(), v)]
     loaded.wrong += lora.adapter_tensors_differ(trained, out / lora.ADAPTER_DIR)
     checks.append(loaded)
     lora.check(checks)

@@ -190,13 +190,11 @@ def wrap(model: nn.Module, spec: PeftSpec, layers: LayerMap, unfreeze_last: int 
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; under peft the total counts the base model once (not the head's frozen
-    original beside its trained copy, nor the adapters twice)."""
+    """(trainable, total) parameters; under peft the total is the model's own size, as the merged model has it (the
+    adapters and the head's frozen original beside its trained copy are not counted)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if is_peft_model(model):
-        _, total = model.get_nb_trainable_parameters()
-        return trainable, total
-    return trainable, sum(p.numel() for p in model.parameters())
+    own = (p.numel() for n, p in model.named_parameters() if "lora_" not in n and ".original_module." not in n)
+    return trainable, sum(own)
 
 
 def run_info(model: nn.Module, spec: PeftSpec) -> dict[str, Any]:
