@@ -1308,10 +1308,13 @@ def _peft_problems(recipe: Recipe) -> list[str]:
             out.append(
                 f"transfer.{key}: not available with peft.method lora ({why}); remove it or set peft.method: none"
             )
-    if recipe.model.name == "simple_cnn" and not recipe.model.weights:
+    m = recipe.model
+    if (m.name == "simple_cnn" or not m.pretrained) and not m.weights:
+        why = "simple_cnn starts" if m.name == "simple_cnn" else "with model.pretrained false the model starts"
         out.append(
-            "peft.method lora: simple_cnn starts from random weights, and LoRA adapts a pretrained network; set "
-            "peft.method: none, or start from trained weights (model.weights: <a checkpoint>)"
+            f"peft.method lora: {why} from random weights, and an adapter only works on the base it was trained "
+            "on, which nothing could rebuild; start from trained weights (model.pretrained: true, or model.weights: "
+            "<a checkpoint>), or set peft.method: none"
         )
     return out
 

@@ -178,6 +178,14 @@ def _problems(recipe: dict) -> str:
             {"peft": {"method": "lora"}, "transfer": {"strategy": "lp_ft", "probe_epochs": 1}},
             "transfer.probe_epochs: not available with peft.method lora",
         ),
+        (
+            {"peft": {"method": "lora"}, "model": {"name": "timm:resnet18", "pretrained": False}},
+            "peft.method lora: with model.pretrained false the model starts from random weights",
+        ),
+        (
+            {"peft": {"method": "lora"}, "model": {"name": "simple_cnn"}},
+            "peft.method lora: simple_cnn starts from random weights",
+        ),
     ],
 )
 def test_recipe_refuses_what_lora_cannot_do(sections: dict, expected: str, tmp_path: Path):
@@ -363,6 +371,7 @@ def test_resume_check_restores_an_adapter_trainer_left_wrong(bert_lora_run, tiny
 # --------------------------------------------------------------------------------------------- strategies, images
 
 
+@pytest.mark.slow
 def test_partial_adapts_only_the_last_blocks_and_lp_ft_starts_from_the_fitted_probe(text_recipe, tmp_path: Path):
     from safetensors.torch import load_file
 
