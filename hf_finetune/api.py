@@ -161,6 +161,7 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     from .recipe import best_metric
     from .trainer import build_training_args, log_distribution, mixed_precision, training_defaults
 
+    _refuse_lora_under_fsdp(recipe, dict(os.environ))
     precision = mixed_precision(recipe.training, dict(os.environ))
     # every format's metrics accumulate batch by batch (gathered across processes): bounded memory
     task_defaults = {**task.training_defaults(), "batch_eval_metrics": batch_eval_metrics(recipe)}
@@ -173,6 +174,21 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     else:
         set_seed(args.seed)
     return args
+
+
+def _refuse_lora_under_fsdp(recipe: Recipe, env: dict[str, str]) -> None:
+    """LoRA saves by merging the adapters into whole weights, which FSDP holds in shards across processes: not
+    supported in this version (DDP, `multi_gpu_ddp.yaml`, is)."""
+    fsdp = bool(recipe.training.get("fsdp")) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+    if recipe.peft.enabled and fsdp:
+        raise RecipeError(
+            [
+                "peft.method lora: FSDP (training.fsdp or accelerate launch with an FSDP config) shards the weights "
+                "the adapters are merged into when saving, which this version does not do; launch with "
+                "recipes/accelerate/multi_gpu_ddp.yaml (LoRA's few trainable parameters need no sharding), or set "
+                "peft.method: none"
+            ]
+        )
 
 
 def _with_strategy_defaults(recipe: Recipe) -> Recipe:
@@ -720,9 +736,11 @@ def _save_lora(trainer: Trainer, recipe: Recipe, args: TrainingArguments, parts:
     batch = _first_rows(parts)
     reference = lora.logits_of(model, batch) if main else None
     trained = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()} if main else {}
+    # a weights file is the base, and it is local: no Hub id then
+    base_id = None if recipe.model.weights else lora.hub_id(recipe.model.name, model.config)
     with recording(out, enabled=main):
         if main:
-            lora.save_adapter(model, out / lora.ADAPTER_DIR, lora.hub_id(recipe.model.name))
+            lora.save_adapter(model, out / lora.ADAPTER_DIR, base_id)
         merged = lora.merge(model)  # every process: Trainer.save_model gathers what it saves
         trainer.model = parts.built.model = merged
         trainer.save_model(str(out))
@@ -758,7 +776,7 @@ def _verify_lora(
     what = f"{out.name}/{lora.ADAPTER_DIR} on the base model"
     try:
         adapter = PeftModel.from_pretrained(base.to(next(merged.parameters()).device), str(out / lora.ADAPTER_DIR))
-    except Exception as err:
+    except Exception as err:  # whatever peft raises (a missing head: KeyError), the run's error keeps it
         loaded = lora.Reloaded(what, float("inf"), [f"peft cannot load it ({type(err).__name__}: {err})"])
     else:
         loaded = lora.compare(what, reference, adapter, batch)

@@ -239,9 +239,14 @@ def save_adapter(model: nn.Module, folder: Path, base_model: str | None) -> None
         readme.unlink()
 
 
-def hub_id(name: str) -> str | None:
-    """The model's name if it is a Hub id (`org/name`, `timm/…`), else None (a local folder, builtin:…)."""
-    if name.startswith(("builtin:", "/", ".", "~")) or Path(name).expanduser().exists() or name.count("/") != 1:
+def hub_id(name: str, config: Any = None) -> str | None:
+    """Where the base model comes from on the Hub: the model's name if it is a Hub id (`org/name`, `timm/…`), the
+    weights' Hub id of a `timm:<architecture>` (its pretrained_cfg), else None (a local folder, builtin:…)."""
+    if name.startswith("timm:"):
+        cfg = getattr(config, "pretrained_cfg", None) or {}
+        return cfg.get("hf_hub_id") if isinstance(cfg, dict) else None
+    local = name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+    if local or ":" in name or name.count("/") > 1:  # builtin:…, a path
         return None
     return name
 

@@ -136,6 +136,16 @@ def test_merged_folder_loads_with_pipeline_where_hf_finetune_is_not_importable(b
         assert [x["score"] for x in r] == pytest.approx([x["score"] for x in mine], abs=1e-6)
 
 
+def test_push_stages_the_adapter_and_the_merged_model_but_no_checkpoint(bert_lora_run, tmp_path: Path):
+    from hf_finetune.hub import stage_folder
+
+    out, _ = bert_lora_run
+    staged = stage_folder(out, tmp_path / "stage", "me/model")
+    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "model.safetensors"} <= set(staged)
+    assert not [n for n in staged if n.startswith("checkpoint-") or n.endswith((".bin", ".pt", ".pth"))]
+    assert str(out) not in (tmp_path / "stage" / "adapter" / "adapter_config.json").read_text()
+
+
 # --------------------------------------------------------------------------------------------- recipe refusals
 
 
@@ -226,6 +236,29 @@ def test_cli_refusal_is_one_message_and_exit_2(text_recipe, tmp_path: Path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "2 problems in the recipe" in done.stderr and "peft.r: a rank of at least 1" in done.stderr
     assert not (tmp_path / "text-out").exists()
+
+
+def test_adapter_config_names_the_hub_base_never_a_local_path(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from hf_finetune.lora import hub_id
+
+    assert hub_id("bert-base-uncased") == "bert-base-uncased"
+    assert hub_id("google/vit-base-patch16-224-in21k") == "google/vit-base-patch16-224-in21k"
+    assert hub_id(str(tmp_path)) is None and hub_id("./model") is None and hub_id("builtin:all-MiniLM-L6-v2") is None
+    timm_config = SimpleNamespace(pretrained_cfg={"hf_hub_id": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"})
+    assert hub_id("timm:vit_base_patch16_224", timm_config) == "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+
+
+def test_lora_under_fsdp_is_refused_before_anything_is_loaded(text_recipe, monkeypatch):
+    from hf_finetune import finetune
+    from hf_finetune.errors import RecipeError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    recipe = text_recipe(peft=LORA)
+    with pytest.raises(RecipeError, match=r"peft\.method lora: FSDP"):
+        finetune(recipe)
+    assert not Path(recipe["training"]["output_dir"]).exists()
 
 
 # --------------------------------------------------------------------------------------------- what LoRA adapts
@@ -413,12 +446,16 @@ def test_vision_transformer_with_lora_trains_and_predicts_the_same_from_both_out
         "model": {"name": str(tiny_vit_dir), "image_size": 16},
         "data": {"source": str(digits_folder)},
         "peft": {"method": "lora", "r": 4},
+        # the temperature is folded into the trained head copy: the adapter carries it as the merged model does
+        "metrics": {"calibration": "temperature"},
         "training": {"output_dir": str(out), "num_train_epochs": 1, "save_strategy": "no", "disable_tqdm": True},
     }
     done = cli(["train", str(write_recipe(tmp_path / "v.yaml", recipe))], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    peft = json.loads((out / "metrics.json").read_text())["run"]["peft"]
+    run = json.loads((out / "metrics.json").read_text())["run"]
+    peft = run["peft"]
     assert peft["modules_to_save"] == ["classifier"] and peft["adapted_layers"] == 12
+    assert run["calibration"]["temperature"] != 1.0 and max(peft["verified"].values()) <= 1e-3
     pixels = torch.randn(2, 3, 16, 16)
     merged = AutoModelForImageClassification.from_pretrained(str(out)).eval()
     base = AutoModelForImageClassification.from_pretrained(

@@ -48,7 +48,8 @@ def trained_copy(module: torch.nn.Module) -> torch.nn.Module:
     in a `ModulesToSaveWrapper` that holds the frozen original and the trained copy, which is the one the model runs,
     the probe fits, calibration folds into and the adapter saves. By name, so that asking imports nothing."""
     if type(module).__name__ == "ModulesToSaveWrapper":
-        return module.modules_to_save[module.active_adapter]
+        active = module.active_adapter
+        return module.modules_to_save[active[0] if isinstance(active, (list, tuple)) else active]
     return module
 
 
