@@ -758,7 +758,7 @@ def _verify_lora(
 ) -> dict[str, float]:
     """The merged model (in memory and reloaded from the folder) and the adapter loaded with peft onto a freshly
     built base model must reproduce the trained model: same tensors, logits within lora.TOLERANCE. Returns the
-    largest |Δlogit| of each (metrics.json's run.peft.verified)."""
+    largest |Δlogit| of each and the largest |logit| the tolerance scales with (metrics.json's run.peft.verified)."""
     import torch
     from peft import PeftModel, get_peft_model_state_dict
 
@@ -789,7 +789,8 @@ def _verify_lora(
     logger.info(
         "peft: saved outputs verified (max |Δlogit|: %s)", ", ".join(f"{k} {v:.2g}" for k, v in figures.items())
     )
-    return {"merged": checks[0].max_abs_diff, "reloaded": checks[1].max_abs_diff, "adapter": checks[2].max_abs_diff}
+    names = ("merged", "reloaded", "adapter")
+    return {**{n: c.max_abs_diff for n, c in zip(names, checks, strict=True)}, "largest_logit": checks[0].scale}
 
 
 def _settle_outputs(parts: _Parts) -> None:

