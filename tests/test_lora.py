@@ -108,6 +108,36 @@ def test_lora_run_saves_merged_model_and_adapter_that_predict_the_same(bert_lora
     assert "best model: weights verified" in done.stderr
 
 
+def test_eval_of_a_lora_folder_gives_the_numbers_training_wrote(bert_lora_run, tmp_path: Path):
+    out, _ = bert_lora_run
+    done = cli(["eval", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = json.loads((out / "metrics.json").read_text())["test"]
+    scored = json.loads(done.stdout.strip().splitlines()[-1])
+    assert scored["accuracy"] == pytest.approx(written["accuracy"]) and scored["split"] == "test"
+
+
+def test_missing_peft_is_one_clear_error(text_recipe, monkeypatch):
+    import builtins
+
+    from hf_finetune import finetune
+    from hf_finetune.errors import HFFinetuneError
+    from hf_finetune.recipe import load_recipe
+
+    real = builtins.__import__
+
+    def without_peft(name, *args, **kwargs):  # as if peft were not installed
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    recipe = load_recipe(text_recipe(peft=LORA))  # transformers (already imported here) is not what is tested
+    monkeypatch.setattr(builtins, "__import__", without_peft)
+    with pytest.raises(HFFinetuneError, match=r'pip install "hf_finetune\[peft\]"'):
+        finetune(recipe)
+    assert not recipe.output_dir.exists()
+
+
 def test_merged_folder_loads_with_pipeline_where_hf_finetune_is_not_importable(bert_lora_run, tmp_path: Path):
     from transformers import pipeline
 
