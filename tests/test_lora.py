@@ -103,6 +103,8 @@ def test_lora_run_saves_merged_model_and_adapter_that_predict_the_same(bert_lora
     assert max(peft["verified"][k] for k in ("merged", "reloaded", "adapter")) <= 1e-3
     card = (out / "README.md").read_text()
     assert "LoRA (peft): rank 4, alpha 8" in card and "trainable parameters: " in card
+    assert "low-rank adapters in every block and the new head train" in card
+    assert "full fine-tuning: every parameter trains" not in card
     manifest = json.loads((out / ".hf_finetune_run.json").read_text())
     assert {"adapter", "model.safetensors"} <= set(manifest["entries"])
     assert "best model: weights verified" in done.stderr
@@ -450,6 +452,7 @@ def test_partial_adapts_only_the_last_blocks_and_lp_ft_starts_from_the_fitted_pr
     lora_keys = [k for k in keys if "lora_" in k]
     assert lora_keys and all(".layer.1." in k for k in lora_keys)
     assert json.loads((out / "metrics.json").read_text())["run"]["peft"]["adapted_layers"] == 6
+    assert "low-rank adapters in the last 1 blocks" in (out / "README.md").read_text()
 
     recipe = text_recipe(
         peft=LORA,
