@@ -87,6 +87,7 @@ def finetune(
     recipe = _with_strategy_defaults(load_recipe(recipe, _merge_overrides(overrides, kwargs)))
     if recipe.sweep.space:  # a search is a command of its own; this run is the recipe as written
         logger.info("sweep: training the recipe's own values; its sweep section is for `hf-finetune sweep`")
+    recipe = _with_peft_defaults(recipe)  # peft.method lora: LoRA's learning rate unless the recipe sets one
     task = get_task(recipe.task)
     claim = _check_output_dir(recipe, recipe_file)  # before anything is loaded: a refusal costs nothing
     args = _training_args(recipe, task)  # defaults, processes, what they cannot run, the seed
@@ -128,6 +129,7 @@ class _Parts:
     plots: dict[str, PlotSample | dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # metrics.calibration temperature: metrics.json's run.calibration
     tta: dict[str, Any] | None = None  # metrics.tta flip|crops: metrics.json's run.tta
+    peft: dict[str, Any] | None = None  # peft.method lora: metrics.json's run.peft, set when the outputs are saved
     duplicates: DuplicateReport | None = None  # data.duplicates (not off): every group found
     duplicates_info: dict[str, Any] | None = None  # ... and metrics.json's run.duplicates
     # single-label: each evaluated split's final logits and labels (N×C, for the error analysis), by prefix
@@ -161,6 +163,7 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     from .recipe import best_metric
     from .trainer import build_training_args, log_distribution, mixed_precision, training_defaults
 
+    _refuse_lora_under_fsdp(recipe, dict(os.environ))
     precision = mixed_precision(recipe.training, dict(os.environ))
     # every format's metrics accumulate batch by batch (gathered across processes): bounded memory
     task_defaults = {**task.training_defaults(), "batch_eval_metrics": batch_eval_metrics(recipe)}
@@ -175,10 +178,33 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     return args
 
 
+def _refuse_lora_under_fsdp(recipe: Recipe, env: dict[str, str]) -> None:
+    """LoRA saves by merging the adapters into whole weights, which FSDP holds in shards across processes: not
+    supported in this version (DDP, `multi_gpu_ddp.yaml`, is)."""
+    fsdp = bool(recipe.training.get("fsdp")) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+    if recipe.peft.enabled and fsdp:
+        raise RecipeError(
+            [
+                "peft.method lora: FSDP (training.fsdp or accelerate launch with an FSDP config) shards the weights "
+                "the adapters are merged into when saving, which this version does not do; launch with "
+                "recipes/accelerate/multi_gpu_ddp.yaml (LoRA's few trainable parameters need no sharding), or set "
+                "peft.method: none"
+            ]
+        )
+
+
 def _with_strategy_defaults(recipe: Recipe) -> Recipe:
     from .transfer import with_strategy_defaults
 
     return with_strategy_defaults(recipe)
+
+
+def _with_peft_defaults(recipe: Recipe) -> Recipe:
+    from .lora import require_peft, with_peft_defaults
+
+    if recipe.peft.enabled:
+        require_peft()  # before anything is loaded
+    return with_peft_defaults(recipe)
 
 
 def _refuse_what_processes_cannot_run(recipe: Recipe, world_size: int) -> None:
@@ -228,11 +254,18 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
             checks.check_inputs(data.splits, task.INPUTS, recipe.data)
         data, found = _check_duplicates(data, recipe, task)
         built = task.build_model(recipe.model, data.label_names, label_format=data.label_format)
-        plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
+        if recipe.peft.enabled:  # the plan only says which blocks; peft decides what trains (lora.wrap)
+            plan, transfer_callbacks = transfer.plan_transfer(built.model, recipe.transfer), []
+        else:
+            plan, transfer_callbacks, _ = transfer.setup(built.model, recipe.transfer)
         if recipe.metrics.baseline == "linear":
             check_baseline_head(built.model)
         if recipe.metrics.calibration == "temperature":  # refused before the output folder is touched
             _calibrated_linear(built.model)
+        if recipe.peft.enabled:
+            from .lora import wrap
+
+            built.model = wrap(built.model, recipe.peft, plan.layers, recipe.transfer.unfreeze_last)
         seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
         prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
     mixup = None  # mixing is refused for multi_label and regression (recipe check)
@@ -456,6 +489,7 @@ def _probe_class_weight(recipe: Recipe) -> dict[int, float] | str | None:
 def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[TrainerCallback]) -> Trainer:
     from . import transfer
     from .checkpoints import CheckpointMarker, ResumeWeightsCheck
+    from .lora import is_peft_model
     from .trainer import avoid_single_sample_last_batch, build_trainer
 
     model, plan, mixing = parts.built.model, parts.plan, parts.mixup is not None
@@ -475,7 +509,7 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
         callbacks=[*run_callbacks, *parts.transfer_callbacks, *callbacks],
         param_groups=(
             (lambda m, decay: transfer.param_groups(m, plan, args.learning_rate, args.weight_decay, decay))
-            if plan.needs_param_groups
+            if plan.needs_param_groups and not is_peft_model(model)  # peft: what requires grad, at one rate
             else None
         ),
         loss=parts.loss,
@@ -652,14 +686,18 @@ def _save(
 ) -> list[str]:
     """The model (every process: FSDP gathers the shards; only the main one writes), then on the main process the
     results, the card and, if asked, the push. Returns the result files written."""
+    from .lora import is_peft_model
     from .outputs import recording, run_info
     from .tracking import log_final_results
     from .trainer import early_stopping_info
 
     out, data = recipe.output_dir, parts.data
     _settle_outputs(parts)  # thresholds into the config; standardised targets folded into the head
-    with recording(out, enabled=args.process_index == 0):  # the model's file names vary by model and tokenizer
-        trainer.save_model(str(out))
+    if is_peft_model(parts.built.model):
+        _save_lora(trainer, recipe, args, parts)
+    else:
+        with recording(out, enabled=args.process_index == 0):  # the model's file names vary by model and tokenizer
+            trainer.save_model(str(out))
     if not trainer.is_world_process_zero():
         return []
     run = run_info(
@@ -674,6 +712,8 @@ def _save(
         run["target_scaler"] = data.target_scaler
     if parts.probe is not None:
         run["probe"] = parts.probe.info()
+    if parts.peft is not None:
+        run["peft"] = parts.peft
     if parts.baseline is not None:
         run["baseline_linear"] = parts.baseline.info
     if parts.calibration is not None:
@@ -693,6 +733,77 @@ def _save(
     if recipe.hub.push:
         _push(out, recipe.hub)
     return files
+
+
+def _save_lora(trainer: Trainer, recipe: Recipe, args: TrainingArguments, parts: _Parts) -> None:
+    """peft: `adapter/` (LoRA tensors + the trained head) first, then the merged model as a run without LoRA saves
+    it (Trainer.save_model: weights, config, processor); then both are reloaded and must give the trained model's
+    logits on validation rows, or the run fails."""
+    from peft import get_peft_model_state_dict
+
+    from . import lora
+    from .outputs import recording
+
+    out, model, main = recipe.output_dir, parts.built.model, args.process_index == 0
+    parts.peft = lora.run_info(model, recipe.peft)
+    batch = _first_rows(parts)
+    reference = lora.logits_of(model, batch) if main else None
+    trained = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()} if main else {}
+    # a weights file is the base, and it is local: no Hub id then
+    base_id = None if recipe.model.weights else lora.hub_id(recipe.model.name, model.config)
+    with recording(out, enabled=main):
+        if main:
+            lora.save_adapter(model, out / lora.ADAPTER_DIR, base_id)
+        merged = lora.merge(model)  # every process: Trainer.save_model gathers what it saves
+        trainer.model = parts.built.model = merged
+        trainer.save_model(str(out))
+    if main:
+        parts.peft["verified"] = _verify_lora(recipe, parts, reference, trained, batch)
+
+
+def _first_rows(parts: _Parts, n: int = 8) -> dict[str, Any]:
+    rows = parts.prepared.splits["validation"]
+    return parts.prepared.collate([rows[i] for i in range(min(n, len(rows)))])
+
+
+def _verify_lora(
+    recipe: Recipe, parts: _Parts, reference: torch.Tensor, trained: dict[str, torch.Tensor], batch: dict[str, Any]
+) -> dict[str, float]:
+    """The merged model (in memory and reloaded from the folder) and the adapter loaded with peft onto a freshly
+    built base model must reproduce the trained model: same tensors, logits within lora.TOLERANCE. Returns the
+    largest |Δlogit| of each and the largest |logit| the tolerance scales with (metrics.json's run.peft.verified)."""
+    import torch
+    from peft import PeftModel, get_peft_model_state_dict
+
+    from . import lora
+
+    task, out, merged = get_task(recipe.task), recipe.output_dir, parts.built.model
+    checks = [lora.compare("the merged model", reference, merged, batch)]
+    reloaded = task.load_trained(out).model.to(next(merged.parameters()).device)
+    saved = lora.compare(f"{out.name}/ reloaded", reference, reloaded, batch)
+    current, again = merged.state_dict(), reloaded.state_dict()
+    saved.wrong = [k for k, v in current.items() if k not in again or not torch.equal(again[k].cpu(), v.cpu())]
+    checks.append(saved)
+    del reloaded
+    base = task.build_model(recipe.model, parts.data.label_names, label_format=parts.data.label_format).model
+    what = f"{out.name}/{lora.ADAPTER_DIR} on the base model"
+    try:
+        adapter = PeftModel.from_pretrained(base.to(next(merged.parameters()).device), str(out / lora.ADAPTER_DIR))
+    except Exception as err:  # whatever peft raises (a missing head: KeyError), the run's error keeps it
+        loaded = lora.Reloaded(what, float("inf"), [f"peft cannot load it ({type(err).__name__}: {err})"])
+    else:
+        loaded = lora.compare(what, reference, adapter, batch)
+        state = get_peft_model_state_dict(adapter)
+        loaded.wrong = [k for k, v in trained.items() if k not in state or not torch.equal(state[k].cpu(), v)]
+    loaded.wrong += lora.adapter_tensors_differ(trained, out / lora.ADAPTER_DIR)
+    checks.append(loaded)
+    lora.check(checks)
+    figures = {c.what: c.max_abs_diff for c in checks}
+    logger.info(
+        "peft: saved outputs verified (max |Δlogit|: %s)", ", ".join(f"{k} {v:.2g}" for k, v in figures.items())
+    )
+    names = ("merged", "reloaded", "adapter")
+    return {**{n: c.max_abs_diff for n, c in zip(names, checks, strict=True)}, "largest_logit": checks[0].scale}
 
 
 def _settle_outputs(parts: _Parts) -> None:

@@ -590,8 +590,13 @@ def _transfer(facts: CardFacts) -> list[str]:
     tr, default, weights = facts.transfer, TransferSpec(), facts.model.weights
     start = "pretrained weights" if facts.starts_pretrained else "random init"
     lines = [f"starting point: {start}" + (f" plus `{weights}`" if weights else "")]
-    lines.append(TRANSFER_TEXT.get(tr.strategy, tr.strategy))
-    if tr.strategy in ("partial", "lp_ft") and tr.unfreeze_last is not None:
+    peft = facts.run.get("peft")
+    if peft:  # the strategy only says where the adapters go: no pretrained weight trains
+        blocks = f"the last {tr.unfreeze_last} blocks" if tr.unfreeze_last is not None else "every block"
+        lines.append(f"LoRA: the pretrained weights stay frozen; low-rank adapters in {blocks} and the new head train")
+    else:
+        lines.append(TRANSFER_TEXT.get(tr.strategy, tr.strategy))
+    if tr.strategy in ("partial", "lp_ft") and tr.unfreeze_last is not None and not peft:
         lines.append(f"last {tr.unfreeze_last} blocks unfrozen")
     if tr.strategy == "lp_ft":
         scale = tr.fine_tune_lr_scale if tr.fine_tune_lr_scale is not None else DEFAULT_FINE_TUNE_LR_SCALE
@@ -607,11 +612,28 @@ def _transfer(facts: CardFacts) -> list[str]:
             f"probe {fit['fitted_on']}; {what} = {fit[key]:g} chosen by {fit['chosen_by']} from "
             f"{[g[key] for g in fit['grid']]}; features {fit['feature_seconds']:.1f} s, fit {fit['fit_seconds']:.1f} s"
         )
+    lines += _peft_lines(peft)
     if tr.layer_decay is not None:
         lines.append(f"layer-wise learning-rate decay {tr.layer_decay:g}")
     if tr.head_lr is not None and tr.head_lr != default.head_lr:
         lines.append(f"head learning rate {tr.head_lr:g}")
     return lines
+
+
+def _peft_lines(peft: dict[str, Any] | None) -> list[str]:
+    """peft.method lora (metrics.json's run.peft): what was adapted, how much trained, what the folder holds."""
+    if not peft:
+        return []
+    share = peft["trainable_parameters"] / max(1, peft["total_parameters"])
+    return [
+        f"LoRA (peft): rank {peft['r']}, alpha {peft['alpha']:g}, dropout {peft['dropout']:g}, on "
+        f"{peft['adapted_layers']} layers ({', '.join(f'`{n}`' for n in peft['adapted_names'])}); the head "
+        f"({', '.join(f'`{n}`' for n in peft['modules_to_save'])}) trained whole",
+        f"trainable parameters: {peft['trainable_parameters']:,} of {peft['total_parameters']:,} ({share:.2%})",
+        f"this folder holds the merged model (loads like any other) and the adapter in `{peft['adapter']}/` "
+        f'(`PeftModel.from_pretrained(base_model, "{peft["adapter"]}")`), both checked to reproduce the trained '
+        "model's logits",
+    ]
 
 
 def _augmentation(facts: CardFacts) -> list[str]:

@@ -30,6 +30,8 @@ TASKS: tuple[TaskName, ...] = typing.get_args(TaskName)
 TransferStrategy = Literal["full", "linear_probe", "head_only", "partial", "lp_ft"]
 TRANSFER_STRATEGIES: tuple[TransferStrategy, ...] = typing.get_args(TransferStrategy)
 AugmentationPreset = Literal["none", "light", "standard", "strong"]
+PeftMethod = Literal["none", "lora"]
+PEFT_METHODS: tuple[PeftMethod, ...] = typing.get_args(PeftMethod)
 # lp_ft's backbone learning rate = learning_rate × this, unless the recipe sets it. 1: LP-FT (Kumar et al., 2022)
 # fine-tunes at full fine-tuning's learning rate; what protects the features is the fitted head, not a smaller rate.
 # At 0.1 the backbone barely moved and lp_ft lost to the probe it started from (EfficientNet-Lite0, 1,293 digits:
@@ -346,6 +348,49 @@ class TransferSpec:
 
 
 @dataclass(frozen=True)
+class PeftSpec:
+    """Parameter-efficient fine-tuning with peft (see hf_finetune/lora.py): `method: lora` trains low-rank adapters
+    in the backbone's blocks and the whole new head; the output folder gets the merged model and `adapter/`."""
+
+    method: PeftMethod = "none"
+    r: int = 8  # the adapters' rank
+    alpha: float = 16.0  # LoRA's scale is alpha / r
+    dropout: float = 0.1  # on each adapter's input
+    # auto: the Linear layers inside the backbone's blocks (Conv2d for a network whose blocks have no Linear), never
+    # the head; or module names (`query`, `value`, `blocks.11.attn.qkv`), each of which must name a module
+    target_modules: Literal["auto"] | list[str] = field(
+        default="auto", metadata=_expects("'auto' or a list of module names, e.g. [query, value]")
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def problems(self) -> list[str]:
+        """This section's impossible values (keys and types are already right)."""
+        if not self.enabled:
+            written = [
+                f.name for f in dataclasses.fields(self) if f.name != "method" and getattr(self, f.name) != f.default
+            ]
+            return [
+                f"peft.{key}: applies to peft.method lora, and peft.method is none; set peft.method: lora or remove it"
+                for key in written
+            ]
+        out = _out_of_range(
+            self,
+            "peft",
+            [
+                (("r",), lambda x: x < 1, "a rank of at least 1"),
+                (("alpha",), lambda x: x <= 0, "must be > 0"),
+                (("dropout",), lambda x: not 0 <= x < 1, "between 0 and 1 (1 exclusive)"),
+            ],
+        )
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            out.append("peft.target_modules: an empty list adapts nothing; name modules or write auto")
+        return out
+
+
+@dataclass(frozen=True)
 class LossSpec:
     """The training loss beyond TrainingArguments' own `label_smoothing_factor`: class weights (single-label
     cross-entropy), positive weights (multi-label BCE with logits) and MSE or Huber (regression)."""
@@ -592,6 +637,7 @@ class Recipe:
     augmentation: AugmentationSpec = field(default_factory=AugmentationSpec)
     tokenization: TokenizationSpec = field(default_factory=TokenizationSpec)
     transfer: TransferSpec = field(default_factory=TransferSpec)
+    peft: PeftSpec = field(default_factory=PeftSpec)
     loss: LossSpec = field(default_factory=LossSpec)
     card: CardSpec = field(default_factory=CardSpec)
     hub: HubSpec = field(default_factory=HubSpec)
@@ -1312,6 +1358,7 @@ def _value_problems(recipe: Recipe) -> list[str]:
 
 def _cross_section_problems(recipe: Recipe) -> list[str]:
     out = _linear_probe_problems(recipe) + _linear_baseline_problems(recipe) + _label_format_problems(recipe)
+    out += _peft_problems(recipe)
     if recipe.task != "text-classification" and recipe.model.pooling != "auto":
         out.append(f"model.pooling: {recipe.model.pooling!r} applies to text-classification only; remove it")
     a = recipe.augmentation
@@ -1397,6 +1444,39 @@ def _linear_probe_problems(recipe: Recipe) -> list[str]:
         out.append(
             "training.resume_from_checkpoint (--resume): transfer.strategy linear_probe is one fit, with no "
             "checkpoints to resume from; run it again with --overwrite"
+        )
+    return out
+
+
+def _peft_problems(recipe: Recipe) -> list[str]:
+    """What LoRA cannot combine with: strategies that leave it nothing to train, and options whose parameter names
+    (per-layer learning rates, a mid-run unfreeze) are the plain model's, not those of the adapters."""
+    if not recipe.peft.enabled:
+        return []
+    t, out = recipe.transfer, []
+    if t.strategy in ("linear_probe", "head_only"):
+        out.append(
+            f"peft.method lora: transfer.strategy {t.strategy} trains only the head, so LoRA would have nothing to "
+            "adapt; use strategy full (adapters in every block), partial (in the last transfer.unfreeze_last blocks) "
+            "or lp_ft (adapters after the fitted probe), or set peft.method: none"
+        )
+    for key, why in (
+        ("layer_decay", "per-layer learning rates are set on the plain model's parameters, not on the adapters"),
+        ("head_lr", "the head and the adapters train with training.learning_rate"),
+        ("probe_epochs", "the head-only epochs unfreeze the backbone's own parameters mid-run"),
+        ("fine_tune_lr_scale", "the adapters train with training.learning_rate"),
+    ):
+        if getattr(t, key) is not None:
+            out.append(
+                f"transfer.{key}: not available with peft.method lora ({why}); remove it or set peft.method: none"
+            )
+    m = recipe.model
+    if (m.name == "simple_cnn" or not m.pretrained) and not m.weights:
+        why = "simple_cnn starts" if m.name == "simple_cnn" else "with model.pretrained false the model starts"
+        out.append(
+            f"peft.method lora: {why} from random weights, and an adapter only works on the base it was trained "
+            "on, which nothing could rebuild; start from trained weights (model.pretrained: true, or model.weights: "
+            "<a checkpoint>), or set peft.method: none"
         )
     return out
 

@@ -15,7 +15,7 @@ from hf_finetune.recipe import list_recipes, load_recipe
 
 # larger inputs where an architecture needs them (Inception-v3's stem needs >= 75 px)
 IMAGE_SIZE = {"inception-v3": 80, "xception": 64}
-EXTRA = {"vit-b16-timm": {"model.config": {"img_size": 32}}}
+EXTRA = {"vit-b16-timm": {"model.config": {"img_size": 32}}, "vit-b16-timm-lora": {"model.config": {"img_size": 32}}}
 HF_IMAGE_IDS = {"vit-base-hf": "google/vit-base-patch16-224-in21k", "resnet50-hf": "microsoft/resnet-50"}
 
 
@@ -88,6 +88,8 @@ def test_shipped_recipe_trains_offline(
         "texts": text_csv,
     }
     overrides = _shrink(name, recipe, tmp_path, fixtures)
+    if recipe.peft.enabled and overrides.get("model.pretrained") is False:
+        overrides["model.weights"] = _random_timm_weights(recipe.model.name, overrides, tmp_path)
     result = finetune(name, overrides)
     saved = json.loads((result.output_dir / "metrics.json").read_text())
     split = "test" if "test" in saved else "eval"
@@ -97,6 +99,18 @@ def test_shipped_recipe_trains_offline(
     assert report["accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(len(matrix))) / 8)
 
     _check_saved_recipe(name, overrides, result.output_dir)
+
+
+def _random_timm_weights(name: str, overrides: dict, tmp_path: Path) -> str:
+    """LoRA adapts a given base (it refuses random init): a random one of the same architecture, saved as the file
+    `model.weights` names, stands in for the pretrained weights offline."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model(name.removeprefix("timm:"), pretrained=False, **overrides.get("model.config", {}))
+    path = tmp_path / "base.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
 
 
 # one-command actions: another part of the run decides what of these is written (see test_train's overwrite tests)

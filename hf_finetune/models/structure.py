@@ -32,15 +32,25 @@ def head_module(model: torch.nn.Module) -> torch.nn.Module | None:
         if isinstance(head, (tuple, list)):  # distilled models (DeiT, LeViT): the class head and the distillation head
             import torch
 
-            head = torch.nn.ModuleList(head)
-        return head
+            head = torch.nn.ModuleList(trained_copy(h) for h in head)
+        return trained_copy(head)
     if hasattr(model, "transfer_head"):
-        return model.transfer_head()
+        return trained_copy(model.transfer_head())
     for attr in ("classifier", "score", "head", "fc"):
         module = getattr(model, attr, None)
         if module is not None and any(True for _ in module.parameters()):
-            return module
+            return trained_copy(module)
     return None
+
+
+def trained_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """The module that trains in its place: under peft (hf_finetune/lora.py) the head is wrapped by `modules_to_save`
+    in a `ModulesToSaveWrapper` that holds the frozen original and the trained copy, which is the one the model runs,
+    the probe fits, calibration folds into and the adapter saves. By name, so that asking imports nothing."""
+    if type(module).__name__ == "ModulesToSaveWrapper":
+        active = module.active_adapter
+        return module.modules_to_save[active[0] if isinstance(active, (list, tuple)) else active]
+    return module
 
 
 def head_parameter_names(model: torch.nn.Module) -> list[str]:

@@ -145,6 +145,8 @@ def sync_with_checkpoint(model: PreTrainedModel, checkpoint: str | Path) -> list
     """
     import torch
 
+    if any(cls.__name__ == "PeftModel" for cls in type(model).__mro__):
+        return _sync_with_adapter(model, checkpoint)
     reference = type(model).from_pretrained(str(checkpoint)).state_dict()
     current = model.state_dict()
 
@@ -165,4 +167,29 @@ def sync_with_checkpoint(model: PreTrainedModel, checkpoint: str | Path) -> list
             raise HFFinetuneError(
                 f"{len(still)} tensors still differ from {checkpoint} after reloading (e.g. {still[0]})"
             )
+    return wrong
+
+
+def _sync_with_adapter(model: torch.nn.Module, checkpoint: str | Path) -> list[str]:
+    """`sync_with_checkpoint` for a peft model (hf_finetune/lora.py): a checkpoint holds only the adapter (LoRA
+    tensors and the trained head), which must equal the model's; returns what had differed (then restored)."""
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    path = Path(checkpoint) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise HFFinetuneError(f"{checkpoint}: no adapter_model.safetensors, so it is not a checkpoint of a peft run")
+    reference = read_state_dict(path)
+
+    def mismatched() -> list[str]:
+        current = get_peft_model_state_dict(model)
+        differ = [k for k, v in reference.items() if k not in current or not torch.equal(current[k].cpu(), v.cpu())]
+        return differ + [k for k in current if k not in reference]
+
+    wrong = mismatched()
+    if wrong:
+        set_peft_model_state_dict(model, reference)
+        still = mismatched()
+        if still:
+            raise HFFinetuneError(f"{len(still)} adapter tensors still differ from {checkpoint} (e.g. {still[0]})")
     return wrong
