@@ -26,6 +26,18 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 
 
+def _train(recipe: Path) -> subprocess.CompletedProcess:
+    """`python -m hf_finetune train RECIPE`, run where the recipe is, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "hf_finetune", "train", str(recipe)],
+        cwd=recipe.parent,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def _checkpoint_steps(out: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
 
@@ -42,14 +54,7 @@ def test_the_run_stops_patience_evaluations_after_its_best_and_says_so(tiny_reci
     del recipe["training"]["dataloader_num_workers"]
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    proc = subprocess.run(
-        [sys.executable, "-m", "hf_finetune", "train", str(path)],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _train(path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = Path(recipe["training"]["output_dir"])
     run = json.loads((out / "metrics.json").read_text())["run"]
@@ -174,14 +179,7 @@ def test_early_stopping_without_evaluations_or_with_a_fitted_probe_is_refused(ti
     # through the CLI: exit 2, the message, no traceback, nothing written
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(training={"early_stopping": {"patience": 0}})))
-    proc = subprocess.run(
-        [sys.executable, "-m", "hf_finetune", "train", str(path)],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _train(path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "training.early_stopping.patience" in proc.stderr
     assert not (tmp_path / "out").exists()
