@@ -555,3 +555,32 @@ def test_without_optuna_the_sweep_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
     with pytest.raises(HFFinetuneError, match=r'pip install "hf_finetune\[sweep\]"'):
         sweep(sweep_recipe())
+
+
+@pytest.mark.slow
+def test_the_shipped_sweep_recipe_runs_as_its_header_says(tmp_path: Path):
+    """`hf-finetune sweep quickstart-sweep`, shrunk by overrides (not by editing it): both trials draw different
+    values from its space, each trial's recipe.yaml carries them and its early-stopping setting, and the printed
+    best is the leaderboard's first row."""
+    shrink = [
+        "data.max_train_samples=200",
+        "training.num_train_epochs=2",
+        "model.image_size=16",
+        "model.config.filters=[8]",
+        "model.config.dense_units=[16]",
+    ]
+    proc = _cli(["sweep", "quickstart-sweep", "--trials", "2", "--output-dir", "sw", *shrink], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with (tmp_path / "sw" / LEADERBOARD_CSV).open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    assert float(rows[0]["eval_accuracy"]) >= float(rows[1]["eval_accuracy"])
+    assert f"best: {rows[0]['folder']}" in proc.stdout
+    swept = ("training.learning_rate", "training.weight_decay", "model.config.dropout")
+    assert {tuple(r[k] for k in swept) for r in rows} != {tuple(rows[0][k] for k in swept)}  # two different draws
+    for row in rows:
+        saved = yaml.safe_load((tmp_path / "sw" / row["folder"] / "recipe.yaml").read_text())
+        assert saved["training"]["learning_rate"] == pytest.approx(float(row["training.learning_rate"]))
+        assert saved["model"]["config"]["dropout"] == pytest.approx(float(row["model.config.dropout"]))
+        assert saved["training"]["early_stopping"] == {"patience": 3, "threshold": 0.0}
+        assert saved["training"]["num_train_epochs"] == 2  # the command line's value, not the recipe's 10
