@@ -13,21 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_bad_inputs import _env
+from tests.test_bad_inputs import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hf_finetune", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=300,
-    )
 
 
 def write_recipe(path: Path, recipe: dict) -> Path:
