@@ -525,7 +525,7 @@ SWEEP_FIXED_SECTIONS = ("sweep", "hub")
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """`hf-finetune sweep`: an Optuna search over dotted recipe keys (hf_finetune/sweep.py). `hf-finetune train`
+    """`hf-finetune sweep`: an Optuna search over dotted recipe keys (hf_finetune/tuning.py). `hf-finetune train`
     trains the recipe's own values and says that this section is left to `sweep`."""
 
     trials: int = 10  # finished (complete or pruned) trials to reach; --trials overrides it

@@ -120,8 +120,10 @@ def test_every_shipped_recipe_loads_and_starts_with_its_command():
     for name, path in shipped.items():
         first = path.read_text(encoding="utf-8").splitlines()[0]
         assert first.startswith("#"), f"{path} must open with a comment"
-        assert f"hf-finetune train {name}" in path.read_text(encoding="utf-8"), f"{path} must show how to run it"
-        load_recipe(path)
+        recipe = load_recipe(path)
+        # A recipe with a sweep section is run by `hf-finetune sweep`; every other one by `hf-finetune train`.
+        command = "sweep" if recipe.sweep.space else "train"
+        assert f"hf-finetune {command} {name}" in path.read_text(encoding="utf-8"), f"{path} must show how to run it"
 
 
 def test_unknown_recipe_name_suggests():
