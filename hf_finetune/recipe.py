@@ -188,10 +188,16 @@ class DataSpec:
     duplicates: Literal["warn", "error", "drop", "off"] = field(
         default="warn", metadata=_expects("'warn', 'error', 'drop' or 'off'")
     )
+    # stream the train split instead of loading it (data larger than the disk; hf_finetune/data/streaming.py):
+    # validation/test stay map-style, labels come from the features or data.labels, checks run on a sample
+    streaming: bool = False
+    labels: list[str] | None = None  # streaming: the class names, in id order (when the features carry none)
+    check_sample: int = 1000  # streaming: how many train rows the pre-flight checks read
+    shuffle_buffer: int = 1000  # streaming: datasets' shuffle buffer (examples); the shard order is shuffled too
 
     def problems(self) -> list[str]:
         """This section's impossible values (keys and types are already right)."""
-        out = []
+        out = self._streaming_problems()
         if not self.source and not self.files:
             out.append("data.source: missing; e.g. builtin:digits, ./my_images, train.csv or a Hub dataset id")
         out += self._label_problems()
@@ -215,6 +221,36 @@ class DataSpec:
                 (("seed",), lambda x: not 0 <= x < 2**32, "expected a seed between 0 and 2**32 - 1"),
             ],
         )
+
+    def _streaming_problems(self) -> list[str]:
+        """Keys that read only under streaming, and what a stream cannot do (it is read once, in order)."""
+        out = []
+        if not self.streaming:
+            for key, default in (("labels", None), ("check_sample", 1000), ("shuffle_buffer", 1000)):
+                if getattr(self, key) != default:
+                    out.append(f"data.{key}: applies with data.streaming: true only; remove it or set data.streaming")
+            return out
+        if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            out.append(f"data.labels: {self.labels!r}; list at least two distinct class names, in id order")
+        if self.check_sample < 1 or self.shuffle_buffer < 1:
+            out.append("data.check_sample and data.shuffle_buffer: must be at least 1")
+        if self.label_format != "single":
+            out.append(
+                f"data.streaming: label_format {self.label_format} reads every row's labels before training; "
+                "streaming supports label_format single; set data.streaming: false"
+            )
+        for key, default, why in (
+            ("group_column", None, "keeping groups whole needs every row's group before splitting"),
+            ("test_size", None, "carving a test split out of train needs the whole train split"),
+        ):
+            if getattr(self, key) != default:
+                out.append(f"data.{key}: {why}, which a stream does not give; remove it or set data.streaming: false")
+        if self.duplicates in ("error", "drop"):
+            out.append(
+                f"data.duplicates: {self.duplicates} needs every row hashed before training; under streaming the "
+                "check reads data.check_sample rows: set data.duplicates: warn (the sample is reported) or off"
+            )
+        return out
 
     def _label_problems(self) -> list[str]:
         """Label keys that do not go with `label_format` (or with each other)."""
@@ -1358,7 +1394,7 @@ def _value_problems(recipe: Recipe) -> list[str]:
 
 def _cross_section_problems(recipe: Recipe) -> list[str]:
     out = _linear_probe_problems(recipe) + _linear_baseline_problems(recipe) + _label_format_problems(recipe)
-    out += _peft_problems(recipe)
+    out += _peft_problems(recipe) + _streaming_problems(recipe)
     if recipe.task != "text-classification" and recipe.model.pooling != "auto":
         out.append(f"model.pooling: {recipe.model.pooling!r} applies to text-classification only; remove it")
     a = recipe.augmentation
@@ -1378,6 +1414,26 @@ def _cross_section_problems(recipe: Recipe) -> list[str]:
             f"training.per_device_train_batch_size: mixup/CutMix mixes each sample with another of its batch and "
             f"needs at least 2 per device, got {batch}; raise it or set augmentation.mixup_alpha/cutmix_alpha to 0"
         )
+    return out
+
+
+def _streaming_problems(recipe: Recipe) -> list[str]:
+    """data.streaming with what needs the whole train split in memory at once."""
+    if not recipe.data.streaming:
+        return []
+    out = []
+    if recipe.transfer.strategy in ("linear_probe", "lp_ft") or recipe.metrics.baseline == "linear":
+        out.append(
+            "data.streaming: transfer.strategy linear_probe/lp_ft and metrics.baseline linear fit on the features of "
+            "the whole train split at once; use transfer.strategy full or partial (no baseline), or stream off"
+        )
+    if recipe.training.get("max_steps", -1) in (None, -1) and "num_train_epochs" in recipe.training:
+        epochs = recipe.training["num_train_epochs"]
+        if not isinstance(epochs, int) or isinstance(epochs, bool):
+            out.append(
+                f"training.num_train_epochs: {epochs!r}; under data.streaming max_steps is derived from whole "
+                "passes over the stream: give a whole number, or set training.max_steps"
+            )
     return out
 
 
