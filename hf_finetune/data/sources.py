@@ -53,6 +53,9 @@ class LoadedData:
     target_scaler: dict[str, float] | None = None
     # data.group_column: the groups found in more than one split; None without it or when no group is shared
     group_overlap: GroupOverlap | None = None
+    # data.streaming: what is known of the train stream (data/streaming.py), and the rows the checks read
+    stream: Any = None
+    check_sample: Any = None
 
     @property
     def has_test(self) -> bool:
@@ -65,6 +68,7 @@ def load_data(
     label_names: list[str] | None = None,
     carve_validation: bool = True,
     target_scaler: dict[str, float] | None = None,
+    consumed: int = 0,
 ) -> LoadedData:
     """Load, rename columns, check texts (`data.empty_text`), encode labels and form train/validation/test splits,
     in that order.
@@ -73,9 +77,14 @@ def load_data(
     "image_column"}` or `{"text": "text_column", "text_pair": "text_pair_column"}` (a key set to None is left out).
     `label_names` (a trained model's) fixes the class ids instead of learning them from train; `target_scaler` (a
     trained model's, regression with data.standardize_targets) scales the targets instead of one fitted on train.
+    data.streaming: the train split is a stream (data/streaming.py) that skips `consumed` rows (a resumed run's).
     """
     from . import labels
 
+    if spec.streaming:
+        from .streaming import load_streaming
+
+        return load_streaming(spec, inputs, label_names, consumed)
     raw, description, base_dirs = _load_raw(spec)
     # a trained model's labels (evaluation) need no train split: a folder of test images is enough
     raw, origin = _select_splits(raw, spec, need_train=label_names is None)
