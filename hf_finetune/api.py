@@ -167,6 +167,7 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     precision = mixed_precision(recipe.training, dict(os.environ))
     # every format's metrics accumulate batch by batch (gathered across processes): bounded memory
     task_defaults = {**task.training_defaults(), "batch_eval_metrics": batch_eval_metrics(recipe)}
+    task_defaults |= _streaming_defaults(recipe)
     defaults = training_defaults(recipe.training, task_defaults, best_metric(recipe))
     args = build_training_args(recipe.training, defaults)
     _refuse_what_processes_cannot_run(recipe, args.world_size)
@@ -248,11 +249,16 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
         resume = resolve_resume(
             recipe.training.get("resume_from_checkpoint"), recipe.output_dir, set_aside=args.should_save
         )
+    streaming = recipe.data.streaming
     with main_process_first(args, "data and model"):  # one process fills the caches; the others read them
-        data = sources.load_data(recipe.data, task.INPUTS)
+        data = sources.load_data(recipe.data, task.INPUTS, consumed=_consumed_rows(resume, args) if streaming else 0)
+        checked = _sampled(data, recipe.data) if streaming else data  # streaming: a sample stands for train
         if args.process_index == 0:
-            checks.check_inputs(data.splits, task.INPUTS, recipe.data)
-        data, found = _check_duplicates(data, recipe, task)
+            checks.check_inputs(checked.splits, task.INPUTS, recipe.data)
+        if streaming:  # warn or off (data.duplicates drop/error are refused): reported, nothing dropped
+            found = _check_duplicates(checked, recipe, task)[1]
+        else:
+            data, found = _check_duplicates(data, recipe, task)
         built = task.build_model(recipe.model, data.label_names, label_format=data.label_format)
         if recipe.peft.enabled:  # the plan only says which blocks; peft decides what trains (lora.wrap)
             plan, transfer_callbacks = transfer.plan_transfer(built.model, recipe.transfer), []
@@ -268,6 +274,9 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
             built.model = wrap(built.model, recipe.peft, plan.layers, recipe.transfer.unfreeze_last)
         seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
         prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
+    if streaming:
+        _set_stream_max_steps(recipe, args, data.stream)
+        data = checked  # class weights, the majority baseline and the run's figures read the sample
     mixup = None  # mixing is refused for multi_label and regression (recipe check)
     if data.label_format == "single":
         mixup = task.batch_mixer(recipe.augmentation, len(data.label_names), args.label_smoothing_factor)
@@ -277,6 +286,67 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
     parts = _Parts(resume, data, built, plan, transfer_callbacks, prepared, compute_metrics, loss, mixup)
     parts.duplicates, parts.duplicates_info = found
     return parts
+
+
+def _streaming_defaults(recipe: Recipe) -> dict[str, Any]:
+    """data.streaming: each process reads its own shards (accelerate gives whole shards to each process; with
+    dispatch_batches true the main process would read every batch and send the others theirs), and on resume the
+    stream itself skips the consumed rows (data/streaming.py), so Trainer must not read through them again."""
+    if not recipe.data.streaming:
+        return {}
+    return {"accelerator_config": {"dispatch_batches": False}, "ignore_data_skip": True}
+
+
+def _consumed_rows(resume: str | None, args: TrainingArguments) -> int:
+    """Train rows (all processes together) a checkpoint's steps consumed: what a resumed stream skips. With
+    ignore_data_skip false Trainer reads through them itself, so the stream skips none."""
+    import json
+
+    if resume is None or not args.ignore_data_skip:
+        return 0
+    state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    step = int(state.get("global_step", 0))
+    return step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+
+
+def _sampled(data: LoadedData, spec: DataSpec) -> LoadedData:
+    """The data with the train stream's first data.check_sample rows in its place, for what reads train whole."""
+    logger.info(
+        "streaming: the pre-flight checks (images, duplicates), class weights and the majority baseline read the "
+        "first %d train rows (data.check_sample: %d), not the whole stream",
+        len(data.check_sample),
+        spec.check_sample,
+    )
+    return replace(data, splits={**data.splits, "train": data.check_sample})
+
+
+def _set_stream_max_steps(recipe: Recipe, args: TrainingArguments, stream: Any) -> None:
+    """A stream has no length, so Trainer needs max_steps: the recipe's, else whole passes over the rows the
+    dataset says it has (num_train_epochs of them); unknown rows and no max_steps is one clear error."""
+    import math
+
+    if recipe.training.get("max_steps", -1) not in (None, -1):
+        logger.info("streaming: training.max_steps = %d (the recipe's)", args.max_steps)
+        return
+    if stream.num_examples is None:
+        raise RecipeError(
+            [
+                f"training.max_steps: required under data.streaming when the number of train examples is unknown "
+                f"({stream.how_counted}); set training.max_steps=N (optimizer steps), or stream Parquet files or a "
+                "Hub dataset with split info"
+            ]
+        )
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    epochs = int(recipe.training.get("num_train_epochs", 3))
+    args.max_steps = math.ceil(stream.num_examples / per_step) * epochs
+    logger.info(
+        "streaming: training.max_steps = %d (derived: %d epochs × ceil(%d examples, by %s / %d per step))",
+        args.max_steps,
+        epochs,
+        stream.num_examples,
+        stream.how_counted,
+        per_step,
+    )
 
 
 def check_data(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequence[str] | None = None) -> dict[str, Any]:
@@ -500,6 +570,8 @@ def _make_trainer(args: TrainingArguments, parts: _Parts, callbacks: Sequence[Tr
         args=args,
         train_dataset=None
         if fitted
+        else parts.prepared.splits["train"]
+        if parts.data.stream is not None  # a stream has no length to trim
         else avoid_single_sample_last_batch(parts.prepared.splits["train"], args, model, mixing),
         eval_dataset=parts.prepared.splits["validation"],
         collate=parts.prepared.collate,
@@ -704,6 +776,15 @@ def _save(
         data.splits, data.label_names, data.description, args, best, seconds, data.label_format, data.target_scaler
     )
     run |= parts.prepared.run_info  # e.g. text truncation figures
+    if data.stream is not None:
+        run["streaming"] = {
+            "train_rows": data.stream.num_examples,
+            "counted_by": data.stream.how_counted,
+            "shards": data.stream.n_shards,
+            "skipped_on_resume": data.stream.skipped,
+            "check_sample": len(data.check_sample),
+            "splits_train_rows_are": "the check sample",
+        }
     if parts.thresholds is not None:
         from .formats import thresholds_info
 

@@ -491,12 +491,17 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
     from transformers import DataCollatorWithPadding, default_data_collator
 
     tokenizer, model = built.processor, built.model
+    stream = splits.get("train") if is_stream(splits.get("train")) else None
+    if stream is not None:  # data.streaming: tokenized as it is read, at a length chosen without reading it
+        splits = {name: ds for name, ds in splits.items() if name != "train"}
     if any("text_pair" in ds.column_names for ds in splits.values()):
         _check_pairs(tokenizer, model)  # before any tokenizing: a tokenizer without a pair template cannot encode them
     encoded, keys, pairs = _encode_splits(tokenizer, splits)
 
     asked = settings.tokenization.fixed_length
     max_length, how = _choose_length(tokenizer, model_positions(model), asked, encoded.get("train"))
+    if stream is not None and asked is None:
+        how += " (data.streaming: the train texts are not measured; set tokenization.max_length to choose)"
     pad_to_max = settings.tokenization.padding == "max_length"
     # saved with the tokenizer: `predict` and `pipeline(..., truncation=True)` then cut texts where training did
     tokenizer.model_max_length = max_length
@@ -515,6 +520,9 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
         name: ds.map(truncate, batched=True, remove_columns=ds.column_names, desc=f"truncating {name}")
         for name, ds in encoded.items()
     }
+    if stream is not None:
+        encode = EncodeStream(tokenizer, max_length, pairs, pad_to_max)
+        ready = {"train": stream.map(encode, batched=True, remove_columns=_stream_columns(pairs)), **ready}
     collate = default_data_collator if pad_to_max else DataCollatorWithPadding(tokenizer)
     if label_format_of(model.config) != SINGLE:
         # both collators pick the labels' dtype from the Python values; the problem type decides it here
@@ -522,6 +530,31 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
     settled = {"tokenization": replace(settings.tokenization, max_length=max_length)} if asked is None else {}
     run_info = {"truncation": {"max_length": max_length, "chosen_by": how, "splits": reports}}
     return Prepared(ready, collate, settled, run_info)
+
+
+def is_stream(ds: Any) -> bool:
+    """A data.streaming train split: a `datasets.IterableDataset` (no length, read once per pass)."""
+    import datasets
+
+    return isinstance(ds, datasets.IterableDataset)
+
+
+def _stream_columns(pairs: bool) -> list[str]:
+    return ["text", "label", *(["text_pair"] if pairs else [])]
+
+
+class EncodeStream:
+    """`IterableDataset.map` function for a streamed train split: texts → the model's inputs (truncated with the
+    tokenizer's own truncation, as `Truncate` gives) and `labels`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, pairs: bool, pad_to_max: bool):
+        self.tokenizer, self.max_length, self.pairs, self.pad_to_max = tokenizer, max_length, pairs, pad_to_max
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = [batch["text"], *([batch["text_pair"]] if self.pairs else [])]
+        padding = "max_length" if self.pad_to_max else False
+        out = dict(self.tokenizer(*texts, truncation=True, max_length=self.max_length, padding=padding))
+        return {**out, "labels": batch["label"]}
 
 
 def load_trained(path: str | Path) -> BuiltModel:
