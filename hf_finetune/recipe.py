@@ -1429,7 +1429,7 @@ def _streaming_problems(recipe: Recipe) -> list[str]:
         )
     if recipe.training.get("max_steps", -1) in (None, -1) and "num_train_epochs" in recipe.training:
         epochs = recipe.training["num_train_epochs"]
-        if not isinstance(epochs, int) or isinstance(epochs, bool):
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not float(epochs).is_integer():
             out.append(
                 f"training.num_train_epochs: {epochs!r}; under data.streaming max_steps is derived from whole "
                 "passes over the stream: give a whole number, or set training.max_steps"

@@ -58,7 +58,7 @@ def load_streams(spec: DataSpec) -> tuple[dict[str, Any], str, dict[str, list[st
             "Check the id or the files (Parquet, JSONL, CSV or WebDataset .tar shards) and HF_DATASETS_OFFLINE."
         ) from None
     count = sum(len(v) for v in files.values())
-    return dict(streams), f"{builder} files ({count} shards), streamed", files
+    return dict(streams), f"{builder} files ({count} in all splits), streamed", files
 
 
 def _local_files(spec: DataSpec) -> dict[str, list[str]] | None:
