@@ -86,3 +86,33 @@ def test_parquet_stream_trains_with_derived_max_steps_and_logs_the_check_sample(
     assert metrics["run"]["streaming"]["shards"] == 4
     print(json.dumps(metrics, indent=1)[:3000])
     print(log[-3000:])
+
+
+def _launch(args: list[str]) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(SCRIPT), *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
+
+
+def _seen(folder: Path, rank: int) -> list[str]:
+    return json.loads((folder / f"rank{rank}.json").read_text())["seen"]
+
+
+@pytest.mark.slow
+def test_two_ranks_read_different_shards(tiny_bert_dir: Path, tmp_path: Path):
+    data = _parquet_shards(tmp_path / "shards")
+    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "labels": LABELS})
+    record = tmp_path / "seen"
+    record.mkdir()
+    proc = _launch([str(recipe), "--record", str(record)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0, rank1 = _seen(record, 0), _seen(record, 1)
+    shard_of = lambda text: text.rsplit(" ", 1)[1].split("r")[0]  # noqa: E731  ("s2r7" → shard "s2")
+    # 96 rows over 2 ranks at 8 per step: 6 steps, and each rank reads only its own 2 of the 4 shards
+    assert "training.max_steps = 6" in proc.stderr
+    assert {shard_of(t) for t in rank0} & {shard_of(t) for t in rank1} == set()
+    assert len({shard_of(t) for t in rank0}) == len({shard_of(t) for t in rank1}) == 2
+    assert set(rank0).isdisjoint(rank1) and len(set(rank0)) >= 48 and len(set(rank1)) >= 48
