@@ -116,3 +116,34 @@ def test_two_ranks_read_different_shards(tiny_bert_dir: Path, tmp_path: Path):
     assert {shard_of(t) for t in rank0} & {shard_of(t) for t in rank1} == set()
     assert len({shard_of(t) for t in rank0}) == len({shard_of(t) for t in rank1}) == 2
     assert set(rank0).isdisjoint(rank1) and len(set(rank0)) >= 48 and len(set(rank1)) >= 48
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, env=_env())
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_skips_the_consumed_rows_without_reading_them_again(tiny_bert_dir: Path, tmp_path: Path):
+    data = _parquet_shards(tmp_path / "shards")
+    training = {"save_strategy": "steps", "save_steps": 4, "seed": 3}
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight_dir, killed_dir):
+        folder.mkdir()
+        _recipe(folder, tiny_bert_dir, {"source": str(data), "labels": LABELS, "shuffle_buffer": 16}, **training)
+    straight = _run([str(straight_dir / "recipe.yaml"), "--record", str(straight_dir)])
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    order = _seen(straight_dir, 0)  # the shuffled stream's order (seeded), 12 steps of 8
+    killed = _run([str(killed_dir / "recipe.yaml"), "--record", str(killed_dir), "--kill-at", "6"])
+    assert killed.returncode == -9
+    assert _seen(killed_dir, 0)[:48] == order[:48]  # the same order until the kill
+    (killed_dir / "first").mkdir()
+    resumed = _run([str(killed_dir / "out" / "recipe.yaml"), "--record", str(killed_dir / "first"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "checkpoint-4" in resumed.stderr and "32 consumed rows skipped" in resumed.stderr
+    after = _seen(killed_dir / "first", 0)
+    # checkpoint-4 consumed 4 steps × 8 rows: the resumed stream starts at row 32 of the same order, and the 32
+    # consumed rows never reach the tokenizer again
+    assert after[:64] == order[32:96]
+    assert set(after).isdisjoint(order[:32])
+    metrics = json.loads((killed_dir / "out" / "metrics.json").read_text())
+    assert metrics["run"]["streaming"]["skipped_on_resume"] == 32
