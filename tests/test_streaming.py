@@ -147,3 +147,56 @@ def test_resume_after_a_kill_skips_the_consumed_rows_without_reading_them_again(
     assert set(after).isdisjoint(order[:32])
     metrics = json.loads((killed_dir / "out" / "metrics.json").read_text())
     assert metrics["run"]["streaming"]["skipped_on_resume"] == 32
+
+
+def _webdataset_shards(folder: Path, shards: int = 2, per_shard: int = 12) -> Path:
+    """train-N.tar shards of NNN.png + NNN.cls entries (the class id as text), and validation-0.tar."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(path: Path, rows: int, offset: int) -> None:
+        with tarfile.open(path, "w") as tar:
+            for i in range(rows):
+                label = i % 2
+                image = io.BytesIO()
+                Image.new("RGB", (16, 16), (200 * label, 30 + i, 100)).save(image, "PNG")
+                for ext, payload in (("png", image.getvalue()), ("cls", str(label).encode())):
+                    info = tarfile.TarInfo(f"{offset + i:06d}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+
+    for s in range(shards):
+        write(folder / f"train-{s}.tar", per_shard, 1000 * s)
+    write(folder / "validation-0.tar", 8, 9000)
+    return folder
+
+
+def test_webdataset_tar_shards_train_an_image_model(tiny_recipe, tmp_path: Path):
+    data = _webdataset_shards(tmp_path / "wds")
+    recipe = tiny_recipe(
+        data={
+            "source": str(data),
+            "streaming": True,
+            "image_column": "png",
+            "label_column": "cls",
+            "labels": ["dark", "red"],
+            "check_sample": 5,
+        },
+        training={"max_steps": 3, "per_device_train_batch_size": 4, "eval_strategy": "no", "save_strategy": "no",
+                  "output_dir": str(tmp_path / "out"), "dataloader_num_workers": 0},
+    )  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = cli(["train", str(path)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "training.max_steps = 3 (the recipe's)" in proc.stderr
+    assert "read the first 5 train rows (data.check_sample: 5)" in proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["run"]["streaming"]["train_rows"] is None  # tar shards carry no row count
+    assert metrics["run"]["streaming"]["shards"] == 2
+    assert metrics["run"]["splits"]["validation"]["rows"] == 8
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["id2label"] == {"0": "dark", "1": "red"}

@@ -618,13 +618,25 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
     )
     eval_fn = BatchTransform(build_eval_transform(built), channels)
     ready = {
-        name: with_row_ids(ds).with_transform(train_fn) if name == "train" else ds.with_transform(eval_fn)
+        name: _train_split(ds, train_fn) if name == "train" else ds.with_transform(eval_fn)
         for name, ds in splits.items()
     }
     problem_type = built.model.config.problem_type
     # a partial of the module-level function pickles for worker processes; single-label keeps `collate` itself
     collator = collate if label_format_of(built.model.config) == SINGLE else partial(collate, problem_type=problem_type)
     return Prepared(ready, collator)
+
+
+def _train_split(ds: Any, train_fn: BatchTransform) -> Any:
+    """Map-style: decoded and augmented on the fly, each row's draw seeded by its row id. data.streaming: the stream
+    is decoded and augmented as it is read (`IterableDataset.map`); a stream has no stable row ids, so augmentation
+    draws from torch's generator in the order rows arrive."""
+    import datasets
+
+    if isinstance(ds, datasets.IterableDataset):
+        unseeded = BatchTransform(train_fn.image_fn, train_fn.channels)
+        return ds.map(unseeded, batched=True, remove_columns=["image", "label"])
+    return with_row_ids(ds).with_transform(train_fn)
 
 
 def predict(
