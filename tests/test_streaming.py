@@ -72,20 +72,23 @@ def _recipe(tmp_path: Path, model: Path, data: dict, **training) -> Path:
 LABELS = ["negative", "neutral", "positive"]
 
 
-def test_parquet_stream_trains_with_derived_max_steps_and_logs_the_check_sample(tiny_bert_dir: Path, tmp_path: Path):
-    data = _parquet_shards(tmp_path / "shards")
-    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "labels": LABELS, "check_sample": 10})
+def test_parquet_stream_trains_with_derived_max_steps_and_labels_from_the_features(tiny_bert_dir: Path, tmp_path: Path):
+    data = _parquet_shards(tmp_path / "shards", class_label=True)
+    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "check_sample": 10})
     proc = cli(["train", str(recipe)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = proc.stderr
     # 96 rows in the footers, 8 per step: 12 steps for one epoch
     assert "training.max_steps = 12 (derived: 1 epochs × ceil(96 examples, by the Parquet footers / 8 per step))" in log
     assert "read the first 10 train rows (data.check_sample: 10)" in log
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["streaming"]["train_rows"] == 96
     assert metrics["run"]["streaming"]["shards"] == 4
-    print(json.dumps(metrics, indent=1)[:3000])
-    print(log[-3000:])
+    assert metrics["run"]["splits"]["train"]["rows"] == 10  # the check sample, as run.streaming says
+    assert metrics["eval"]["num_samples"] == 30  # validation-00000.parquet, read whole
+    # the names came from the Parquet files' ClassLabel, in its order
+    assert json.loads((out / "config.json").read_text())["id2label"] == {str(i): n for i, n in enumerate(LABELS)}
 
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:

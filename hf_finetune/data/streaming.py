@@ -118,7 +118,7 @@ def label_names(train: Any, spec: DataSpec) -> list[str]:
     """The class names: the train features' ClassLabel, or data.labels (which must agree with it when both exist)."""
     import datasets
 
-    feature = (train.features or {}).get(spec.label_column)
+    feature = (train.features or {}).get("label")  # train is canonical: the label column is named label
     from_features = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     if from_features is not None and spec.labels is not None and list(spec.labels) != from_features:
         raise DataError(
@@ -262,8 +262,14 @@ def load_streaming(
         if name is None:
             continue
         ds = materialise(canonical(streams[name], spec, inputs), spec.max_eval_samples)
-        if not isinstance(ds.features["label"], datasets.ClassLabel):
+        own = ds.features["label"]
+        if not isinstance(own, datasets.ClassLabel):
             ds = ds.map(EncodeLabel(names, spec.label_column), desc=f"labels ({role})")
+        elif list(own.names) != names:  # ids would be read with the wrong names
+            raise DataError(
+                f"split {role} ({name!r}): its ClassLabel names {list(own.names)} differ from train's {names}; "
+                "write the splits with the same class list"
+            )
         splits[role] = ds.cast_column("label", class_label)
         if len(ds) == 0:
             raise DataError(f"split {role} ({name!r}) is empty; give it some rows")
