@@ -252,6 +252,8 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
     streaming = recipe.data.streaming
     with main_process_first(args, "data and model"):  # one process fills the caches; the others read them
         data = sources.load_data(recipe.data, task.INPUTS, consumed=_consumed_rows(resume, args) if streaming else 0)
+        if streaming:  # before the model is built: an unknown length without max_steps is refused at once
+            _set_stream_max_steps(recipe, args, data.stream)
         checked = _sampled(data, recipe.data) if streaming else data  # streaming: a sample stands for train
         if args.process_index == 0:
             checks.check_inputs(checked.splits, task.INPUTS, recipe.data)
@@ -275,7 +277,6 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
         seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
         prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
     if streaming:
-        _set_stream_max_steps(recipe, args, data.stream)
         data = checked  # class weights, the majority baseline and the run's figures read the sample
     mixup = None  # mixing is refused for multi_label and regression (recipe check)
     if data.label_format == "single":

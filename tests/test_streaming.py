@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import make_texts
 from test_bad_inputs import cli
 
@@ -72,6 +71,7 @@ def _recipe(tmp_path: Path, model: Path, data: dict, **training) -> Path:
 LABELS = ["negative", "neutral", "positive"]
 
 
+@pytest.mark.slow
 def test_parquet_stream_trains_with_derived_max_steps_and_labels_from_the_features(tiny_bert_dir: Path, tmp_path: Path):
     data = _parquet_shards(tmp_path / "shards", class_label=True)
     recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "check_sample": 10})
@@ -178,6 +178,7 @@ def _webdataset_shards(folder: Path, shards: int = 2, per_shard: int = 12) -> Pa
     return folder
 
 
+@pytest.mark.slow
 def test_webdataset_tar_shards_train_an_image_model(tiny_recipe, tmp_path: Path):
     data = _webdataset_shards(tmp_path / "wds")
     recipe = tiny_recipe(
@@ -203,3 +204,91 @@ def test_webdataset_tar_shards_train_an_image_model(tiny_recipe, tmp_path: Path)
     assert metrics["run"]["streaming"]["shards"] == 2
     assert metrics["run"]["splits"]["validation"]["rows"] == 8
     assert json.loads((tmp_path / "out" / "config.json").read_text())["id2label"] == {"0": "dark", "1": "red"}
+
+
+def _text_files(folder: Path, suffix: str) -> Path:
+    """train-0/train-1 and validation-0 files (JSONL or CSV) of review,sentiment rows with string labels."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {"train-0": make_texts(20, 0), "train-1": make_texts(20, 2), "validation-0": make_texts(12, 1)}
+    for name, rows in parts.items():
+        path = folder / f"{name}.{suffix}"
+        if suffix == "jsonl":
+            path.write_text("".join(json.dumps({"review": t, "sentiment": label}) + "\n" for t, label in rows))
+        else:
+            with path.open("w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows([("review", "sentiment"), *rows])
+    return folder
+
+
+def test_jsonl_stream_of_unknown_length_requires_max_steps(tiny_bert_dir: Path, tmp_path: Path):
+    data = _text_files(tmp_path / "jsonl", "jsonl")
+    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "labels": LABELS})
+    proc = cli(["train", str(recipe)], tmp_path)
+    assert proc.returncode == 2
+    assert "training.max_steps: required under data.streaming when the number of train examples is unknown" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_csv_stream_trains_with_the_recipes_max_steps(tiny_bert_dir: Path, tmp_path: Path):
+    data = _text_files(tmp_path / "csv", "csv")
+    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "labels": LABELS}, max_steps=3)
+    proc = cli(["train", str(recipe)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "training.max_steps = 3 (the recipe's)" in proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["run"]["streaming"]["counted_by"] == "unknown (no split info, not Parquet)"
+    assert metrics["eval"]["num_samples"] == 12
+
+
+def test_labels_neither_in_the_features_nor_given_is_one_clear_error(tiny_bert_dir: Path, tmp_path: Path):
+    data = _parquet_shards(tmp_path / "shards", shards=2, per_shard=6)
+    proc = cli(["train", str(_recipe(tmp_path, tiny_bert_dir, {"source": str(data)}))], tmp_path)
+    assert proc.returncode == 2
+    assert "data.labels: required under data.streaming" in proc.stderr
+    assert "data.labels=[cat,dog]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_labels_that_contradict_the_features_are_refused(tmp_path: Path):
+    import datasets
+
+    from hf_finetune.data.streaming import label_names
+    from hf_finetune.errors import DataError
+    from hf_finetune.recipe import DataSpec
+
+    data = _parquet_shards(tmp_path / "shards", shards=1, per_shard=3, class_label=True)
+    files = str(data / "train-00000.parquet")
+    stream = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+    stream = stream.rename_column("sentiment", "label")
+    spec = DataSpec(source=str(data), streaming=True, label_column="sentiment")
+    assert label_names(stream, spec) == LABELS
+    assert label_names(stream, DataSpec(source="x", streaming=True, labels=LABELS)) == LABELS
+    with pytest.raises(DataError, match=r"data.labels \['positive', 'negative'\] differs from the class names"):
+        label_names(stream, DataSpec(source="x", streaming=True, labels=["positive", "negative"]))
+
+
+def test_what_a_stream_cannot_do_is_refused_with_the_keys_named():
+    from hf_finetune.errors import RecipeError
+    from hf_finetune.recipe import load_recipe
+
+    base = {"task": "text-classification", "model": {"name": "m"}}
+    with pytest.raises(RecipeError) as err:
+        load_recipe(
+            {
+                **base,
+                "data": {"source": "d", "streaming": True, "duplicates": "drop", "group_column": "g", "test_size": 0.1},
+                "transfer": {"strategy": "linear_probe"},
+            }
+        )
+    text = str(err.value)
+    for key in ("data.duplicates: drop", "data.group_column", "data.test_size", "transfer.strategy linear_probe"):
+        assert key in text
+    with pytest.raises(RecipeError, match=r"data\.labels: applies with data\.streaming: true only"):
+        load_recipe({**base, "data": {"source": "d", "labels": ["a", "b"]}})
+    with pytest.raises(RecipeError, match=r"data\.labels: \['a'\]; list at least two distinct"):
+        load_recipe({**base, "data": {"source": "d", "streaming": True, "labels": ["a"]}})
