@@ -237,13 +237,22 @@ def test_jsonl_stream_of_unknown_length_requires_max_steps(tiny_bert_dir: Path, 
 @pytest.mark.slow
 def test_csv_stream_trains_with_the_recipes_max_steps(tiny_bert_dir: Path, tmp_path: Path):
     data = _text_files(tmp_path / "csv", "csv")
-    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "labels": LABELS}, max_steps=3)
+    files = {"train": str(data / "train-*.csv"), "validation": str(data / "validation-0.csv")}  # a glob of shards
+    recipe = _recipe(tmp_path, tiny_bert_dir, {"files": files, "labels": LABELS}, max_steps=3)
     proc = cli(["train", str(recipe)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "training.max_steps = 3 (the recipe's)" in proc.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["run"]["streaming"]["counted_by"] == "unknown (no split info, not Parquet)"
+    assert metrics["run"]["streaming"]["shards"] == 2
     assert metrics["eval"]["num_samples"] == 12
+    # the trained folder is scored again from its saved (streaming) recipe: the same validation numbers
+    again = cli(["eval", str(tmp_path / "out")], tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    scored = json.loads(next(line for line in again.stdout.splitlines() if line.startswith("{")))
+    assert scored["num_samples"] == 12
+    assert scored["accuracy"] == metrics["eval"]["accuracy"]
+    assert scored["loss"] == pytest.approx(metrics["eval"]["loss"], rel=1e-5)
 
 
 def test_labels_neither_in_the_features_nor_given_is_one_clear_error(tiny_bert_dir: Path, tmp_path: Path):
