@@ -365,6 +365,8 @@ def check_data(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequence
     recipe = load_recipe(recipe, list(overrides or []))
     task = get_task(recipe.task)
     data = sources.load_data(recipe.data, task.INPUTS)
+    if recipe.data.streaming:  # the checks read the sample, as training's do
+        data = _sampled(data, recipe.data)
     lines = [f"data: {data.description}: " + ", ".join(f"{s} {len(ds)} rows" for s, ds in data.splits.items())]
     lines.append(f"labels ({data.label_format}): {len(data.label_names)}: " + ", ".join(data.label_names[:20]))
     errors: list[str] = []

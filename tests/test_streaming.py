@@ -301,3 +301,12 @@ def test_what_a_stream_cannot_do_is_refused_with_the_keys_named():
         load_recipe({**base, "data": {"source": "d", "labels": ["a", "b"]}})
     with pytest.raises(RecipeError, match=r"data\.labels: \['a'\]; list at least two distinct"):
         load_recipe({**base, "data": {"source": "d", "streaming": True, "labels": ["a"]}})
+
+
+def test_check_command_reads_the_sample_of_a_stream(tiny_bert_dir: Path, tmp_path: Path):
+    data = _parquet_shards(tmp_path / "shards", shards=2, per_shard=6)
+    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "labels": LABELS, "check_sample": 7})
+    proc = cli(["check", str(recipe)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "read the first 7 train rows (data.check_sample: 7)" in proc.stderr
+    assert "train 7 rows, validation 30 rows" in proc.stdout + proc.stderr
