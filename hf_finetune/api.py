@@ -170,6 +170,8 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     task_defaults |= _streaming_defaults(recipe)
     defaults = training_defaults(recipe.training, task_defaults, best_metric(recipe))
     args = build_training_args(recipe.training, defaults)
+    if recipe.data.streaming:
+        _stream_strategies(recipe, args)
     _refuse_what_processes_cannot_run(recipe, args.world_size)
     log_distribution(args, precision)
     if args.full_determinism:
@@ -296,6 +298,28 @@ def _streaming_defaults(recipe: Recipe) -> dict[str, Any]:
     if not recipe.data.streaming:
         return {}
     return {"accelerator_config": {"dispatch_batches": False}, "ignore_data_skip": True}
+
+
+def _stream_strategies(recipe: Recipe, args: TrainingArguments) -> None:
+    """A pass over a stream ends when a process's shards run out, which under several processes is not the same step
+    everywhere (shards differ in size): evaluating, saving or logging "per epoch" would have one process wait in a
+    collective the others never join. The toolkit's per-epoch defaults become every 1/num_train_epochs of max_steps
+    (one pass when max_steps is derived); a strategy the recipe names is kept as written."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    pairs = {"eval_strategy": "eval_steps", "save_strategy": "save_steps", "logging_strategy": "logging_steps"}
+    if any(key in recipe.training for key in pairs):  # the others follow the recipe's (trainer.strategy_defaults)
+        return
+    epochs = int(recipe.training.get("num_train_epochs", 3)) or 1
+    for key, steps in pairs.items():
+        if getattr(args, key) != IntervalStrategy.EPOCH:
+            continue
+        setattr(args, key, IntervalStrategy.STEPS)
+        setattr(args, steps, 1 / epochs if epochs > 1 else 1.0 - 1e-9)
+        logger.info(
+            "training: %s = steps, %s = %.4g of max_steps (data.streaming: a pass ends at a different step on each "
+            "process, so not per epoch; set training.%s to change it)", key, steps, getattr(args, steps), key,
+        )  # fmt: skip
 
 
 def _consumed_rows(resume: str | None, args: TrainingArguments) -> int:

@@ -74,12 +74,18 @@ LABELS = ["negative", "neutral", "positive"]
 @pytest.mark.slow
 def test_parquet_stream_trains_with_derived_max_steps_and_labels_from_the_features(tiny_bert_dir: Path, tmp_path: Path):
     data = _parquet_shards(tmp_path / "shards", class_label=True)
-    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "check_sample": 10})
+    recipe = _recipe(tmp_path, tiny_bert_dir, {"source": str(data), "check_sample": 10}, num_train_epochs=2)
+    settings = yaml.safe_load(recipe.read_text())
+    del settings["training"]["eval_strategy"], settings["training"]["save_strategy"]
+    recipe.write_text(yaml.safe_dump(settings))
     proc = cli(["train", str(recipe)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = proc.stderr
-    # 96 rows in the footers, 8 per step: 12 steps for one epoch
-    assert "training.max_steps = 12 (derived: 1 epochs × ceil(96 examples, by the Parquet footers / 8 per step))" in log
+    # 96 rows in the footers, 8 per step: 12 steps a pass
+    assert "training.max_steps = 24 (derived: 2 epochs × ceil(96 examples, by the Parquet footers / 8 per step))" in log
+    # per pass, not per epoch: evaluated and saved at steps 12 and 24
+    assert "eval_strategy = steps, eval_steps = 0.5 of max_steps" in log
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-24"]
     assert "read the first 10 train rows (data.check_sample: 10)" in log
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
