@@ -316,3 +316,19 @@ def test_check_command_reads_the_sample_of_a_stream(tiny_bert_dir: Path, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "read the first 7 train rows (data.check_sample: 7)" in proc.stderr
     assert "train 7 rows, validation 30 rows" in proc.stdout + proc.stderr
+
+
+def test_an_edited_validation_file_is_read_again_not_served_from_the_cache(tmp_path: Path):
+    import datasets
+
+    from hf_finetune.data.streaming import materialise
+
+    path, other = tmp_path / "validation-0.jsonl", tmp_path / "validation-1.jsonl"
+    path.write_text('{"t": "a"}\n{"t": "b"}\n')
+    other.write_text('{"t": "z"}\n')
+    files = [str(path), str(other)]  # two files: each row is still read once
+    stream = lambda: datasets.load_dataset("json", data_files=files, split="train", streaming=True)  # noqa: E731
+    assert materialise(stream(), None)["t"] == ["a", "b", "z"]
+    path.write_text('{"t": "a"}\n{"t": "b"}\n{"t": "c"}\n')
+    assert materialise(stream(), None)["t"] == ["a", "b", "c", "z"]
+    assert materialise(stream(), 1)["t"] == ["a"]  # data.max_eval_samples: the first rows
