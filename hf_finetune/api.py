@@ -810,8 +810,10 @@ def _save(
             "shards": data.stream.n_shards,
             "skipped_on_resume": data.stream.skipped,
             "check_sample": len(data.check_sample),
-            "splits_train_rows_are": "the check sample",
+            "check_sample_class_counts": run["splits"]["train"].get("class_counts"),
         }
+        # the stream's own row count (None: unknown), not the sample's; no class counts, which would need every row
+        run["splits"]["train"] = {"rows": data.stream.num_examples, "streamed": True}
     if parts.thresholds is not None:
         from .formats import thresholds_info
 

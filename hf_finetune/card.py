@@ -468,7 +468,12 @@ def _data_splits(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _class_counts(run: dict[str, Any], label_names: list[str], fmt: str = "single") -> dict[str, Any]:
-    splits = {name: info.get("class_counts") or {} for name, info in (run.get("splits") or {}).items()}
+    # a streamed train split has no class counts (data.streaming): its column is left out, not shown as zeros
+    splits = {
+        name: info.get("class_counts") or {}
+        for name, info in (run.get("splits") or {}).items()
+        if not info.get("streamed")
+    }
     if not any(splits.values()):
         return {}
     rows = [{"label": _cell(n), "counts": [splits[s].get(n, 0) for s in splits]} for n in label_names]
@@ -496,7 +501,15 @@ def _data_notes(facts: CardFacts) -> list[str]:
     notes = []
     if d.files:
         notes.append("files: " + ", ".join(f"{split} `{Path(f).name}`" for split, f in d.files.items()))
-    if d.validation_split is None and "validation" in (facts.run.get("splits") or {}):
+    streamed = facts.run.get("streaming")
+    if streamed is not None:  # data.streaming: no split was carved, and train was never counted row by row
+        rows = streamed["train_rows"]
+        notes.append(
+            f"train: streamed, {rows if rows is not None else 'an unknown number of'} rows "
+            f"({streamed['counted_by']}), {streamed['shards']} shards; the pre-flight checks read its first "
+            f"{streamed['check_sample']} rows; validation and test are the data's own splits, read whole"
+        )
+    elif d.validation_split is None and "validation" in (facts.run.get("splits") or {}):
         notes.append(
             f"validation: the data's own validation split if it has one, else {d.validation_size:g} of train held "
             f"out (stratified, seed {d.seed})"

@@ -91,7 +91,11 @@ def test_parquet_stream_trains_with_derived_max_steps_and_labels_from_the_featur
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["streaming"]["train_rows"] == 96
     assert metrics["run"]["streaming"]["shards"] == 4
-    assert metrics["run"]["splits"]["train"]["rows"] == 10  # the check sample, as run.streaming says
+    assert metrics["run"]["splits"]["train"] == {"rows": 96, "streamed": True}
+    assert sum(metrics["run"]["streaming"]["check_sample_class_counts"].values()) == 10
+    card = (out / "README.md").read_text()
+    assert "- train: streamed, 96 rows (the Parquet footers), 4 shards; the pre-flight checks read its first 10" in card
+    assert "| class | validation |" in card  # no train column of zeros: a stream's classes were not counted
     assert metrics["eval"]["num_samples"] == 30  # validation-00000.parquet, read whole
     # the names came from the Parquet files' ClassLabel, in its order
     assert json.loads((out / "config.json").read_text())["id2label"] == {str(i): n for i, n in enumerate(LABELS)}
