@@ -204,17 +204,17 @@ def count_examples(train: Any, files: list[str], spec: DataSpec) -> tuple[int | 
     return n, how
 
 
-def prepare_train(train: Any, spec: DataSpec, names: list[str], num_examples: int | None, consumed: int) -> Any:
+def prepare_train(train: Any, spec: DataSpec, names: list[str], skip: int) -> Any:
     """The train stream as training reads it: shards and rows shuffled (seeded), capped, the resumed run's consumed
-    rows skipped, then labels mapped to ids. The skip sits below the mapping (and the decoding, which datasets does
-    last), so skipped rows are read but never decoded or mapped."""
+    rows skipped, then labels mapped to ids. The skip sits below every map (labels here, the task's tokenizing or
+    decoding and augmenting above), so skipped rows are read from the files but never decoded or mapped."""
+    import datasets
+
     train = train.shuffle(seed=spec.seed, buffer_size=spec.shuffle_buffer)
     if spec.max_train_samples is not None:
         train = train.take(spec.max_train_samples)
-    if consumed:
-        train = train.skip(consumed)
-    import datasets
-
+    if skip:
+        train = train.skip(skip)
     if not isinstance((train.features or {}).get("label"), datasets.ClassLabel):
         train = train.map(EncodeLabel(names, spec.label_column))
     return train
@@ -279,7 +279,7 @@ def load_streaming(
         n, how = count_examples(streams[spec.train_split], files.get(spec.train_split, []), spec)
         skip = skipped_rows(consumed, n)
         check_sample = sample(_encoded(train, spec, names), spec.check_sample)
-        splits = {"train": prepare_train(train, spec, names, n, skip), **splits}
+        splits = {"train": prepare_train(train, spec, names, skip), **splits}
         info = StreamInfo(n, train.n_shards, skip, how)
         logger.info(
             "data: %s → train streamed (%s examples, by %s; %d shards%s), %s; %d classes",
