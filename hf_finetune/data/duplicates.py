@@ -497,9 +497,11 @@ def find_duplicates(
     for split, ds in keyed.items():
         source = splits[split]
         n = len(ds["exact"])
-        labels = source[label_column] if label_column and label_column in source.column_names else [None] * n
+        # whole columns through Arrow: indexing `source[column]` row by row decodes one row per call (6 s on 10k rows)
+        plain = source.with_format("arrow")
+        labels = plain[label_column].to_pylist() if label_column and label_column in source.column_names else [None] * n
         if kind == "text":
-            texts_of[split] = source[column]
+            texts_of[split] = plain[column].to_pylist()
         ids = row_ids.get(split) if row_ids else None
         for i in range(n):
             members.append(Member(split, i, str(ids[i]) if ids is not None else f"{split}[{i}]", labels[i]))
