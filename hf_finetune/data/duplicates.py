@@ -203,7 +203,6 @@ def keys_of(ds: Dataset, kind: Kind, column: str, num_proc: int | None = None) -
     return _keys(ds, kind, column, num_proc)
 
 
-
 def _keys(ds: Dataset, kind: Kind, column: str, num_proc: int | None) -> dict[str, Any]:
     """Each row's keys (`image_keys` / `text_keys` columns), from the cache when this split was hashed before.
 
