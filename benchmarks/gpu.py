@@ -307,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     bert = None
     if not args.skip_bert:
         folder, rows = bert_folder(args.cache_dir, args.smoke), args.bert_batch * args.steps
-        csv = text_file(args.cache_dir, rows + 16)
+        csv = text_file(args.cache_dir, rows + rows // 8 + args.bert_batch)  # 10% is carved off as validation
         bert = {"model": "bert-tiny (smoke)" if args.smoke else "bert-base-uncased layout, random init", "runs": {}}
         for precision in args.precisions.split(","):
             recipe = {
                 "task": "text-classification",
                 "model": {"name": str(folder)},
-                "data": {"files": {"train": str(csv)}, "validation_size": 16, "duplicates": "off"},
+                "data": {"files": {"train": str(csv)}, "validation_size": 0.1, "duplicates": "off"},
                 "tokenization": {"padding": "max_length", "max_length": 128},
                 "training": {
                     **image_recipe(args, "", precision, data, work / f"bert-{precision}")["training"],
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bert {precision}: {bert['runs'][precision]['per_s']:.0f} tokens/s")
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({_common.cpu_name()})"
     payload = {
-        "command": _common.command_line("benchmarks/gpu.py", sys.argv[1:] if argv is None else argv),
+        "command": _common.command_line("gpu.py", sys.argv[1:] if argv is None else argv),
         "device": device,
         "timm_train": where,
         "settings": _common.settings(args),

@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         n = {s: sum(1 for _ in (data / s).rglob("*.png")) for s in ("train", "validation", "test")}
     payload = {
-        "command": _common.command_line("benchmarks/vs_example.py", sys.argv[1:] if argv is None else argv),
+        "command": _common.command_line("vs_example.py", sys.argv[1:] if argv is None else argv),
         "example": where,
         "rows": ", ".join(f"{k} {v}" for k, v in n.items()),
         "settings": _common.settings(args),
