@@ -180,7 +180,11 @@ def text_files(root: Path, rows: tuple[int, int, int], seed: int) -> dict[str, P
     }
     for name, ds in parts.items():
         ds = ds.select_columns(["text", "label"])
-        ds = ds.map(lambda b: {"label": [names[i] for i in b["label"]]}, batched=True, features=None)
+        # one line per row: a tweet's own line breaks (some hold a bare \r) would split rows for some CSV readers
+        ds = ds.map(
+            lambda b: {"label": [names[i] for i in b["label"]], "text": [" ".join(t.split()) for t in b["text"]]},
+            batched=True,
+        )
         ds.to_csv(str(files[name]), index=False)
     return files
 
@@ -504,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if args.text:
-        n = {s: sum(1 for _ in f.open()) - 1 for s, f in data.items()}  # rows (one a line: no newline in a tweet)
+        n = {s: sum(1 for _ in f.open()) - 1 for s, f in data.items()}  # rows: one a line (see text_files)
     else:
         n = {s: sum(1 for _ in (data / s).rglob("*.png")) for s in ("train", "validation", "test")}
     payload = {
