@@ -454,10 +454,10 @@ def _check_duplicates(
     it (the drop must be the same everywhere, and it is deterministic); hashing is parallel on large data."""
     import datasets
 
-    from .data.duplicates import apply_policy
+    from .data.duplicates import apply_policy, decode_workers
 
-    rows = sum(len(ds) for ds in data.splits.values())
-    num_proc = min(8, os.cpu_count() or 1) if rows >= 20000 else None
+    # the image check decoded each split already (and cached its keys): on images this is mostly a cache read
+    num_proc = decode_workers(sum(len(ds) for ds in data.splits.values()))
     kind = "image" if "image" in task.INPUTS else "text"
     skip = not recipe.data.check_images  # the user chose to meet broken files mid-run: the check does not stop on them
     splits, report, info = apply_policy(data.splits, recipe.data.duplicates, kind, num_proc, skip_unreadable=skip)

@@ -126,7 +126,7 @@ def constant_baseline(
     if fmt == "single":
         from .metrics import majority_baseline
 
-        return majority_baseline(train["label"], split["label"], label_names)
+        return majority_baseline(_label_list(train), _label_list(split), label_names)
     from transformers import EvalPrediction
 
     from .data import labels
@@ -235,8 +235,14 @@ def label_counts(fmt: str, ds: Dataset, label_names: list[str], scaler: Mapping[
         if scaler is not None:
             t = labels.unstandardize(t, scaler)
         return {"target": _summary(t)}
-    counts = Counter(int(v) for v in ds["label"])
+    counts = Counter(_label_list(ds))
     return {"class_counts": {n: counts.get(i, 0) for i, n in enumerate(label_names)}}
+
+
+def _label_list(ds: Dataset) -> list[int]:
+    """The label column as a list, through Arrow: iterating `ds["label"]` formats one row per step (1.5 s a run on
+    12k rows)."""
+    return ds.select_columns(["label"]).with_format("arrow")["label"].to_pylist()
 
 
 def _summary(t: np.ndarray) -> dict[str, float | None]:

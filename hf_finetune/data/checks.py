@@ -9,7 +9,6 @@ of every split is reported in one error.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,23 +34,28 @@ def check_inputs(splits: Mapping[str, Dataset], inputs: Mapping[str, str], spec:
 def check_images(splits: Mapping[str, Dataset], column: str = "image", max_listed: int = 10) -> None:
     """Raise DataError naming every image (up to `max_listed`) that cannot be decoded, or cannot be converted to RGB
     the way `pipeline()`'s loader converts it (the mode is named); warn about 16-bit images whose values `pipeline()`
-    (and so training) saturates at 255."""
-    import datasets
+    (and so training) saturates at 255.
+
+    The decoding is the duplicate check's (duplicates.keys_of): one pass serves both, in worker processes on large
+    data, cached by each split's fingerprint so that a re-run reads the result instead of decoding again."""
+    from .duplicates import decode_workers, keys_of
 
     bad: list[str] = []
     saturated: list[str] = []
     total = 0
     for split, ds in splits.items():
-        undecoded = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-        for row, item in enumerate(undecoded):
+        keys = keys_of(ds, "image", column, decode_workers(len(ds)))
+        if not any(keys["error"]) and not any(keys["saturated"]):
+            total += len(keys["error"])
+            continue
+        values = ds.select_columns([column]).with_format("arrow")[column].to_pylist()
+        for row, (err, lost) in enumerate(zip(keys["error"], keys["saturated"], strict=True)):
             total += 1
-            value = item[column]
-            where = (value or {}).get("path") or "image stored in the dataset"
-            try:
-                if _saturates(value):
-                    saturated.append(f"{where} ({split} split, row {row})")
-            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError… for broken files
-                bad.append(f"{where} ({split} split, row {row}): {type(err).__name__}: {err}")
+            where = (values[row] or {}).get("path") or "image stored in the dataset"
+            if err:
+                bad.append(f"{where} ({split} split, row {row}): {err}")
+            elif lost:
+                saturated.append(f"{where} ({split} split, row {row})")
     if bad:
         listed = "\n  ".join(bad[:max_listed])
         more = f"\n  … and {len(bad) - max_listed} more" if len(bad) > max_listed else ""
@@ -68,27 +72,6 @@ def check_images(splits: Mapping[str, Dataset], column: str = "image", max_liste
             ", ".join(saturated[:max_listed]),
         )
     logger.info("data: all %d images decode", total)
-
-
-def _saturates(value: dict | None) -> bool:
-    """Decode one stored image fully and convert it as pipeline() does (raising if either fails); whether values
-    above 255 are lost in that conversion."""
-    from PIL import Image
-
-    if value is None:
-        raise ValueError("no image")
-    data = value.get("bytes")
-    with Image.open(io.BytesIO(data) if data else value["path"]) as img:
-        img.load()
-        mode = img.mode
-        try:
-            img.convert("RGB")
-        except ValueError as err:
-            raise ValueError(
-                f"image mode {mode!r} cannot be converted to RGB as pipeline() reads images ({err}); "
-                "save it as an 8-bit RGB or grayscale PNG/JPEG"
-            ) from None
-        return (mode.startswith("I") or mode == "F") and img.getextrema()[1] > 255
 
 
 def check_texts(

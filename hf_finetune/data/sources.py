@@ -164,7 +164,7 @@ def _load_raw(spec: DataSpec) -> tuple[Any, str, dict[str, Path]]:
         builder = "imagefolder" if _has_images(path) else None
         try:
             if builder:
-                ds = datasets.load_dataset("imagefolder", data_dir=str(path))
+                ds = datasets.load_dataset("imagefolder", **_image_folder_files(path))
             else:
                 # A local copy of a Hub dataset repo: its README may define configs, as on the Hub. datasets 5.2 caches
                 # such a folder under its name and config only, so another folder of the same name would be served
@@ -289,6 +289,29 @@ def _has_no_rows(path: Path, builder: str) -> bool:
             return True
         head = "".join(f.read(4096).split())
         return head in ("", "[]")
+
+
+# datasets' own split keywords (datasets.data_files.SPLIT_KEYWORDS) for a folder's split sub-folders
+_SPLIT_FOLDERS = {
+    **dict.fromkeys(("train", "training"), "train"),
+    **dict.fromkeys(("validation", "valid", "dev", "val"), "validation"),
+    **dict.fromkeys(("test", "testing", "eval", "evaluation"), "test"),
+}
+
+
+def _image_folder_files(path: Path) -> dict[str, Any]:
+    """`load_dataset("imagefolder", ...)` arguments: for the common layout (only split folders at the top, e.g.
+    train/ and test/), each split's files by name; otherwise `data_dir`, leaving the split inference to datasets.
+
+    datasets infers splits by globbing the whole tree for each of ~46 keyword patterns: 5-8 s on 10,000 files,
+    against 2 s for two explicit patterns."""
+    if any(c in str(path) for c in "*?[]{}"):  # the patterns would read those characters as glob syntax
+        return {"data_dir": str(path)}
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    splits = [_SPLIT_FOLDERS.get(p.name.lower()) for p in entries]
+    if not entries or not all(p.is_dir() for p in entries) or None in splits or len(set(splits)) < len(splits):
+        return {"data_dir": str(path)}
+    return {"data_files": {split: str(p / "**") for split, p in zip(splits, entries, strict=True)}}
 
 
 def _has_images(path: Path) -> bool:
