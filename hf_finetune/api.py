@@ -169,6 +169,7 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     task_defaults = {**task.training_defaults(), "batch_eval_metrics": batch_eval_metrics(recipe)}
     defaults = training_defaults(recipe.training, task_defaults, best_metric(recipe))
     args = build_training_args(recipe.training, defaults)
+    _refuse_fsdp_on_cpu(recipe, args.device.type, dict(os.environ))
     _refuse_what_processes_cannot_run(recipe, args.world_size)
     log_distribution(args, precision)
     if args.full_determinism:
@@ -181,8 +182,7 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
 def _refuse_lora_under_fsdp(recipe: Recipe, env: dict[str, str]) -> None:
     """LoRA saves by merging the adapters into whole weights, which FSDP holds in shards across processes: not
     supported in this version (DDP, `multi_gpu_ddp.yaml`, is)."""
-    fsdp = bool(recipe.training.get("fsdp")) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
-    if recipe.peft.enabled and fsdp:
+    if recipe.peft.enabled and _fsdp_requested(recipe, env):
         raise RecipeError(
             [
                 "peft.method lora: FSDP (training.fsdp or accelerate launch with an FSDP config) shards the weights "
@@ -191,6 +191,32 @@ def _refuse_lora_under_fsdp(recipe: Recipe, env: dict[str, str]) -> None:
                 "peft.method: none"
             ]
         )
+
+
+def _fsdp_requested(recipe: Recipe, env: dict[str, str]) -> bool:
+    return bool(recipe.training.get("fsdp")) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+
+
+def _refuse_fsdp_on_cpu(recipe: Recipe, device_type: str, env: dict[str, str]) -> None:
+    """accelerate (1.16, `AcceleratorState.__init__`) turns a run into FSDP only when its distributed type is a GPU-like
+    one (MULTI_GPU, MULTI_XPU, ...); on CPU the type is MULTI_CPU, so an FSDP config quietly becomes
+    DistributedDataParallel with a full model copy per process, and `fsdp_cpu_ram_efficient_loading` (which
+    transformers still honours) leaves the other processes' weights on the meta device, so they crash in Trainer.
+    torch's own `fully_shard` does run on CPU with gloo (tests/test_fsdp.py): the gap is accelerate's."""
+    if device_type != "cpu" or not _fsdp_requested(recipe, env):
+        return
+    import accelerate
+
+    where = "training.fsdp" if recipe.training.get("fsdp") else "accelerate launch with an FSDP config"
+    raise RecipeError(
+        [
+            f"{where}: FSDP needs GPUs; on CPU accelerate {accelerate.__version__} does not shard (it would run "
+            "DistributedDataParallel, a full model copy per process, and fsdp_cpu_ram_efficient_loading would "
+            "leave all but the first process without weights); on CPU use DistributedDataParallel (accelerate "
+            "launch --multi_gpu --num_processes 2 --mixed_precision no: CPU processes over gloo), or run the FSDP "
+            "config on GPUs"
+        ]
+    )
 
 
 def _with_strategy_defaults(recipe: Recipe) -> Recipe:

@@ -1,0 +1,109 @@
+"""FSDP on CPU: what runs and what is refused.
+
+torch's FSDP2 (`fully_shard`) runs on CPU processes over gloo: two ranks shard a tiny ViT and a tiny BERT per block
+(the shipped recipes/accelerate/fsdp.yaml's TRANSFORMER_BASED_WRAP, chosen by accelerate's own policy), each rank
+holds about half the parameters, and the full state dict gathered to rank 0 equals one process's training. accelerate
+(1.16) does not: on CPU an FSDP config becomes DistributedDataParallel (`AcceleratorState` picks FSDP only for GPU-like
+distributed types), so `accelerate launch --config_file recipes/accelerate/fsdp.yaml` of the toolkit on CPU is one
+clear refusal, before any data or model is loaded, instead of a crash on meta tensors or a quiet DDP run.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "recipes" / "accelerate" / "fsdp.yaml"
+SCRIPT = Path(__file__).parent / "scripts" / "fsdp2_torch.py"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _torch_fsdp(model_dir: Path, out: Path, processes: int) -> dict:
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
+    command = [sys.executable, *launcher, str(SCRIPT), str(model_dir), str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vit", "bert"])
+def test_torch_fsdp2_shards_on_cpu_and_gathers_what_one_process_trains(
+    model: str, tiny_vit_dir: Path, tiny_bert_dir: Path, tmp_path: Path
+):
+    model_dir = tiny_vit_dir if model == "vit" else tiny_bert_dir
+    single = _torch_fsdp(model_dir, tmp_path / "single", 1)
+    sharded = _torch_fsdp(model_dir, tmp_path / "sharded", 2)
+    # the shipped config's wrap policy found the blocks the model names in `_no_split_modules`
+    block = "ViTLayer" if model == "vit" else "BertLayer"
+    assert block in sharded["blocks"]
+    total = sharded["total"]
+    ranks = sorted(sharded["ranks"], key=lambda r: r["rank"])
+    # no full copy per rank: the ranks' shards add up to the model once, and each holds about half
+    assert sum(r["local"] for r in ranks) == total
+    assert all(0.4 * total < r["local"] < 0.6 * total for r in ranks), ranks
+    assert single["ranks"][0]["local"] == total
+    # FULL_STATE_DICT with cpu offload gathers to rank 0 only
+    assert ranks[0]["keys"] > 0 and ranks[1]["keys"] == 0
+    start = load_file(model_dir / "model.safetensors")
+    a, b = load_file(tmp_path / "single" / "model.safetensors"), load_file(tmp_path / "sharded" / "model.safetensors")
+    assert a.keys() == b.keys()
+    moved = max((a[k] - start[k]).abs().max().item() for k in a if k in start)
+    differ = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved > 1e-2  # training changed the weights...
+    assert differ < 1e-3, differ  # ...and two sharded ranks changed them as one process did
+
+
+def _launch_fsdp(args: list[str]) -> subprocess.CompletedProcess:
+    # the shipped file, unchanged; only what CPU cannot do is overridden on the command line (bf16 autocast)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(SHIPPED), "--num_processes", "2",
+        "--mixed_precision", "no", "--main_process_port", "0", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
+
+
+@pytest.mark.slow
+def test_the_shipped_fsdp_config_on_cpu_is_one_clear_refusal_before_loading(text_recipe, tmp_path: Path):
+    out = tmp_path / "out"
+    recipe = text_recipe(training={"output_dir": str(out), "eval_strategy": "epoch", "load_best_model_at_end": True})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = _launch_fsdp(["-m", "hf_finetune", "train", str(path)])
+    assert proc.returncode != 0
+    codes = [int(c) for c in re.findall(r"exitcode\s+:\s+(-?\d+)", proc.stderr)]
+    assert 2 in codes and set(codes) <= {2, -15}, proc.stderr[-4000:]
+    assert "accelerate launch with an FSDP config: FSDP needs GPUs" in proc.stderr
+    assert "--multi_gpu" in proc.stderr  # what to do instead on CPU
+    assert "meta tensor" not in proc.stderr and "hf_finetune/" not in proc.stderr  # no crash, no traceback
+    assert "[hf_finetune] data:" not in proc.stderr  # refused before the data was read
+    assert not out.exists()
+
+
+def test_fsdp_refusal_names_where_fsdp_was_asked_for(text_recipe, tmp_path: Path):
+    from hf_finetune.api import _refuse_fsdp_on_cpu
+    from hf_finetune.errors import RecipeError
+    from hf_finetune.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(text_recipe()))
+    plain = load_recipe(path)
+    _refuse_fsdp_on_cpu(plain, "cpu", {})  # no FSDP asked for: nothing to refuse
+    _refuse_fsdp_on_cpu(plain, "cuda", {"ACCELERATE_USE_FSDP": "true"})  # FSDP on GPUs is accelerate's to run
+    with pytest.raises(RecipeError, match="accelerate launch with an FSDP config: FSDP needs GPUs"):
+        _refuse_fsdp_on_cpu(plain, "cpu", {"ACCELERATE_USE_FSDP": "true"})
+    asked = load_recipe(path, ["training.fsdp=full_shard"])
+    with pytest.raises(RecipeError, match=r"training\.fsdp: FSDP needs GPUs"):
+        _refuse_fsdp_on_cpu(asked, "cpu", {})
