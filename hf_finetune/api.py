@@ -194,29 +194,25 @@ def _refuse_lora_under_fsdp(recipe: Recipe, env: dict[str, str]) -> None:
 
 
 def _fsdp_requested(recipe: Recipe, env: dict[str, str]) -> bool:
-    return bool(recipe.training.get("fsdp")) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+    from .fsdp import fsdp_launched
+
+    return bool(recipe.training.get("fsdp")) or fsdp_launched(env)
 
 
 def _refuse_fsdp_on_cpu(recipe: Recipe, device_type: str, env: dict[str, str]) -> None:
-    """accelerate (1.16, `AcceleratorState.__init__`) turns a run into FSDP only when its distributed type is a GPU-like
-    one (MULTI_GPU, MULTI_XPU, ...); on CPU the type is MULTI_CPU, so an FSDP config quietly becomes
-    DistributedDataParallel with a full model copy per process, and `fsdp_cpu_ram_efficient_loading` (which
-    transformers still honours) leaves the other processes' weights on the meta device, so they crash in Trainer.
-    torch's own `fully_shard` does run on CPU with gloo (tests/test_fsdp.py): the gap is accelerate's."""
-    if device_type != "cpu" or not _fsdp_requested(recipe, env):
-        return
-    import accelerate
+    from .fsdp import cpu_problem
 
-    where = "training.fsdp" if recipe.training.get("fsdp") else "accelerate launch with an FSDP config"
-    raise RecipeError(
-        [
-            f"{where}: FSDP needs GPUs; on CPU accelerate {accelerate.__version__} does not shard (it would run "
-            "DistributedDataParallel, a full model copy per process, and fsdp_cpu_ram_efficient_loading would "
-            "leave all but the first process without weights); on CPU use DistributedDataParallel (accelerate "
-            "launch --multi_gpu --num_processes 2 --mixed_precision no: CPU processes over gloo), or run the FSDP "
-            "config on GPUs"
-        ]
-    )
+    if device_type == "cpu" and _fsdp_requested(recipe, env):
+        where = "training.fsdp" if recipe.training.get("fsdp") else "accelerate launch with an FSDP config"
+        raise RecipeError([cpu_problem(where)])
+
+
+def _refuse_fsdp_that_shards_nothing(model: Any, env: dict[str, str]) -> None:
+    from .fsdp import wrap_problem
+
+    problem = wrap_problem(model, env)
+    if problem:
+        raise RecipeError([problem])
 
 
 def _with_strategy_defaults(recipe: Recipe) -> Recipe:
@@ -280,6 +276,7 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
             checks.check_inputs(data.splits, task.INPUTS, recipe.data)
         data, found = _check_duplicates(data, recipe, task)
         built = task.build_model(recipe.model, data.label_names, label_format=data.label_format)
+        _refuse_fsdp_that_shards_nothing(built.model, dict(os.environ))
         if recipe.peft.enabled:  # the plan only says which blocks; peft decides what trains (lora.wrap)
             plan, transfer_callbacks = transfer.plan_transfer(built.model, recipe.transfer), []
         else:

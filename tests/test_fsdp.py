@@ -107,3 +107,69 @@ def test_fsdp_refusal_names_where_fsdp_was_asked_for(text_recipe, tmp_path: Path
     asked = load_recipe(path, ["training.fsdp=full_shard"])
     with pytest.raises(RecipeError, match=r"training\.fsdp: FSDP needs GPUs"):
         _refuse_fsdp_on_cpu(asked, "cpu", {})
+
+
+def _blocks_accelerate_wraps(model, cls_to_wrap: str | None = None) -> set[str]:
+    """The classes accelerate's own FSDP2 TRANSFORMER_BASED_WRAP policy gives a unit of their own in this model."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="TRANSFORMER_BASED_WRAP",
+        transformer_cls_names_to_wrap=[cls_to_wrap] if cls_to_wrap else None,
+    )
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    return {type(m).__name__ for m in model.modules() if m is not model and policy(m)}
+
+
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
+
+
+@pytest.mark.parametrize(
+    ("arch", "model_args", "block"),
+    [("vit_tiny_patch16_224", {"img_size": 32, "depth": 2}, "Block"), ("resnet18", {}, "BasicBlock")],
+)
+def test_a_timm_model_under_transformer_based_wrap_is_refused_with_its_block_class(arch, model_args, block):
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from hf_finetune.fsdp import wrap_problem
+
+    model = TimmWrapperForImageClassification(TimmWrapperConfig(architecture=arch, num_labels=3, model_args=model_args))
+    # the shipped config as it is: accelerate would wrap no block of a timm model, only the whole model
+    assert _blocks_accelerate_wraps(model) == set()
+    problem = wrap_problem(model, FSDP_ENV)
+    assert f"--fsdp_transformer_layer_cls_to_wrap {block} " in problem
+    assert "TimmWrapperModel" in problem and "TRANSFORMER_BASED_WRAP" in problem
+    # the fix the message gives works: accelerate then wraps each block, and the toolkit lets the run go
+    assert _blocks_accelerate_wraps(model, block) == {block}
+    assert wrap_problem(model, {**FSDP_ENV, "FSDP_TRANSFORMER_CLS_TO_WRAP": block}) is None
+    assert wrap_problem(model, {**FSDP_ENV, "FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"}) is None
+    assert wrap_problem(model, {}) is None  # no FSDP, nothing to check
+
+
+def test_transformers_models_that_name_their_blocks_pass_the_wrap_check():
+    from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+
+    from hf_finetune.fsdp import wrap_problem
+
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    )
+    vit = ViTForImageClassification(
+        ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    )
+    assert "BertLayer" in _blocks_accelerate_wraps(bert) and "ViTLayer" in _blocks_accelerate_wraps(vit)
+    assert wrap_problem(bert, FSDP_ENV) is None and wrap_problem(vit, FSDP_ENV) is None
+
+
+def test_the_run_refuses_a_wrap_that_shards_nothing_as_a_recipe_error():
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from hf_finetune.api import _refuse_fsdp_that_shards_nothing
+    from hf_finetune.errors import RecipeError
+
+    model = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet18", num_labels=3))
+    _refuse_fsdp_that_shards_nothing(model, {})
+    with pytest.raises(RecipeError, match="--fsdp_transformer_layer_cls_to_wrap BasicBlock"):
+        _refuse_fsdp_that_shards_nothing(model, FSDP_ENV)
