@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "recipes" / "accelerate" / "fsdp.yaml"
 SCRIPT = Path(__file__).parent / "scripts" / "fsdp2_torch.py"
+SYNC_SCRIPT = Path(__file__).parent / "scripts" / "fsdp2_sync.py"
 
 
 def _env() -> dict[str, str]:
@@ -64,6 +65,26 @@ def test_torch_fsdp2_shards_on_cpu_and_gathers_what_one_process_trains(
     differ = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved > 1e-2  # training changed the weights...
     assert differ < 1e-3, differ  # ...and two sharded ranks changed them as one process did
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vit", "bert"])
+def test_the_weight_check_repairs_each_ranks_own_shard_under_fsdp2(
+    model: str, tiny_vit_dir: Path, tiny_bert_dir: Path, tmp_path: Path
+):
+    """The best-model and resume check (`sync_with_checkpoint`) on DTensor parameters: each rank compares and
+    repairs only its shard (ViT: through transformers' renamed keys), and every rank hears the same list."""
+    model_dir = tiny_vit_dir if model == "vit" else tiny_bert_dir
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SYNC_SCRIPT)]
+    proc = subprocess.run(
+        [*command, str(model_dir), str(tmp_path)], capture_output=True, text=True, timeout=300, env=_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    # a tensor spoiled on rank 0 only and one on rank 1 only: both ranks are told of both
+    assert [r["wrong"] for r in report["told"]] == [report["spoiled"]] * 2
+    assert [r["again"] for r in report["told"]] == [[], []]  # repaired: a second check finds nothing
+    assert report["worst"] == 0.0  # the gathered model equals the checkpoint
 
 
 def _launch_fsdp(args: list[str]) -> subprocess.CompletedProcess:
