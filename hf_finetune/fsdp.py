@@ -14,6 +14,14 @@ def fsdp_launched(env: dict[str, str]) -> bool:
     return env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
 
 
+def parallelism(world_size: int, fsdp: object, env: dict[str, str]) -> str | None:
+    """How the processes shared the model, for metrics.json and the card: FSDP (each holds a shard), DDP (each a
+    full copy), None for one process. `fsdp`: TrainingArguments.fsdp (the recipe's training.fsdp)."""
+    if world_size <= 1:
+        return None
+    return "FSDP" if fsdp or fsdp_launched(env) else "DDP"
+
+
 def cpu_problem(where: str) -> str:
     """accelerate (1.16, `AcceleratorState.__init__`) makes a run FSDP only when its distributed type is a GPU-like
     one (MULTI_GPU, MULTI_XPU, ...); on CPU the type is MULTI_CPU, so an FSDP config quietly becomes

@@ -194,3 +194,38 @@ def test_the_run_refuses_a_wrap_that_shards_nothing_as_a_recipe_error():
     _refuse_fsdp_that_shards_nothing(model, {})
     with pytest.raises(RecipeError, match="--fsdp_transformer_layer_cls_to_wrap BasicBlock"):
         _refuse_fsdp_that_shards_nothing(model, FSDP_ENV)
+
+
+def test_metrics_and_card_say_how_the_processes_shared_the_model(tiny_recipe, tmp_path: Path):
+    from hf_finetune.fsdp import parallelism
+    from hf_finetune.recipe import load_recipe
+    from tests.test_card import _run, _split, _write
+
+    assert parallelism(1, [], FSDP_ENV) is None  # one process shares nothing
+    assert parallelism(2, [], FSDP_ENV) == "FSDP"
+    assert parallelism(2, ["full_shard"], {}) == "FSDP"  # training.fsdp
+    assert parallelism(2, [], {}) == "DDP"
+    recipe = load_recipe(tiny_recipe())
+    results = {"train": {"train_loss": 0.5}, "eval": _split(0.8, 0.8, 9), "test": _split(0.7, 0.6, 30)}
+    hardware = {"device": "8× NVIDIA H100", "processes": 8, "parallelism": "FSDP", "precision": "bf16"}
+    text = _write(recipe.output_dir, recipe, results, _run(hardware=hardware)).content
+    assert "- hardware: 8× NVIDIA H100, 8 process(es) (FSDP)" in text
+    single = {"device": "CPU (x86_64, 2 cores)", "processes": 1, "parallelism": None, "precision": "fp32"}
+    text = _write(tmp_path / "one", recipe, results, _run(hardware=single)).content
+    assert "- hardware: CPU (x86_64, 2 cores), 1 process(es)\n" in text
+
+
+@pytest.mark.slow
+def test_what_the_refusal_advises_on_cpu_runs_and_is_recorded_as_ddp(text_recipe, tmp_path: Path):
+    out = tmp_path / "ddp"
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(text_recipe(training={"num_train_epochs": 1, "output_dir": str(out)})))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--mixed_precision", "no", "--main_process_port", "0", "-m", "hf_finetune", "train", str(path),
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    hardware = json.loads((out / "metrics.json").read_text())["run"]["hardware"]
+    assert hardware["processes"] == 2 and hardware["parallelism"] == "DDP"
+    assert "2 process(es) (DDP)" in (out / "README.md").read_text()
