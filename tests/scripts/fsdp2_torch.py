@@ -1,8 +1,8 @@
 """FSDP2 (torch's `fully_shard`) on CPU processes over gloo, wrapped and sharded the way the shipped
 recipes/accelerate/fsdp.yaml asks, for a saved transformers model folder; or the same steps in one plain process.
 
-    torchrun --nproc_per_node 2 fsdp2_torch.py MODEL_DIR OUT_DIR     # sharded
-    python fsdp2_torch.py MODEL_DIR OUT_DIR                          # one process, no sharding: the reference
+    torchrun --nproc_per_node 2 fsdp2_torch.py MODEL_DIR OUT_DIR [STEPS]     # sharded
+    python fsdp2_torch.py MODEL_DIR OUT_DIR [STEPS]                          # one process, no sharding: the reference
 
 accelerate does not run FSDP on CPU (see api._refuse_fsdp_on_cpu), so this drives torch directly, using
 accelerate's own plugin (from the shipped config's fsdp_config) and its TRANSFORMER_BASED_WRAP policy to choose the
@@ -12,7 +12,9 @@ blocks. Each rank trains on its half of every batch; rank 0 writes the gathered 
 
 import json
 import os
+import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,10 +24,10 @@ CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "accelerate" / "fsdp.
 STEPS, BATCH = 3, 8
 
 
-def _batches(model) -> list[dict[str, torch.Tensor]]:
+def _batches(model, steps: int) -> list[dict[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     out = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         labels = torch.randint(0, model.config.num_labels, (BATCH,), generator=gen)
         if "pixel_values" in model.main_input_name:
             size = model.config.image_size
@@ -59,10 +61,15 @@ def _shard(model) -> list[str]:
     return names
 
 
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main() -> int:
     from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
     model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else STEPS
     sharded = "WORLD_SIZE" in os.environ
     if sharded:
         torch.distributed.init_process_group("gloo")
@@ -81,21 +88,33 @@ def main() -> int:
     local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
-    for batch in _batches(model):
+    batches = _batches(model, steps)
+    started = time.perf_counter()
+    for batch in batches:
         part = {k: v.chunk(world)[rank] for k, v in batch.items()}
         loss = model(**part).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
+    seconds = time.perf_counter() - started
+    # what this rank stores of the parameters and AdamW's two moments (sharded like the parameters)
+    local_bytes = sum(
+        (t.to_local() if hasattr(t, "to_local") else t).numel() * t.element_size()
+        for p in model.parameters()
+        for t in [p, *optimizer.state[p].values()]
+        if isinstance(t, torch.Tensor) and t.dim() > 0
+    )
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, {"rank": rank, "local": local, "keys": len(full)})
+        mine = {"rank": rank, "local": local, "keys": len(full), "seconds": seconds, "local_bytes": local_bytes}
+        torch.distributed.all_gather_object(gathered, {**mine, "peak_rss_kib": _peak_rss()})
     else:
-        full, gathered = model.state_dict(), [{"rank": 0, "local": local, "keys": -1}]
+        mine = {"rank": 0, "local": local, "keys": -1, "seconds": seconds, "local_bytes": local_bytes}
+        full, gathered = model.state_dict(), [{**mine, "peak_rss_kib": _peak_rss()}]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in full.items()}, out / "model.safetensors")
