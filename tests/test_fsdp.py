@@ -76,8 +76,11 @@ def test_the_weight_check_repairs_each_ranks_own_shard_under_fsdp2(
     repairs only its shard (ViT: through transformers' renamed keys), and every rank hears the same list."""
     model_dir = tiny_vit_dir if model == "vit" else tiny_bert_dir
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SYNC_SCRIPT)]
+    # as under the shipped config (cpu_ram_efficient_loading): transformers then leaves what a checkpoint lacks on
+    # the meta device on every rank but 0; the reference each rank reads must still be the whole checkpoint
+    env = {**_env(), "ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
     proc = subprocess.run(
-        [*command, str(model_dir), str(tmp_path)], capture_output=True, text=True, timeout=300, env=_env()
+        [*command, str(model_dir), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
