@@ -26,15 +26,17 @@ def cpu_problem(where: str) -> str:
     """accelerate (1.16, `AcceleratorState.__init__`) makes a run FSDP only when its distributed type is a GPU-like
     one (MULTI_GPU, MULTI_XPU, ...); on CPU the type is MULTI_CPU, so an FSDP config quietly becomes
     DistributedDataParallel with a full model copy per process, and `fsdp_cpu_ram_efficient_loading` (which
-    transformers still honours when loading) leaves the other processes' weights on the meta device, so they crash in
-    Trainer. torch's own `fully_shard` does run on CPU over gloo (tests/test_fsdp.py): the gap is accelerate's."""
+    transformers still honours when loading) leaves what the checkpoint lacks (a new head) on the meta device on
+    every process but the first, so they crash in Trainer ("Cannot copy out of meta tensor"). torch's own
+    `fully_shard` does run on CPU over gloo (tests/test_fsdp.py): the gap is accelerate's."""
     import accelerate
 
     return (
         f"{where}: FSDP needs GPUs; on CPU accelerate {accelerate.__version__} does not shard (it would run "
-        "DistributedDataParallel, a full model copy per process, and fsdp_cpu_ram_efficient_loading would leave all "
-        "but the first process without weights); on CPU use DistributedDataParallel (accelerate launch --multi_gpu "
-        "--num_processes 2 --mixed_precision no: CPU processes over gloo), or run the FSDP config on GPUs"
+        "DistributedDataParallel, a full model copy per process, and fsdp_cpu_ram_efficient_loading would leave "
+        "every process but the first without the new head's weights); on CPU use DistributedDataParallel "
+        "(accelerate launch --multi_gpu --num_processes 2 --mixed_precision no: CPU processes over gloo), or run "
+        "the FSDP config on GPUs"
     )
 
 
