@@ -170,6 +170,7 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
     task_defaults |= _streaming_defaults(recipe)
     defaults = training_defaults(recipe.training, task_defaults, best_metric(recipe))
     args = build_training_args(recipe.training, defaults)
+    _refuse_fsdp_on_cpu(recipe, args.device.type, dict(os.environ))
     if recipe.data.streaming:
         _stream_strategies(recipe, args)
     _refuse_what_processes_cannot_run(recipe, args.world_size)
@@ -184,8 +185,7 @@ def _training_args(recipe: Recipe, task: Task) -> TrainingArguments:
 def _refuse_lora_under_fsdp(recipe: Recipe, env: dict[str, str]) -> None:
     """LoRA saves by merging the adapters into whole weights, which FSDP holds in shards across processes: not
     supported in this version (DDP, `multi_gpu_ddp.yaml`, is)."""
-    fsdp = bool(recipe.training.get("fsdp")) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
-    if recipe.peft.enabled and fsdp:
+    if recipe.peft.enabled and _fsdp_requested(recipe, env):
         raise RecipeError(
             [
                 "peft.method lora: FSDP (training.fsdp or accelerate launch with an FSDP config) shards the weights "
@@ -194,6 +194,28 @@ def _refuse_lora_under_fsdp(recipe: Recipe, env: dict[str, str]) -> None:
                 "peft.method: none"
             ]
         )
+
+
+def _fsdp_requested(recipe: Recipe, env: dict[str, str]) -> bool:
+    from .fsdp import fsdp_launched
+
+    return bool(recipe.training.get("fsdp")) or fsdp_launched(env)
+
+
+def _refuse_fsdp_on_cpu(recipe: Recipe, device_type: str, env: dict[str, str]) -> None:
+    from .fsdp import cpu_problem
+
+    if device_type == "cpu" and _fsdp_requested(recipe, env):
+        where = "training.fsdp" if recipe.training.get("fsdp") else "accelerate launch with an FSDP config"
+        raise RecipeError([cpu_problem(where)])
+
+
+def _refuse_fsdp_that_shards_nothing(model: Any, env: dict[str, str]) -> None:
+    from .fsdp import wrap_problem
+
+    problem = wrap_problem(model, env)
+    if problem:
+        raise RecipeError([problem])
 
 
 def _with_strategy_defaults(recipe: Recipe) -> Recipe:
@@ -264,6 +286,7 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
         else:
             data, found = _check_duplicates(data, recipe, task)
         built = task.build_model(recipe.model, data.label_names, label_format=data.label_format)
+        _refuse_fsdp_that_shards_nothing(built.model, dict(os.environ))
         if recipe.peft.enabled:  # the plan only says which blocks; peft decides what trains (lora.wrap)
             plan, transfer_callbacks = transfer.plan_transfer(built.model, recipe.transfer), []
         else:

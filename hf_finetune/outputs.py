@@ -410,6 +410,7 @@ def run_info(
     import torch
 
     from .formats import label_counts
+    from .fsdp import parallelism
 
     rows = {}
     for name, ds in splits.items():
@@ -430,7 +431,12 @@ def run_info(
         "data": description,
         "label_format": label_format,
         "splits": rows,
-        "hardware": {"device": device, "processes": args.world_size, "precision": precision},
+        "hardware": {
+            "device": device,
+            "processes": args.world_size,
+            "parallelism": parallelism(args.world_size, args.fsdp, dict(os.environ)),
+            "precision": precision,
+        },
         "versions": versions,
         "wall_time_s": round(seconds, 1),
         "best_checkpoint": best,

@@ -149,6 +149,8 @@ def sync_with_checkpoint(model: PreTrainedModel, checkpoint: str | Path) -> list
         return _sync_with_adapter(model, checkpoint)
     reference = type(model).from_pretrained(str(checkpoint)).state_dict()
     current = model.state_dict()
+    if any(type(v).__name__ == "DTensor" for v in current.values()):
+        return _sync_sharded(current, reference, checkpoint)
 
     def mismatched() -> list[str]:
         return [
@@ -167,6 +169,47 @@ def sync_with_checkpoint(model: PreTrainedModel, checkpoint: str | Path) -> list
             raise HFFinetuneError(
                 f"{len(still)} tensors still differ from {checkpoint} after reloading (e.g. {still[0]})"
             )
+    return wrong
+
+
+def _sync_sharded(
+    current: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], checkpoint: str | Path
+) -> list[str]:
+    """`sync_with_checkpoint` under FSDP2, whose parameters are DTensors sharded across the processes: each process
+    compares and repairs only its own shard, against the same slice of the checkpoint (cut locally, no collective),
+    so no process gathers the trained model. The checkpoint itself is read whole on each process, on the CPU, for
+    a moment: `from_pretrained` is what knows the renamed keys. Returns what had differed on any process."""
+    import torch
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    def views(key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        mine, theirs = current.get(key), reference[key]
+        if mine is None or mine.shape != theirs.shape:
+            return None
+        theirs = theirs.to(mine.device, mine.dtype)
+        if isinstance(mine, DTensor):
+            sliced = distribute_tensor(theirs, mine.device_mesh, mine.placements, src_data_rank=None)
+            return mine.to_local(), sliced.to_local()
+        return mine, theirs
+
+    pairs = {key: views(key) for key in reference}
+
+    def mismatched() -> list[str]:
+        return [k for k, pair in pairs.items() if pair is None or not torch.equal(*pair)]
+
+    wrong = mismatched()
+    with torch.no_grad():
+        for key in wrong:
+            if pairs[key] is not None:
+                pairs[key][0].copy_(pairs[key][1])
+    still = mismatched()
+    if torch.distributed.is_initialized():  # one answer for every process: each saw only its own shard
+        everyone: list[tuple[list[str], list[str]] | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, (wrong, still))
+        wrong = sorted({k for w, _ in everyone for k in w})
+        still = sorted({k for _, s in everyone for k in s})
+    if still:
+        raise HFFinetuneError(f"{len(still)} tensors still differ from {checkpoint} after reloading (e.g. {still[0]})")
     return wrong
 
 
