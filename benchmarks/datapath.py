@@ -67,9 +67,9 @@ def class_folder(name: str) -> str:
 def png_folder(cache: Path, n_train: int, n_test: int) -> Path:
     """`cache`/fashion-png-<train>-<test>/{train,validation,test}/<class>/<row>.png, written when missing.
 
-    train: the first `n_train` official training images (the file order is already shuffled), validation: 200 of
-    the remaining ones (so nothing is carved out of train and every side trains on the same images), test: the first
-    `n_test` official test images.
+    train: the first `n_train` official training images (the file order is already shuffled); validation: the last
+    200 official test images (so nothing is carved out of train and every side trains on the same images; unused by
+    the timed loop); test: the first `n_test` official test images.
     """
     from PIL import Image
 
@@ -82,12 +82,12 @@ def png_folder(cache: Path, n_train: int, n_test: int) -> Path:
     started = time.perf_counter()
     train_images, train_labels = read_fashion_mnist("train")
     test_images, test_labels = read_fashion_mnist("t10k")
-    if n_train > len(train_labels) - 200 or n_test > len(test_labels):
+    if n_train > len(train_labels) or n_test > len(test_labels):
         raise SystemExit(f"Fashion-MNIST has {len(train_labels)} train and {len(test_labels)} test images")
-    val_rows = range(len(train_labels) - 200, len(train_labels))
+    val_rows = range(len(test_labels) - 200, len(test_labels))
     parts = {
         "train": (train_images, train_labels, range(n_train)),
-        "validation": (train_images, train_labels, val_rows),
+        "validation": (test_images, test_labels, val_rows),
         "test": (test_images, test_labels, range(n_test)),
     }
     for split, (images, labels, rows) in parts.items():
@@ -199,9 +199,14 @@ def run_toolkit(folder: Path, workers: int, memory: PeakMemory, keep: Path | Non
             model.load_state_dict(reference)  # in place: Trainer's optimizer keeps these parameters
             memory.phase = "train"
             marks["begin"] = marks["end"] = time.perf_counter()
+            marks["step_s"] = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            marks["step_begin"] = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             marks["end"] = time.perf_counter()
+            marks["step_s"] += marks["end"] - marks["step_begin"]
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             memory.phase = "final evaluation and saving"
@@ -211,6 +216,7 @@ def run_toolkit(folder: Path, workers: int, memory: PeakMemory, keep: Path | Non
         result = hf_finetune.finetune(toolkit_recipe(folder, out, workers), callbacks=[Timer()])
     return {
         "loop_s": marks["end"] - marks["begin"],
+        "step_s": marks["step_s"],
         "train_loss": result.metrics["train"]["train_loss"],
         "test_accuracy": next(v for k, v in result.metrics["test"].items() if k.endswith("accuracy")),
     }
@@ -238,10 +244,11 @@ def train_loop(model: Any, batches: Any, workers: int, memory: PeakMemory) -> di
 
     optimizer = optimizer_for(model, workers)
     model.train()
-    loss_sum, steps = torch.zeros(()), 0
+    loss_sum, steps, step_s = torch.zeros(()), 0, 0.0
     memory.phase = "train"
     begin = time.perf_counter()
     for pixels, labels in batches():
+        step_begin = time.perf_counter()
         loss = model(pixel_values=pixels, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # Trainer's max_grad_norm default
@@ -249,8 +256,9 @@ def train_loop(model: Any, batches: Any, workers: int, memory: PeakMemory) -> di
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
         steps += 1
+        step_s += time.perf_counter() - step_begin
     loop_s = time.perf_counter() - begin
-    return {"loop_s": loop_s, "train_loss": float(loss_sum) / steps}
+    return {"loop_s": loop_s, "step_s": step_s, "train_loss": float(loss_sum) / steps}
 
 
 def run_folder(folder: Path, workers: int, memory: PeakMemory) -> dict[str, Any]:
@@ -412,11 +420,17 @@ def compare_lines(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, floa
         "toolkit / folder (target >= 1.0)": rates["toolkit"] / rates["folder"],
         "memory / toolkit (target <= 1.3)": rates["memory"] / rates["toolkit"],
     }
-    lines = ["| side | images/s, median [min–max] | train loss | peak RSS in training (MB) |", "|---|---:|---:|---:|"]
+    lines = [
+        "| side | images/s, median [min–max] | step µs / image | fetch + loop µs / image | train loss "
+        "| peak RSS in training (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for side in SIDES:
         mine = [r for r in runs if r["side"] == side]
+        step = statistics.median(1e6 * r["step_s"] / r["n_train"] for r in mine)
+        rest = statistics.median(1e6 * (r["loop_s"] - r["step_s"]) / r["n_train"] for r in mine)
         lines.append(
-            f"| {side} | {_common.median_range([r['images_per_s'] for r in mine])} | "
+            f"| {side} | {_common.median_range([r['images_per_s'] for r in mine])} | {step:.0f} | {rest:.0f} | "
             f"{statistics.median(r['train_loss'] for r in mine):.3f} | "
             f"{statistics.median(r['peak_rss_mb'].get('train', 0) for r in mine):.0f} |"
         )
@@ -426,12 +440,12 @@ def compare_lines(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, floa
 
 def runs_lines(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| run | side | train images | loop (s) | images/s | peak RSS train (MB) | load 1m |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| run | side | train images | loop (s) | of which steps (s) | images/s | peak RSS train (MB) | load 1m |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(runs, 1):
         lines.append(
-            f"| {i} | {r['side']} | {r['n_train']} | {r['loop_s']:.2f} | {r['images_per_s']:.0f} | "
+            f"| {i} | {r['side']} | {r['n_train']} | {r['loop_s']:.2f} | {r['step_s']:.2f} | {r['images_per_s']:.0f} | "
             f"{r['peak_rss_mb'].get('train', 0):.0f} | {r['load_avg_1m']:.2f} |"
         )
     return lines
