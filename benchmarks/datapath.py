@@ -16,8 +16,10 @@ of the 1k-trained model on a test folder of `--eval-size` images and on one 10x 
 The PNG folders are written once from the Debian package dataset-fashion-mnist into ~/.cache/hf_finetune-bench
 (`--cache-dir`) and reused; the script writes them when missing. Timed span on every side: the start of the training
 loop (Trainer: `on_train_begin`) → the end of the last optimizer step, DataLoader worker start-up included. Peak
-memory: the largest sum of the resident set sizes of the run's process and its DataLoader workers, sampled every
-20 ms. Results: results/datapath_cpu.md and .json, with the 1-minute load average before every run.
+memory: the largest sum of the proportional set sizes (PSS: shared pages split between the processes sharing them,
+so a forked worker's copy-on-write pages count once) of the run's process and its DataLoader workers, sampled every
+100 ms (reading PSS takes a few ms, so not more often). Results: results/datapath_cpu.md and .json, with the 1-minute
+load average before every run.
 """
 
 from __future__ import annotations
@@ -105,9 +107,10 @@ def png_folder(cache: Path, n_train: int, n_test: int) -> Path:
 
 
 class PeakMemory:
-    """Largest RSS of this process plus its children (DataLoader workers), per named phase, sampled in a thread."""
+    """Largest memory of this process plus its children (DataLoader workers), per named phase, sampled in a thread:
+    the sum of their proportional set sizes (PSS; RSS where the platform has no PSS)."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, interval: float = 0.1) -> None:
         import psutil
 
         self._proc = psutil.Process()
@@ -117,18 +120,20 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
 
-    def rss_mb(self) -> float:
+    def memory_mb(self) -> float:
         import psutil
 
         total = 0
         for p in [self._proc, *self._proc.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # a worker that just exited
-                total += p.memory_info().rss
+                # PSS: pages the forked workers share with the main process counted once, not once per process
+                info = p.memory_full_info()
+                total += getattr(info, "pss", info.rss)
         return total / 2**20
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
-            mb = self.rss_mb()
+            mb = self.memory_mb()
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), mb)
             time.sleep(interval)
 
@@ -323,7 +328,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         out = run_memory(folder, spec["workers"], memory)
     else:
         out = run_eval(Path(spec["model_dir"]), folder, memory)
-    out["peak_rss_mb"] = memory.stop()
+    out["peak_memory_mb"] = memory.stop()
     if "loop_s" in out:
         out["images_per_s"] = spec["n_train"] / out["loop_s"]
     return out
@@ -422,7 +427,7 @@ def compare_lines(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, floa
     }
     lines = [
         "| side | images/s, median [min–max] | step µs / image | fetch + loop µs / image | train loss "
-        "| peak RSS in training (MB) |",
+        "| peak PSS in training (MB) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for side in SIDES:
@@ -432,7 +437,7 @@ def compare_lines(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, floa
         lines.append(
             f"| {side} | {_common.median_range([r['images_per_s'] for r in mine])} | {step:.0f} | {rest:.0f} | "
             f"{statistics.median(r['train_loss'] for r in mine):.3f} | "
-            f"{statistics.median(r['peak_rss_mb'].get('train', 0) for r in mine):.0f} |"
+            f"{statistics.median(r['peak_memory_mb'].get('train', 0) for r in mine):.0f} |"
         )
     lines += ["", *(f"- {name}: **{value:.3f}**" for name, value in ratios.items())]
     return lines, ratios
@@ -440,13 +445,13 @@ def compare_lines(runs: list[dict[str, Any]]) -> tuple[list[str], dict[str, floa
 
 def runs_lines(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| run | side | train images | loop (s) | of which steps (s) | images/s | peak RSS train (MB) | load 1m |",
+        "| run | side | train images | loop (s) | of which steps (s) | images/s | peak PSS train (MB) | load 1m |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(runs, 1):
         lines.append(
             f"| {i} | {r['side']} | {r['n_train']} | {r['loop_s']:.2f} | {r['step_s']:.2f} | {r['images_per_s']:.0f} | "
-            f"{r['peak_rss_mb'].get('train', 0):.0f} | {r['load_avg_1m']:.2f} |"
+            f"{r['peak_memory_mb'].get('train', 0):.0f} | {r['load_avg_1m']:.2f} |"
         )
     return lines
 
@@ -454,19 +459,19 @@ def runs_lines(runs: list[dict[str, Any]]) -> list[str]:
 def scaling_lines(runs: list[dict[str, Any]]) -> list[str]:
     base = runs[0]
     lines = [
-        "| train images | epoch (s) | s per 1k images | images/s | peak RSS in training (MB) | test accuracy "
+        "| train images | epoch (s) | s per 1k images | images/s | peak PSS in training (MB) | test accuracy "
         "| load 1m |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(
             f"| {r['n_train']} | {r['loop_s']:.1f} | {1000 * r['loop_s'] / r['n_train']:.2f} | "
-            f"{r['images_per_s']:.0f} | {r['peak_rss_mb'].get('train', 0):.0f} | {r['test_accuracy']:.3f} | "
+            f"{r['images_per_s']:.0f} | {r['peak_memory_mb'].get('train', 0):.0f} | {r['test_accuracy']:.3f} | "
             f"{r['load_avg_1m']:.2f} |"
         )
     last = runs[-1]
     growth = (last["loop_s"] / base["loop_s"]) / (last["n_train"] / base["n_train"])
-    memory = last["peak_rss_mb"].get("train", 0) / base["peak_rss_mb"].get("train", 1)
+    memory = last["peak_memory_mb"].get("train", 0) / base["peak_memory_mb"].get("train", 1)
     lines += [
         "",
         f"- time per image at {last['n_train']} / at {base['n_train']}: **{growth:.2f}** (1.0 = linear)",
@@ -477,17 +482,17 @@ def scaling_lines(runs: list[dict[str, Any]]) -> list[str]:
 
 def eval_lines(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| eval images | eval (s) | accuracy | peak RSS in evaluation (MB) | load 1m |",
+        "| eval images | eval (s) | accuracy | peak PSS in evaluation (MB) | load 1m |",
         "|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         accuracy = next((v for k, v in r["metrics"].items() if k.endswith("accuracy")), float("nan"))
         lines.append(
-            f"| {r['n_test']} | {r['eval_s']:.1f} | {accuracy:.3f} | {r['peak_rss_mb'].get('eval', 0):.0f} | "
+            f"| {r['n_test']} | {r['eval_s']:.1f} | {accuracy:.3f} | {r['peak_memory_mb'].get('eval', 0):.0f} | "
             f"{r['load_avg_1m']:.2f} |"
         )
     small, large = runs[0], runs[-1]
-    ratio = large["peak_rss_mb"].get("eval", 0) / small["peak_rss_mb"].get("eval", 1)
+    ratio = large["peak_memory_mb"].get("eval", 0) / small["peak_memory_mb"].get("eval", 1)
     lines += [
         "",
         f"- peak evaluation memory, {large['n_test']} / {small['n_test']} images: **{ratio:.2f}** (1.0 = flat)",
@@ -550,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = png_folder(args.cache_dir, n, SMALL_EVAL)
             keep = {"keep": model_dir} if i == 0 else {}
             scaling.append(spawn({**common, **keep, "side": "toolkit", "folder": str(folder), "n_train": n}))
-            print(f"scaling {n}: {scaling[-1]['loop_s']:.1f} s, {scaling[-1]['peak_rss_mb']}", flush=True)
+            print(f"scaling {n}: {scaling[-1]['loop_s']:.1f} s, {scaling[-1]['peak_memory_mb']}", flush=True)
         evals = []
         for n_test in (args.eval_size, 10 * args.eval_size):
             folder = png_folder(args.cache_dir, 0, n_test)
@@ -559,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                     {**common, "side": "eval", "folder": str(folder / "test"), "model_dir": model_dir, "n_test": n_test}
                 )
             )
-            print(f"eval {n_test}: {evals[-1]['eval_s']:.1f} s, {evals[-1]['peak_rss_mb']}", flush=True)
+            print(f"eval {n_test}: {evals[-1]['eval_s']:.1f} s, {evals[-1]['peak_memory_mb']}", flush=True)
 
     machine = _common.machine_info(PACKAGES, threads=args.threads, workers=args.num_workers)
     compare_md, ratios = compare_lines(compare)

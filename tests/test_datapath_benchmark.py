@@ -32,7 +32,7 @@ def test_datapath_benchmark_smallest_setting(tmp_path: Path) -> None:
     assert all(r["n_train"] == 400 and r["step_s"] < r["loop_s"] for r in results["compare"])
     assert [r["n_train"] for r in results["scaling"]] == [200, 400]
     assert [r["n_test"] for r in results["eval"]] == [30, 300]
-    assert all(r["peak_rss_mb"]["eval"] > 100 for r in results["eval"])
+    assert all(r["peak_memory_mb"]["eval"] > 100 for r in results["eval"])
     # every side started from the same weights and saw the same images: the hand-written sides' losses are finite
     # and the toolkit's model, trained on 200 images, beats chance (10 classes) on the test folder
     assert all(math.isfinite(r["train_loss"]) for r in results["compare"])
