@@ -143,6 +143,14 @@ def _blocks_accelerate_wraps(model, cls_to_wrap: str | None = None) -> set[str]:
         auto_wrap_policy="TRANSFORMER_BASED_WRAP",
         transformer_cls_names_to_wrap=[cls_to_wrap] if cls_to_wrap else None,
     )
+    # as accelerate's fsdp2_prepare_model does: the plugin first takes the model's block names, then the policy
+    try:
+        plugin.set_auto_wrap_policy(model)
+    except ValueError as error:
+        # accelerate 1.8 (the lowest pinned) raises on a `_no_split_modules` name the model lacks (TimmWrapper's
+        # TimmWrapperModel) where later ones drop the name: either way no block gets a unit of its own
+        assert "Could not find the transformer layer class" in str(error)
+        return set()
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     return {type(m).__name__ for m in model.modules() if m is not model and policy(m)}
 
