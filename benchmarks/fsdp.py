@@ -43,7 +43,8 @@ def _build(kind: str, folder: Path, hidden: int, layers: int) -> None:
 
 def _run(model_dir: Path, out: Path, processes: int, steps: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    launcher = torchrun if processes > 1 else []
     command = [sys.executable, *launcher, str(SCRIPT), str(model_dir), str(out), str(steps)]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:

@@ -32,7 +32,11 @@ def _env() -> dict[str, str]:
 
 
 def _torch_fsdp(model_dir: Path, out: Path, processes: int) -> dict:
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
+    # --standalone: a free rendezvous port, not torchrun's fixed 29500 that another test's processes may hold (a rank
+    # of one group joining the other's aborted this test under pytest -n 2)
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
+    )
     command = [sys.executable, *launcher, str(SCRIPT), str(model_dir), str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -75,7 +79,7 @@ def test_the_weight_check_repairs_each_ranks_own_shard_under_fsdp2(
     """The best-model and resume check (`sync_with_checkpoint`) on DTensor parameters: each rank compares and
     repairs only its shard (ViT: through transformers' renamed keys), and every rank hears the same list."""
     model_dir = tiny_vit_dir if model == "vit" else tiny_bert_dir
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SYNC_SCRIPT)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SYNC_SCRIPT)]
     # as under the shipped config (cpu_ram_efficient_loading): transformers then leaves what a checkpoint lacks on
     # the meta device on every rank but 0; the reference each rank reads must still be the whole checkpoint
     env = {**_env(), "ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
