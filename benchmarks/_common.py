@@ -206,3 +206,33 @@ def fashion_mnist_subset(folder: Path, per_class: tuple[int, int, int], seed: in
         # the exact rows drawn, so a rerun (or another script) can check it used the same subset
         "source_rows": {"train": train_rows, "validation": val_rows, "test (t10k)": test_rows},
     }
+
+
+def fetch_once(url: str, path: Path, hint: str) -> Path:
+    """`path`, downloaded from `url` the first time (a cached copy after); `hint` says how to do without the network."""
+    import urllib.request
+
+    if not path.is_file():
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                body = response.read()
+        except OSError as err:
+            raise SystemExit(f"could not fetch {url} ({err}); {hint}") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    return path
+
+
+def write_png_folders(
+    root: Path, parts: dict[str, tuple[np.ndarray, np.ndarray, Iterable[int]]], names: Sequence[str]
+) -> None:
+    """`root`/<split>/<class>/<row>.png for each split's (images, labels, rows): a user's image-folder layout, with
+    every class folder made even where a split draws none of it. A "/" in a class name ("T-shirt/top") becomes "-"."""
+    from PIL import Image
+
+    folders = [name.replace("/", "-") for name in names]
+    for split, (images, labels, rows) in parts.items():
+        for name in folders:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i in rows:
+            Image.fromarray(images[i], mode="L").save(root / split / folders[int(labels[i])] / f"{i:05d}.png")

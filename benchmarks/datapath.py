@@ -73,8 +73,6 @@ def png_folder(cache: Path, n_train: int, n_test: int) -> Path:
     200 official test images (so nothing is carved out of train and every side trains on the same images; unused by
     the timed loop); test: the first `n_test` official test images.
     """
-    from PIL import Image
-
     from hf_finetune.data.builtin import FASHION_MNIST_CLASSES, read_fashion_mnist
 
     root = cache / f"fashion-png-{n_train}-{n_test}"
@@ -92,12 +90,7 @@ def png_folder(cache: Path, n_train: int, n_test: int) -> Path:
         "validation": (test_images, test_labels, val_rows),
         "test": (test_images, test_labels, range(n_test)),
     }
-    for split, (images, labels, rows) in parts.items():
-        for name in FASHION_MNIST_CLASSES:
-            (root / split / class_folder(name)).mkdir(parents=True, exist_ok=True)
-        for i in rows:
-            folder = root / split / class_folder(FASHION_MNIST_CLASSES[labels[i]])
-            Image.fromarray(images[i], mode="L").save(folder / f"{i:05d}.png")
+    _common.write_png_folders(root, parts, FASHION_MNIST_CLASSES)
     done.write_text("")
     print(f"wrote {root} in {time.perf_counter() - started:.1f} s", flush=True)
     return root

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def timm_train_script(args: argparse.Namespace) -> tuple[Path, str]:
     if args.timm_train:
         return args.timm_train.resolve(), f"local copy {args.timm_train} (--timm-train)"
-    path = args.cache_dir / "timm_train.py"
-    if not path.is_file():
-        try:
-            with urllib.request.urlopen(TIMM_TRAIN_URL, timeout=30) as response:
-                path.write_bytes(response.read())
-        except OSError as err:
-            raise SystemExit(f"could not fetch {TIMM_TRAIN_URL} ({err}); pass --timm-train PATH") from None
+    path = _common.fetch_once(TIMM_TRAIN_URL, args.cache_dir / "timm_train.py", "pass --timm-train PATH")
     return path, TIMM_TRAIN_URL
 
 

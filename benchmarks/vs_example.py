@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -96,40 +95,26 @@ def example_script(args: argparse.Namespace) -> tuple[Path, str]:
     example = TEXT_EXAMPLE if args.text else EXAMPLE
     url = f"https://raw.githubusercontent.com/huggingface/transformers/{tag}/{example}"
     path = args.cache_dir / "examples" / tag / Path(example).name
-    if not path.is_file():
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                text = response.read()
-        except OSError as err:
-            raise SystemExit(f"could not fetch {url} ({err}); pass a local copy with --example PATH") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text)
-    return path, url
+    return _common.fetch_once(url, path, "pass a local copy with --example PATH"), url
 
 
 def image_tree(root: Path, per_class: tuple[int, int, int], seed: int) -> Path:
     """train/validation/test class folders of Fashion-MNIST PNGs (written once, reused)."""
-    from PIL import Image
-
     from hf_finetune.data.builtin import FASHION_MNIST_CLASSES, read_fashion_mnist
 
     folder = root / f"fashion-mnist-{'-'.join(map(str, per_class))}-seed{seed}"
     if (folder / ".done").is_file():
         return folder
-    names = [n.replace("/", "-") for n in FASHION_MNIST_CLASSES]  # "T-shirt/top" is not a folder name
     train_images, train_labels = read_fashion_mnist("train")
     test_images, test_labels = read_fashion_mnist("t10k")
     train_rows, val_rows = _common.stratified(train_labels, per_class[:2], seed)
     (test_rows,) = _common.stratified(test_labels, per_class[2:], seed)
-    for split, images, labels, rows in (
-        ("train", train_images, train_labels, train_rows),
-        ("validation", train_images, train_labels, val_rows),
-        ("test", test_images, test_labels, test_rows),
-    ):
-        for i in rows:
-            out = folder / split / names[int(labels[i])] / f"{i:05d}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i], mode="L").save(out)
+    parts = {
+        "train": (train_images, train_labels, train_rows),
+        "validation": (train_images, train_labels, val_rows),
+        "test": (test_images, test_labels, test_rows),
+    }
+    _common.write_png_folders(folder, parts, FASHION_MNIST_CLASSES)
     (folder / ".done").write_text("")
     return folder
 
@@ -199,25 +184,13 @@ def text_model() -> Path:
 def text_recipe(args: argparse.Namespace, files: dict[str, Path], model: Path, out: Path) -> Path:
     """Dynamic padding (the default) capped at the example's --max_seq_length 128; model.pooling cls, so that both
     train the same BertForSequenceClassification ([CLS] pooler and head) rather than the toolkit's mean pooling."""
-    import yaml
-
     recipe = {
         "task": "text-classification",
         "model": {"name": str(model), "pooling": "cls"},
         "data": {"files": {k: str(v) for k, v in files.items()}},
         "tokenization": {"max_length": 128},
-        "training": {
-            "output_dir": str(out),
-            "num_train_epochs": args.epochs,
-            "per_device_train_batch_size": args.batch,
-            "per_device_eval_batch_size": args.batch,
-            "learning_rate": args.lr,
-            "seed": args.seed,
-        },
     }
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
+    return write_recipe(recipe, args, out)
 
 
 def text_example_command(args: argparse.Namespace, script: Path, launcher: Path, model: Path, files: dict, out: Path):
@@ -275,25 +248,30 @@ runpy.run_path(script, run_name="__main__")
 '''
 
 
-def toolkit_recipe(args: argparse.Namespace, data: Path, out: Path) -> Path:
+def write_recipe(recipe: dict[str, Any], args: argparse.Namespace, out: Path) -> Path:
+    """`recipe` with the training settings both sides share, written beside `out` as <out>.yaml."""
     import yaml
 
-    recipe = {
-        "task": "image-classification",
-        "model": {"name": "timm:resnet18", "pretrained": False, "image_size": 32},
-        "data": {"source": str(data)},
-        "training": {
-            "output_dir": str(out),
-            "num_train_epochs": args.epochs,
-            "per_device_train_batch_size": args.batch,
-            "per_device_eval_batch_size": args.batch,
-            "learning_rate": args.lr,
-            "seed": args.seed,
-        },
+    recipe["training"] = {
+        "output_dir": str(out),
+        "num_train_epochs": args.epochs,
+        "per_device_train_batch_size": args.batch,
+        "per_device_eval_batch_size": args.batch,
+        "learning_rate": args.lr,
+        "seed": args.seed,
     }
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def toolkit_recipe(args: argparse.Namespace, data: Path, out: Path) -> Path:
+    recipe = {
+        "task": "image-classification",
+        "model": {"name": "timm:resnet18", "pretrained": False, "image_size": 32},
+        "data": {"source": str(data)},
+    }
+    return write_recipe(recipe, args, out)
 
 
 def example_command(args: argparse.Namespace, script: Path, launcher: Path, model: Path, data: Path, out: Path):
