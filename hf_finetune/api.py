@@ -353,8 +353,12 @@ def _consumed_rows(resume: str | None, args: TrainingArguments) -> int:
     if resume is None or not args.ignore_data_skip:
         return 0
     state = json.loads((Path(resume) / "trainer_state.json").read_text())
-    step = int(state.get("global_step", 0))
-    return step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    return int(state.get("global_step", 0)) * _rows_per_step(args)
+
+
+def _rows_per_step(args: TrainingArguments) -> int:
+    """Train rows one optimizer step consumes, all processes together."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
 
 
 def _sampled(data: LoadedData, spec: DataSpec) -> LoadedData:
@@ -384,7 +388,7 @@ def _set_stream_max_steps(recipe: Recipe, args: TrainingArguments, stream: Any) 
                 "Hub dataset with split info"
             ]
         )
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    per_step = _rows_per_step(args)
     epochs = int(recipe.training.get("num_train_epochs", 3))
     args.max_steps = math.ceil(stream.num_examples / per_step) * epochs
     logger.info(
