@@ -16,10 +16,13 @@ PNG class-folder tree: train (900 per class) and validation (100 per class) from
 class) from t10k: 12,000 files. The example trains on train and evaluates on validation (its --validation_dir); its
 test accuracy is measured afterwards by this script with the example's own validation transforms (not timed).
 
-Measured per run: wall time from process start to exit, peak resident memory summed over the process tree (psutil,
-polled every 0.1 s; DataLoader workers included), Trainer's own `train_runtime` (so the fixed cost before and after
-the training loop is wall − train_runtime), test accuracy, and the 1-minute load average before and after (other
-processes on a shared machine stretch every figure; the ratio of two runs taken side by side holds better).
+Measured per run: wall time from process start to exit, peak memory summed over the process tree (psutil, polled
+every 0.1 s; DataLoader workers included) both as RSS and as PSS (proportional set size: a page a forked DataLoader
+worker shares with its parent counts once, split between them; RSS counts it in each, so RSS overstates a run with
+workers against one without — the example's default is 0 workers, the toolkit's 1 on 2 cores), Trainer's own
+`train_runtime` (so the fixed cost before and after the training loop is wall − train_runtime), test accuracy, and
+the 1-minute load average before and after (other processes on a shared machine stretch every figure; the ratio of
+two runs taken side by side holds better).
 
     python benchmarks/vs_example.py                 # 2 epochs on the 12k-file tree, toolkit then example, 1 round
     python benchmarks/vs_example.py --quick         # a 10% tree, 1 epoch: checks the plumbing in about a minute
@@ -292,7 +295,8 @@ def example_command(args: argparse.Namespace, script: Path, launcher: Path, mode
 
 
 def timed(command: list[str], log: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Wall seconds and peak RSS summed over the process tree (polled), with the load average around the run."""
+    """Wall seconds and peak RSS and PSS summed over the process tree (polled), with the load average around the
+    run."""
     import psutil
 
     load_before = os.getloadavg()[0]
@@ -300,23 +304,31 @@ def timed(command: list[str], log: Path, env: dict[str, str]) -> dict[str, Any]:
     with log.open("w") as fh:
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
         root = psutil.Process(proc.pid)
-        peak = 0
+        peak = peak_pss = 0
         while proc.poll() is None:
-            total = 0
+            total = total_pss = 0
             try:
                 for p in [root, *root.children(recursive=True)]:
                     try:
-                        total += p.memory_info().rss
+                        info = p.memory_full_info()
                     except psutil.Error:
                         continue  # a worker that ended between listing and reading
+                    total += info.rss
+                    total_pss += getattr(info, "pss", info.rss)  # PSS is Linux-only
             except psutil.Error:
                 pass
-            peak = max(peak, total)
+            peak, peak_pss = max(peak, total), max(peak_pss, total_pss)
             time.sleep(0.1)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{command[:3]} exited {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "load_before": load_before, "load_after": os.getloadavg()[0]}
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": peak / 2**20,
+        "peak_pss_mb": peak_pss / 2**20,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def toolkit_run(args: argparse.Namespace, data: Any, work: Path, env: dict[str, str], i: int) -> dict[str, Any]:
@@ -389,17 +401,18 @@ def text_test_accuracy(predictions: Path, test_csv: Path) -> float:
 # --------------------------------------------------------------------------------------------- report
 
 
+MEASURES = ("wall_s", "peak_rss_mb", "peak_pss_mb", "train_runtime_s")
+
+
 def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    med = {
-        who: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "peak_rss_mb", "train_runtime_s")}
-        for who, rs in runs.items()
-    }
+    med = {who: {k: statistics.median(r[k] for r in rs) for k in MEASURES} for who, rs in runs.items()}
     for m in med.values():
         m["fixed_s"] = m["wall_s"] - m["train_runtime_s"]
     return {
         "median": med,
         "wall_ratio": med["toolkit"]["wall_s"] / med["example"]["wall_s"],
         "rss_ratio": med["toolkit"]["peak_rss_mb"] / med["example"]["peak_rss_mb"],
+        "pss_ratio": med["toolkit"]["peak_pss_mb"] / med["example"]["peak_pss_mb"],
         "train_loop_ratio": med["toolkit"]["train_runtime_s"] / med["example"]["train_runtime_s"],
         "test_accuracy": {who: [r["test_accuracy"] for r in rs] for who, rs in runs.items()},
     }
@@ -425,28 +438,30 @@ def markdown(args: argparse.Namespace, payload: dict[str, Any]) -> list[str]:
         *_common.machine_lines(payload["machine"], PACKAGES),
         f"- code: {_common.describe_git(payload['git'])}",
         "",
-        "| | wall s | train loop s | fixed cost s | peak RSS MB (tree) | test accuracy |",
-        "|---|---|---|---|---|---|",
+        "| | wall s | train loop s | fixed cost s | peak RSS MB (tree) | peak PSS MB (tree) | test accuracy |",
+        "|---|---|---|---|---|---|---|",
     ]
     for who in ("toolkit", "example"):
         acc = ", ".join(f"{a:.4f}" for a in s["test_accuracy"][who])
         lines.append(
             f"| {who} | {m[who]['wall_s']:.1f} | {m[who]['train_runtime_s']:.1f} | {m[who]['fixed_s']:.1f} | "
-            f"{m[who]['peak_rss_mb']:.0f} | {acc} |"
+            f"{m[who]['peak_rss_mb']:.0f} | {m[who]['peak_pss_mb']:.0f} | {acc} |"
         )
     lines += [
         "",
-        f"**toolkit / example: wall {s['wall_ratio']:.3f}x, peak RSS {s['rss_ratio']:.3f}x, training loop "
+        f"**toolkit / example: wall {s['wall_ratio']:.3f}x, peak PSS {s['pss_ratio']:.3f}x (RSS "
+        f"{s['rss_ratio']:.3f}x), training loop "
         f"{s['train_loop_ratio']:.3f}x** (medians over {args.repeats} round(s); target wall <= 1.05x)",
         "",
         "Each run, in order (1-minute load average before → after):",
         "",
-        "| run | wall s | train loop s | peak RSS MB | test acc | load |",
-        "|---|---|---|---|---|---|",
+        "| run | wall s | train loop s | peak RSS MB | peak PSS MB | test acc | load |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in payload["order"]:
         lines.append(
             f"| {r['who']} {r['round']} | {r['wall_s']:.1f} | {r['train_runtime_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['peak_pss_mb']:.0f} | "
             f"{r['test_accuracy']:.4f} | {r['load_before']:.2f} → {r['load_after']:.2f} |"
         )
     return lines
@@ -482,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             order.append({"who": who, "round": i, **r})
             print(
                 f"{who} {i}: wall {r['wall_s']:.1f} s, train {r['train_runtime_s']:.1f} s, "
-                f"RSS {r['peak_rss_mb']:.0f} MB, test acc {r['test_accuracy']:.4f}",
+                f"RSS {r['peak_rss_mb']:.0f} MB, PSS {r['peak_pss_mb']:.0f} MB, test acc {r['test_accuracy']:.4f}",
                 flush=True,
             )
     if args.text:

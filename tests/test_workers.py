@@ -172,3 +172,29 @@ def test_trainer_gives_the_transform_each_epoch_and_the_data_seed(tiny_recipe, t
     hf_finetune.finetune(recipe, callbacks=[Record()])
     steps = len(seen) // 2
     assert steps > 0 and seen == [(9, 0)] * steps + [(9, 1)] * steps
+
+
+def _freeze_count_collate(rows):
+    """Runs where the rows were decoded: the worker's count of frozen objects beside the batch."""
+    import gc
+
+    return gc.get_freeze_count()
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_worker_freezes_what_it_inherited_and_the_main_process_does_not(tiny_recipe, context):
+    # the first full collection in a forked worker would otherwise write to every inherited object's header and
+    # so copy the main process's whole Python heap into the worker (task.freeze_inherited_heap)
+    import gc
+
+    from torch.utils.data import DataLoader
+
+    train = _prepared(tiny_recipe()).splits["train"]
+    assert gc.get_freeze_count() == 0
+    in_main = [_freeze_count_collate([train[i] for i in range(3)])]
+    loader = DataLoader(
+        train, batch_size=4, collate_fn=_freeze_count_collate, num_workers=1, multiprocessing_context=context
+    )
+    in_worker = list(loader)
+    assert in_main == [0] and gc.get_freeze_count() == 0  # the main process collects as before
+    assert len(in_worker) >= 2 and all(count > 10_000 for count in in_worker), in_worker

@@ -501,6 +501,32 @@ def sample_seed(seed: int, epoch: int, row: int) -> int:
     return int.from_bytes(digest, "little")
 
 
+_frozen_in: int | None = None  # the process (pid) whose inherited objects are frozen; a forked worker inherits it
+
+
+def freeze_inherited_heap() -> None:
+    """In a DataLoader worker, once: put every object inherited from the main process in the garbage collector's
+    permanent generation (`gc.freeze`). A collection writes to the header of every object it visits, so the first
+    full collection in a forked worker copies every page of the main process's Python heap that the worker shares
+    copy-on-write: measured on a 60,000-image epoch (benchmarks/datapath.py), +66 MB in the worker and, as the
+    pages stop being shared, +66 MB in the main process, part-way through the epoch, in each worker and each epoch.
+    Freezing splices lists and touches no object. Objects the worker makes later are collected as usual; the main
+    process (no worker) is left alone; a `spawn` worker's frozen objects are the modules and the dataset it loaded,
+    which live as long as it does anyway."""
+    global _frozen_in
+    import os
+
+    if _frozen_in == os.getpid():
+        return
+    import gc
+
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is not None:
+        gc.freeze()
+        _frozen_in = os.getpid()
+
+
 class BatchTransform:
     """For `datasets.Dataset.with_transform`: rows of PIL images → `pixel_values` / `labels`.
 
@@ -527,6 +553,7 @@ class BatchTransform:
         self._seed_epoch[1] = epoch
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        freeze_inherited_heap()
         images = [to_model_mode(img, self.channels) for img in batch["image"]]
         if self._seed_epoch is None or ROW_ID not in batch:
             pixels = [self.image_fn(img) for img in images]
