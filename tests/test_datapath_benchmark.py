@@ -33,6 +33,12 @@ def test_datapath_benchmark_smallest_setting(tmp_path: Path) -> None:
     assert [r["n_train"] for r in results["scaling"]] == [200, 400]
     assert [r["n_test"] for r in results["eval"]] == [30, 300]
     assert all(r["peak_memory_mb"]["eval"] > 100 for r in results["eval"])
+    # each peak split into the heap and file-backed pages (Linux smaps_rollup), the parts summing to the whole
+    for r in results["scaling"]:
+        split = r["peak_memory_split_mb"]["train"]
+        assert split["anon"] > 100 and split["file"] > 0 and split["main"] <= split["pss"]
+        assert abs(split["anon"] + split["file"] - split["pss"]) < 2
+        assert split["pss"] == pytest.approx(r["peak_memory_mb"]["train"], abs=0.1)
     # every side started from the same weights and saw the same images: the hand-written sides' losses are finite
     # and the toolkit's model, trained on 200 images, beats chance (10 classes) on the test folder
     assert all(math.isfinite(r["train_loss"]) for r in results["compare"])
