@@ -518,6 +518,7 @@ class BatchTransform:
         self.image_fn = image_fn
         self.channels = channels
         self._seed_epoch = None if seed is None else torch.tensor([seed, 0], dtype=torch.int64).share_memory_()
+        self._stages = _split_at_normalisation(image_fn)
 
     def set_epoch(self, epoch: int, seed: int | None = None) -> None:
         if self._seed_epoch is None:
@@ -528,31 +529,92 @@ class BatchTransform:
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         images = [to_model_mode(img, self.channels) for img in batch["image"]]
-        if self._seed_epoch is None or ROW_ID not in batch:
-            pixels = [self.image_fn(img) for img in images]
-        else:
-            pixels = self._seeded(images, batch[ROW_ID])
-        out = {"pixel_values": pixels}
+        seeds = None
+        if self._seed_epoch is not None and ROW_ID in batch:
+            seed, epoch = (int(v) for v in self._seed_epoch)
+            seeds = [sample_seed(seed, epoch, int(row)) for row in batch[ROW_ID]]
+        out = {"pixel_values": self._pixels(images, seeds)}
         if "label" in batch:
             out["labels"] = batch["label"]
         return out
 
-    def _seeded(self, images: list[PIL.Image.Image], rows: list[int]) -> list[torch.Tensor]:
+    def _pixels(self, images: list[PIL.Image.Image], seeds: list[int] | None) -> list[torch.Tensor]:
+        """`image_fn` of each image, each under its own seed when `seeds` are given. A transform that ends in
+        ToImage → ToDtype(float32) → Normalize (every train transform; the eval one without a processor) has that
+        step done once on the stacked uint8 batch: per image it cost more than the rest of the transform (106 of
+        187 µs on a 28-px image, 8 µs batched). Same floats either way: the same elementwise ops, none random."""
+        import torch
+        from torchvision import tv_tensors
+
+        head, normalise, tail = self._stages or (None, None, None)
+        # unseeded, a stage after Normalize must draw right after its own image's earlier stages, as rows arrive
+        if head is None or (tail is not None and seeds is None):
+            return self._each(self.image_fn, images, seeds)
+        states: list[torch.Tensor] = []
+        raw = self._each(head, images, seeds, states if tail is not None else None)
+        if len({tuple(r.shape) for r in raw}) == 1:
+            pixels = list(normalise(tv_tensors.Image(torch.stack(raw))).unbind(0))
+        else:  # not reached by the toolkit's transforms (every one ends at a fixed size)
+            pixels = [normalise(r) for r in raw]
+        if tail is None:
+            return pixels
+        # a stage after Normalize (RandomErasing) draws from where the image's own earlier stages left its seed
+        return self._each(tail, pixels, seeds, resume=states)
+
+    @staticmethod
+    def _each(
+        fn: Callable[[Any], torch.Tensor],
+        items: list[Any],
+        seeds: list[int] | None,
+        keep: list[torch.Tensor] | None = None,
+        resume: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """`fn` of each item; with `seeds`, the generator seeded per item (or set to its `resume` state), its state
+        after each item appended to `keep`, and its own state put back at the end."""
         import torch
 
-        seed, epoch = (int(v) for v in self._seed_epoch)
+        if seeds is None:
+            return [fn(item) for item in items]
         # torchvision's transforms draw only from torch's default CPU generator; torch.manual_seed would also
         # reseed (lazily) every GPU's generator, which the training step uses
         generator = torch.default_generator
         saved = generator.get_state()
         try:
             out = []
-            for image, row in zip(images, rows, strict=True):
-                generator.manual_seed(sample_seed(seed, epoch, int(row)))
-                out.append(self.image_fn(image))
+            for i, (item, seed) in enumerate(zip(items, seeds, strict=True)):
+                if resume is None:
+                    generator.manual_seed(seed)
+                else:
+                    generator.set_state(resume[i])
+                out.append(fn(item))
+                if keep is not None:
+                    keep.append(generator.get_state())
             return out
         finally:
             generator.set_state(saved)
+
+
+def _split_at_normalisation(fn: Callable[[Any], torch.Tensor]) -> tuple[Any, Any, Any] | None:
+    """A torchvision Compose with ToImage → ToDtype(float32, scale) → Normalize as (stages up to ToImage, those two,
+    the stages after or None); None for any other transform (an image processor's: applied whole, per image)."""
+    import torch
+    from torchvision.transforms import v2 as T
+
+    if not isinstance(fn, T.Compose):
+        return None
+    stages = list(fn.transforms)
+    for i in range(len(stages) - 2):
+        to_image, to_float, normalise = stages[i : i + 3]
+        if (
+            type(to_image) is T.ToImage
+            and type(to_float) is T.ToDtype
+            and to_float.dtype == torch.float32
+            and to_float.scale
+            and type(normalise) is T.Normalize
+        ):
+            rest = stages[i + 3 :]
+            return T.Compose(stages[: i + 1]), T.Compose([to_float, normalise]), T.Compose(rest) if rest else None
+    return None
 
 
 def make_batch_transform(
