@@ -528,7 +528,9 @@ class BatchTransform:
         self._seed_epoch[1] = epoch
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        images = [to_model_mode(img, self.channels) for img in batch["image"]]
+        images = _cached_images(batch, self.channels) if PIXELS in batch else None
+        if images is None:
+            images = [to_model_mode(img, self.channels) for img in batch["image"]]
         seeds = None
         if self._seed_epoch is not None and ROW_ID in batch:
             seed, epoch = (int(v) for v in self._seed_epoch)
@@ -624,6 +626,64 @@ def make_batch_transform(
     return BatchTransform(image_fn, channels, seed)
 
 
+# data.cache: decoded: each image as `to_model_mode` makes it, at its own size, stored in the split's Arrow table
+PIXELS = "__hf_finetune_pixels__"  # the raw uint8 bytes, rows of width × channels
+WIDTH = "__hf_finetune_width__"
+HEIGHT = "__hf_finetune_height__"
+CACHES = ("off", "decoded")  # data.cache
+DECODE_BATCH = 100  # images per map batch and per Arrow record batch: what one decoding step holds in memory
+
+
+class DecodeImages:
+    """For `Dataset.map(batched=True)`: the `image` column → `PIXELS`, `WIDTH`, `HEIGHT`. Module-level, so
+    datasets' fingerprint of the map (which names the cache file) hashes this instance's attributes: the channels and
+    `pixels`, the description of how the stored pixels are made."""
+
+    def __init__(self, channels: int):
+        self.channels = channels
+        # change this whenever to_model_mode (or anything else shaping the stored pixels) changes: runs would
+        # otherwise reuse caches of pixels made the old way
+        self.pixels = "to_model_mode v1: EXIF orientation applied, convert('RGB'), then 'L' for 1 channel; own size"
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        images = [to_model_mode(img, self.channels) for img in batch["image"]]
+        return {
+            PIXELS: [img.tobytes() for img in images],
+            WIDTH: [img.width for img in images],
+            HEIGHT: [img.height for img in images],
+        }
+
+
+def _cached_images(batch: dict[str, list[Any]], channels: int) -> list[PIL.Image.Image]:
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    stored = zip(batch[PIXELS], batch[WIDTH], batch[HEIGHT], strict=True)
+    return [Image.frombytes(mode, (w, h), data) for data, w, h in stored]
+
+
+def cache_decoded(ds: Dataset, channels: int) -> Dataset:
+    """`ds` with each image decoded once into Arrow (`DecodeImages`) instead of its encoded file: epochs then skip
+    decoding. `Dataset.map`'s own cache: a later run on the same data and channels reuses the file. The pixels are
+    exactly those the transforms would get from decoding (same conversion, no resize); on disk each image takes
+    width × height × channels bytes."""
+    from datasets import Value
+
+    features = ds.features.copy()
+    del features["image"]
+    features[PIXELS] = Value("large_binary")  # one Arrow chunk of large images can pass binary's 2 GiB offsets
+    features[WIDTH] = features[HEIGHT] = Value("int32")
+    return ds.map(
+        DecodeImages(channels),
+        batched=True,
+        batch_size=DECODE_BATCH,
+        writer_batch_size=DECODE_BATCH,
+        remove_columns=["image"],
+        features=features,
+        desc=f"data.cache: decoded ({ds.split or 'split'})",
+    )
+
+
 def with_row_ids(ds: Dataset) -> Dataset:
     """`ds` with a `ROW_ID` column: each row's number in the underlying Arrow table, stable across runs, processes
     and resumes. Added beside the table without copying it: `Dataset.add_column` would first rewrite a split or
@@ -675,12 +735,17 @@ def training_defaults() -> dict[str, Any]:
 def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareSettings) -> Prepared:
     """Decode + transform on the fly (`with_transform`): train with the recipe's augmentation, the rest as eval."""
     channels = built.preprocess.channels
+    if settings.cache not in CACHES:
+        raise DataError(f"data.cache: {settings.cache!r}; expected 'off' (decode each epoch) or 'decoded'")
+    decoded = settings.cache == "decoded"
     train_fn = BatchTransform(
         build_train_transform(built.preprocess, settings.augmentation), channels, seed=settings.seed
     )
     eval_fn = BatchTransform(build_eval_transform(built), channels)
     ready = {
-        name: _train_split(ds, train_fn) if name == "train" else ds.with_transform(eval_fn)
+        name: _train_split(ds, train_fn, decoded)
+        if name == "train"
+        else (cache_decoded(ds, channels) if decoded else ds).with_transform(eval_fn)
         for name, ds in splits.items()
     }
     problem_type = built.model.config.problem_type
@@ -689,16 +754,19 @@ def prepare(built: BuiltModel, splits: Mapping[str, Dataset], settings: PrepareS
     return Prepared(ready, collator)
 
 
-def _train_split(ds: Any, train_fn: BatchTransform) -> Any:
-    """Map-style: decoded and augmented on the fly, each row's draw seeded by its row id. data.streaming: the stream
-    is decoded and augmented as it is read (`IterableDataset.map`); a stream has no stable row ids, so augmentation
-    draws from torch's generator in the order rows arrive."""
+def _train_split(ds: Any, train_fn: BatchTransform, decoded: bool = False) -> Any:
+    """Map-style: decoded (or read from the `decoded` cache) and augmented on the fly, each row's draw seeded by its
+    row id. data.streaming: the stream is decoded and augmented as it is read (`IterableDataset.map`); a stream has no
+    stable row ids, so augmentation draws from torch's generator in the order rows arrive."""
     import datasets
 
     if isinstance(ds, datasets.IterableDataset):
+        if decoded:  # the recipe check refuses it first
+            raise DataError("data.cache: decoded needs a map-style train split; a stream is read once, as it arrives")
         unseeded = BatchTransform(train_fn.image_fn, train_fn.channels)
         return ds.map(unseeded, batched=True, remove_columns=["image", "label"])
-    return with_row_ids(ds).with_transform(train_fn)
+    numbered = with_row_ids(ds)  # before caching: a row keeps its number (its seeds) in the uncached table
+    return (cache_decoded(numbered, train_fn.channels) if decoded else numbered).with_transform(train_fn)
 
 
 def predict(
