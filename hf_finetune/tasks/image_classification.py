@@ -528,8 +528,9 @@ class BatchTransform:
         self._seed_epoch[1] = epoch
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        images = _cached_images(batch, self.channels) if PIXELS in batch else None
-        if images is None:
+        if PIXELS in batch:  # data.cache: decoded (already converted as to_model_mode converts)
+            images = _cached_images(batch, self.channels)
+        else:
             images = [to_model_mode(img, self.channels) for img in batch["image"]]
         seeds = None
         if self._seed_epoch is not None and ROW_ID in batch:
