@@ -194,12 +194,13 @@ def optimizer_for(model: Any, workers: int) -> Any:
     return cls(model.parameters(), **kwargs)
 
 
-def toolkit_recipe(folder: Path, out: str, workers: int, epochs: int = 1) -> dict[str, Any]:
+def toolkit_recipe(folder: Path, out: str, workers: int, epochs: int = 1, cache: str = "off") -> dict[str, Any]:
     return {
         "name": "bench-datapath",
         "model": {"name": "simple_cnn", "pretrained": False, "image_size": 28, "config": dict(CNN)},
-        # the pre-flight checks read every file once before training; not what is measured here
-        "data": {"source": str(folder), "check_images": False, "duplicates": "off"},
+        # the pre-flight checks read every file once before training; not what is measured here (nor is data.cache's
+        # decoding pass, which runs before the training loop)
+        "data": {"source": str(folder), "check_images": False, "duplicates": "off", "cache": cache},
         "augmentation": {"horizontal_flip": FLIP},
         "training": {
             "output_dir": out,
@@ -218,7 +219,9 @@ def toolkit_recipe(folder: Path, out: str, workers: int, epochs: int = 1) -> dic
     }
 
 
-def run_toolkit(folder: Path, workers: int, memory: PeakMemory, keep: Path | None) -> dict[str, Any]:
+def run_toolkit(
+    folder: Path, workers: int, memory: PeakMemory, keep: Path | None, cache: str = "off"
+) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     import hf_finetune
@@ -245,7 +248,7 @@ def run_toolkit(folder: Path, workers: int, memory: PeakMemory, keep: Path | Non
 
     with tempfile.TemporaryDirectory(prefix="bench-datapath-") as tmp:
         out = str(keep) if keep else tmp
-        result = hf_finetune.finetune(toolkit_recipe(folder, out, workers), callbacks=[Timer()])
+        result = hf_finetune.finetune(toolkit_recipe(folder, out, workers, cache=cache), callbacks=[Timer()])
     return {
         "loop_s": marks["end"] - marks["begin"],
         "step_s": marks["step_s"],
@@ -348,7 +351,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     folder = Path(spec["folder"])
     if spec["side"] == "toolkit":
         keep = Path(spec["keep"]) if spec.get("keep") else None
-        out = run_toolkit(folder, spec["workers"], memory, keep)
+        out = run_toolkit(folder, spec["workers"], memory, keep, spec.get("data_cache", "off"))
     elif spec["side"] == "folder":
         out = run_folder(folder, spec["workers"], memory)
     elif spec["side"] == "memory":
@@ -555,6 +558,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-size", type=int, default=1000, help="the small evaluation set; the large is 10x")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (every side)")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers; default: the toolkit's")
+    parser.add_argument(
+        "--data-cache",
+        choices=("off", "decoded"),
+        default="off",
+        help="the toolkit side's data.cache (default: off, each image decoded every epoch)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "hf_finetune-bench")
     parser.add_argument("--output", type=Path, default=None, help="results file stem (default: results/datapath_cpu)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -576,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    common = {"threads": args.threads, "workers": args.num_workers}
+    common = {"threads": args.threads, "workers": args.num_workers, "data_cache": args.data_cache}
     print(f"{args.threads} torch threads, {args.num_workers} DataLoader workers, batch {BATCH}", flush=True)
 
     compare_folder = png_folder(args.cache_dir, args.compare_size, SMALL_EVAL)
@@ -614,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         *_common.machine_lines(machine, PACKAGES),
         f"- code: {_common.describe_git(_common.git_state())}",
         f"- {args.threads} torch threads, {args.num_workers} DataLoader workers, batch {BATCH}, simple_cnn "
-        f"{CNN['filters']} at 28 px, random horizontal flip {FLIP}",
+        f"{CNN['filters']} at 28 px, random horizontal flip {FLIP}, toolkit data.cache: {args.data_cache}",
         "",
         f"## Side by side: one epoch of {args.compare_size} PNG images ({args.repeats} alternating runs per side)",
         "",

@@ -300,7 +300,8 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
 
             built.model = wrap(built.model, recipe.peft, plan.layers, recipe.transfer.unfreeze_last)
         seed = args.data_seed if args.data_seed is not None else args.seed  # what Trainer's sampler starts from
-        prepared = task.prepare(built, data.splits, PrepareSettings(recipe.augmentation, recipe.tokenization, seed))
+        settings = PrepareSettings(recipe.augmentation, recipe.tokenization, seed, recipe.data.cache)
+        prepared = task.prepare(built, data.splits, settings)
     if streaming:
         data = checked  # class weights, the majority baseline and the run's figures read the sample
     mixup = None  # mixing is refused for multi_label and regression (recipe check)
@@ -1071,7 +1072,9 @@ def evaluate(
         _check_eval_files(output_dir, Path(output), name, overwrite)
     chosen = {split: loaded.splits[split]}  # empty texts were already handled by load_data
     checks.check_inputs(chosen, task.INPUTS, spec)  # a truncated file is named here, not a traceback mid-evaluation
-    settings = PrepareSettings(recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training))
+    settings = PrepareSettings(
+        recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training), recipe.data.cache
+    )
     # prepared under an evaluation name whatever the split is called: `prepare` gives a split named "train" the
     # training transform (augmentation), and a folder without split sub-folders loads as "train"
     prepared = task.prepare(built, {"eval": chosen[split]}, settings)
@@ -1389,6 +1392,7 @@ def _verification_batches(
     if samples is not None:
         ds = ds.select(range(min(samples, len(ds))))
     checks.check_inputs({"validation": ds}, task.INPUTS, recipe.data)
+    # data.cache left off: a few rows, read once
     settings = PrepareSettings(recipe.augmentation, recipe.tokenization, _augmentation_seed(recipe.training))
     prepared = task.prepare(built, {"validation": ds}, settings)
     rows = prepared.splits["validation"]

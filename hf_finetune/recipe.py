@@ -179,6 +179,11 @@ class DataSpec:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     check_images: bool = True  # open every image before training so a corrupt file fails fast, by name
+    # images: "decoded" decodes each image once into the split's Arrow table (datasets' map cache, reused by later
+    # runs), so epochs skip decoding; "off" decodes every image every epoch
+    cache: Literal["off", "decoded"] = field(
+        default="off", metadata=_expects("'off' (decode every epoch) or 'decoded' (decode once, keep the pixels)")
+    )
     # exact and near duplicates within and across splits, and inputs under conflicting labels (data/duplicates.py):
     # warn (log and record them), error (stop on cross-split copies or conflicting labels), drop (keep one copy: in
     # test before validation before train), off (no check)
@@ -230,6 +235,11 @@ class DataSpec:
                 if getattr(self, key) != default:
                     out.append(f"data.{key}: applies with data.streaming: true only; remove it or set data.streaming")
             return out
+        if self.cache != "off":
+            out.append(
+                f"data.cache: {self.cache} stores the decoded train split to reuse every epoch; a stream is read "
+                "once, as it arrives; set data.cache: off or data.streaming: false"
+            )
         if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             out.append(f"data.labels: {self.labels!r}; list at least two distinct class names, in id order")
         if self.check_sample < 1 or self.shuffle_buffer < 1:
@@ -1402,6 +1412,11 @@ def _cross_section_problems(recipe: Recipe) -> list[str]:
         out.append("augmentation.mixup_alpha/cutmix_alpha: mixing applies to images only")
     if recipe.task == "text-classification" and a != AugmentationSpec():
         out.append("augmentation: image augmentation does not apply to text-classification; remove the section")
+    if recipe.task == "text-classification" and recipe.data.cache != "off":
+        out.append(
+            f"data.cache: {recipe.data.cache} stores decoded image pixels; it does not apply to text-classification "
+            "(tokenized text is cached by datasets already); remove it"
+        )
     if recipe.task == "text-classification" and recipe.metrics.tta != "none":
         out.append(
             f"metrics.tta: {recipe.metrics.tta!r} averages over flipped or cropped views of an image; a text has "

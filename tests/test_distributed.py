@@ -214,6 +214,26 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tiny_recipe
     _assert_same_weights(tmp_path / "straight", out)
 
 
+def test_a_cached_run_resumed_after_sigkill_matches_an_uninterrupted_uncached_run(tiny_recipe, tmp_path: Path):
+    # data.cache: decoded must change where the pixels come from, not which: the killed and resumed run reads every
+    # image from the decoded cache (workers on, strong augmentation seeded per row) and ends with the weights of a
+    # straight run that decodes the files every epoch
+    def recipe(name: str, cache: str) -> Path:
+        base = tiny_recipe()
+        base["data"]["cache"] = cache
+        return _resume_recipe(base, tmp_path, name)
+
+    straight = _run([str(SCRIPT), str(recipe("straight", "off"))])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "killed"
+    killed = _run([str(SCRIPT), str(recipe("killed", "decoded")), "--kill-at", "9"])
+    assert killed.returncode == -9
+    resumed = _run([str(SCRIPT), str(out / "recipe.yaml"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint-8" in resumed.stderr and "cache: decoded" in (out / "recipe.yaml").read_text()
+    _assert_same_weights(tmp_path / "straight", out)
+
+
 def test_two_rank_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(tiny_recipe, tmp_path: Path):
     # simple_cnn (BatchNorm, dropout); 81 rows over 2 ranks, batch 8: 5 steps an epoch, so checkpoint-8 is 3 steps
     # into the second epoch; only rank 0 is killed, after step 9, and the launcher takes rank 1 down with it

@@ -104,6 +104,38 @@ def test_train_transform_lists_the_recipe_augmentations():
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
 
 
+_AUGMENTATIONS = {
+    "none": AugmentationSpec(),
+    "flip-rotate-jitter": AugmentationSpec(horizontal_flip=0.5, rotation=10, brightness=0.3),
+    "crop-randaugment-erasing": AugmentationSpec(random_resized_crop=True, rand_augment=True, random_erasing=0.7),
+}
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("aug", list(_AUGMENTATIONS), ids=list(_AUGMENTATIONS))
+def test_batch_transform_gives_each_row_the_pixels_of_its_own_seeded_transform(aug: str, channels: int):
+    # BatchTransform normalises the stacked batch once; every row must still get exactly the floats (and the random
+    # draws) of the whole transform run on it alone, under its row's seed, and torch's RNG must be left as it was
+    pre = task.Preprocess((32, 32), (0.5,) * channels, (0.2,) * channels, "bicubic", channels)
+    transform = task.build_train_transform(pre, _AUGMENTATIONS[aug])
+    images = [Image.effect_mandelbrot((40 + 3 * i, 30 + i), (-2, -1.2, 1, 1.2), 50 + i) for i in range(5)]
+    rows = [5, 9, 1, 0, 44]
+    seeded = task.BatchTransform(transform, channels, seed=3)
+    seeded.set_epoch(2)
+    before = torch.get_rng_state()
+    got = seeded({"image": images, "label": [0] * 5, task.ROW_ID: rows})["pixel_values"]
+    assert torch.equal(torch.get_rng_state(), before)
+    for image, row, pixels in zip(images, rows, got, strict=True):
+        torch.default_generator.manual_seed(task.sample_seed(3, 2, row))
+        assert torch.equal(pixels, transform(task.to_model_mode(image, channels))), row
+    # without row ids (a stream): the draws follow torch's generator in row order, as the whole transform's do
+    torch.manual_seed(1)
+    unseeded = task.BatchTransform(transform, channels)({"image": images})["pixel_values"]
+    torch.manual_seed(1)
+    for image, pixels in zip(images, unseeded, strict=True):
+        assert torch.equal(pixels, transform(task.to_model_mode(image, channels)))
+
+
 def test_eval_transform_is_the_processor(tiny_vit_dir: Path):
     built = task.build_model(ModelSpec(name=str(tiny_vit_dir)), LABELS)
     image = Image.new("RGB", (40, 30), (10, 200, 30))

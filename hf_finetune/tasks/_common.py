@@ -79,6 +79,7 @@ class PrepareSettings:
     # where the training split's random augmentation starts: Trainer's data_seed, else its seed (Trainer passes the
     # same value and the epoch on through `set_epoch`)
     seed: int
+    cache: str = "off"  # data.cache: "decoded" stores each image decoded once (image task)
 
 
 def label_maps(label_names: list[str], with_count: bool = True) -> dict[str, Any]:
