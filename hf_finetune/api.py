@@ -285,6 +285,7 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
             found = _check_duplicates(checked, recipe, task)[1]
         else:
             data, found = _check_duplicates(data, recipe, task)
+        _return_freed_heap()
         built = task.build_model(recipe.model, data.label_names, label_format=data.label_format)
         _refuse_fsdp_that_shards_nothing(built.model, dict(os.environ))
         if recipe.peft.enabled:  # the plan only says which blocks; peft decides what trains (lora.wrap)
@@ -313,6 +314,28 @@ def _build_parts(recipe: Recipe, task: Task, args: TrainingArguments) -> _Parts:
     parts = _Parts(resume, data, built, plan, transfer_callbacks, prepared, compute_metrics, loss, mixup)
     parts.duplicates, parts.duplicates_info = found
     return parts
+
+
+def _return_freed_heap() -> None:
+    """Give the operating system back the heap that loading and checking the data freed (glibc's `malloc_trim`;
+    elsewhere nothing). datasets resolving a folder's files peaks at about 2 KB a file and frees it, but glibc keeps
+    the pages: 119 MB of a 60,000-image folder's load stayed in the process for the whole run, and in every forked
+    DataLoader worker's share of it (measured: 684 → 565 MB anonymous after the call; 1,000 images: 500 → 498)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries without it
+        return
+    import gc
+
+    gc.collect()  # what only the cycle collector frees must be free before the heap is trimmed
+    trim(0)
 
 
 def _streaming_defaults(recipe: Recipe) -> dict[str, Any]:
