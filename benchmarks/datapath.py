@@ -136,9 +136,6 @@ class PeakMemory:
                     total["main"] += parts["pss"]
         return total
 
-    def memory_mb(self) -> float:
-        return self.sample()["pss"]
-
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
             now = self.sample()
